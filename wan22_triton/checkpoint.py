@@ -1,0 +1,142 @@
+"""What the serving stack needs to know about a Wan2.2 T2V diffusers checkpoint, read from its own configs.
+
+Nothing here is hard-coded to one checkpoint: channels, patch size, scale factors, text length, boundary and
+the VAE's latent statistics all come from the files under the checkpoint directory. The only values a diffusers
+checkpoint does not carry are the generation defaults the Wan authors publish per model family (guidance scales,
+steps, fps); those live in `GENERATION_DEFAULTS`, keyed by family, and every one of them can be overridden at export.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Published sampling defaults of the Wan2.2 families (Wan-Video/Wan2.2 `wan/configs`). A diffusers checkpoint does
+# not store them, so they are picked by the family the checkpoint's configs identify.
+GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "wan2.2-t2v-a14b": {
+        "num_inference_steps": 40,
+        "guidance_scale": 4.0,
+        "guidance_scale_2": 3.0,
+        "fps": 16,
+    },
+    "wan2.1-t2v": {"num_inference_steps": 50, "guidance_scale": 5.0, "guidance_scale_2": 5.0, "fps": 16},
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _signature_default(func: Any, name: str) -> Any:
+    """Default of a diffusers argument, so that values a checkpoint leaves out follow the library's."""
+    return inspect.signature(func).parameters[name].default
+
+
+def _pipeline_call_default(name: str) -> Any:
+    from diffusers import WanPipeline
+
+    return _signature_default(WanPipeline.__call__, name)
+
+
+def _vae_config_value(vae_config: dict[str, Any], name: str) -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return vae_config.get(name, _signature_default(AutoencoderKLWan.__init__, name))
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Shapes, factors and defaults of one checkpoint, everything the export and the serving configs need."""
+
+    path: str
+    family: str
+    expert_names: tuple[str, ...]  # diffusers sub-folders: ("transformer", "transformer_2")
+    boundary_ratio: float | None
+    num_train_timesteps: int
+    in_channels: int
+    out_channels: int
+    patch_size: tuple[int, int, int]
+    text_dim: int
+    text_len: int
+    z_dim: int
+    vae_scale_factor_temporal: int
+    vae_scale_factor_spatial: int
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+    default_height: int
+    default_width: int
+    default_num_frames: int
+    defaults: dict[str, Any] = field(default_factory=dict)  # steps, guidance scales, fps
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Height and width must be multiples of this: VAE downsampling times the transformer's patch."""
+        return self.vae_scale_factor_spatial * max(self.patch_size[1], self.patch_size[2])
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(channels, latent frames, latent height, latent width) for a video size, as diffusers computes it."""
+        return (
+            self.in_channels,
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointInfo:
+        data = dict(data)
+        for key in ("expert_names", "patch_size", "latents_mean", "latents_std"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> CheckpointInfo:
+    """Read a Wan2.2 T2V diffusers checkpoint directory (the tiny embedded one or a real local one)."""
+    root = Path(path)
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{root} is not a diffusers checkpoint: model_index.json is missing")
+    index = _read_json(index_path)
+    if index.get("_class_name") != "WanPipeline":
+        raise ValueError(f"{root}: expected a WanPipeline checkpoint, model_index.json names {index.get('_class_name')}")
+    if index.get("expand_timesteps"):
+        raise ValueError(f"{root}: expand_timesteps (Wan2.2 TI2V) checkpoints are not supported, only T2V")
+
+    expert_names = tuple(name for name in ("transformer", "transformer_2") if index.get(name, [None])[0] is not None)
+    transformer = _read_json(root / expert_names[0] / "config.json")
+    vae = _read_json(root / "vae" / "config.json")
+    text_encoder = _read_json(root / "text_encoder" / "config.json")
+    scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
+
+    family = "wan2.2-t2v-a14b" if len(expert_names) == 2 else "wan2.1-t2v"
+    defaults = dict(GENERATION_DEFAULTS[family])
+    defaults.update(overrides or {})
+    return CheckpointInfo(
+        path=str(root.resolve()),
+        family=family,
+        expert_names=expert_names,
+        boundary_ratio=index.get("boundary_ratio"),
+        num_train_timesteps=int(scheduler["num_train_timesteps"]),
+        in_channels=int(transformer["in_channels"]),
+        out_channels=int(transformer["out_channels"]),
+        patch_size=tuple(int(p) for p in transformer["patch_size"]),  # type: ignore[arg-type]
+        text_dim=int(text_encoder["d_model"]),
+        text_len=int(_pipeline_call_default("max_sequence_length")),
+        z_dim=int(vae["z_dim"]),
+        vae_scale_factor_temporal=int(_vae_config_value(vae, "scale_factor_temporal")),
+        vae_scale_factor_spatial=int(_vae_config_value(vae, "scale_factor_spatial")),
+        latents_mean=tuple(float(v) for v in vae["latents_mean"]),
+        latents_std=tuple(float(v) for v in vae["latents_std"]),
+        default_height=int(_pipeline_call_default("height")),
+        default_width=int(_pipeline_call_default("width")),
+        default_num_frames=int(_pipeline_call_default("num_frames")),
+        defaults=defaults,
+    )
