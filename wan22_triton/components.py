@@ -231,6 +231,7 @@ def orchestrator_spec(info: CheckpointInfo) -> ComponentSpec:
             TensorSpec("seed_used", "int64", scalar),
             TensorSpec("step_timesteps", "float32", (Dim("steps"),)),
             TensorSpec("step_experts", "object", (Dim("steps"),)),
+            TensorSpec("stage_seconds", "object", scalar),  # JSON {stage: seconds}
         ),
         max_batch_size=0,
     )

@@ -1,0 +1,69 @@
+# Wan2.2 T2V on Triton Inference Server. `make demo` runs the whole product on the embedded tiny checkpoint;
+# `make test` runs the test suite against a real tritonserver.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CHECKPOINT ?= checkpoints/tiny-wan2.2-t2v-a14b
+ENGINE ?= torch
+DEVICE ?= cpu
+PRECISION ?= fp32
+REPOSITORY ?= model_repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+PYTEST_ARGS ?=
+TINY := checkpoints/tiny-wan2.2-t2v-a14b
+
+.PHONY: setup checkpoint export serve demo test perf perf-gpu docker-export docker-serve clean
+
+setup: $(VENV)/.ready
+
+# Pinned dependencies (requirements.lock); tensorrt-stubs without its `tensorrt` dependency, which downloads the
+# real TensorRT from NVIDIA's index at install time. perf_analyzer needs Debian's libb64.
+$(VENV)/.ready: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	$(PY) -m pip install -q --no-deps -e .
+	@if ! ldconfig -p | grep -q libb64.so.0d; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq libb64-0d >/dev/null || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null); \
+	  else echo "note: install Debian's libb64-0d for perf_analyzer"; fi; fi
+	touch $@
+
+checkpoint: $(TINY)/model_index.json
+
+$(TINY)/model_index.json: wan22_triton/tiny_checkpoint.py | $(VENV)/.ready
+	$(PY) -m wan22_triton.tiny_checkpoint --out $(TINY)
+
+export: setup $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
+	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION)
+
+serve: setup
+	$(PY) -m wan22_triton.server --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: setup checkpoint
+	$(PY) -m clients.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+perf: setup checkpoint
+	$(PY) -m perf.perf_analyzer_sweep --checkpoint $(CHECKPOINT)
+
+perf-gpu:
+	$(PY) -m perf.gpu_benchmark
+
+docker-export:
+	docker build -f docker/Dockerfile.export -t wan22-triton-export .
+	docker run --rm --gpus all -v $(abspath $(CHECKPOINT)):/ckpt:ro -v $(abspath $(REPOSITORY)):/workspace/model_repository \
+	  wan22-triton-export make export CHECKPOINT=/ckpt ENGINE=tensorrt DEVICE=gpu PRECISION=fp16
+
+docker-serve:
+	docker build -f docker/Dockerfile.serve -t wan22-triton-serve .
+	docker run --rm --gpus all --shm-size=16g -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
+	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
+
+clean:
+	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache
+	find $(REPOSITORY) -mindepth 1 -maxdepth 1 -type d -exec sh -c 'rm -f "$$1/config.pbtxt"; find "$$1/1" -mindepth 1 -maxdepth 1 ! -name model.py -exec rm -rf {} +' _ {} \;

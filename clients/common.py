@@ -1,0 +1,84 @@
+"""What the gRPC and HTTP clients share: flags for every request input, the request tensors, MP4 output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+MODEL = "wan22_t2v"
+# Request inputs: flag name -> (Triton dtype, numpy dtype). Absent flags are left to the server's defaults.
+REQUEST_INPUTS = {
+    "prompt": ("BYTES", np.object_),
+    "negative_prompt": ("BYTES", np.object_),
+    "num_frames": ("INT32", np.int32),
+    "height": ("INT32", np.int32),
+    "width": ("INT32", np.int32),
+    "num_inference_steps": ("INT32", np.int32),
+    "guidance_scale": ("FP32", np.float32),
+    "guidance_scale_2": ("FP32", np.float32),
+    "flow_shift": ("FP32", np.float32),
+    "seed": ("INT64", np.int64),
+}
+
+
+def parse_args(default_url: str, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--url", default=default_url, help="server address (host:port)")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--output", default="outputs/video.mp4", help="MP4 file to write")
+    parser.add_argument("--fps", type=float, default=None, help="default: the model's `fps` parameter (checkpoint's)")
+    parser.add_argument("--timeout", type=float, default=None, help="client-side timeout in seconds")
+    parser.add_argument("--prompt", required=True)
+    kinds = {np.int32: int, np.int64: int, np.float32: float, np.object_: str}
+    for name, (_, dtype) in REQUEST_INPUTS.items():
+        if name != "prompt":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=kinds[dtype], default=None)
+    return parser.parse_args()
+
+
+def request_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The request inputs given on the command line."""
+    return {name: getattr(args, name) for name in REQUEST_INPUTS if getattr(args, name) is not None}
+
+
+def request_arrays(values: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
+    """{input name: (Triton dtype, array of shape [1])}; unknown names are an error, absent ones use defaults."""
+    out = {}
+    for name, value in values.items():
+        if name not in REQUEST_INPUTS:
+            raise ValueError(f"unknown request input {name!r}; known: {sorted(REQUEST_INPUTS)}")
+        triton_dtype, dtype = REQUEST_INPUTS[name]
+        data = value.encode("utf-8") if dtype is np.object_ else value
+        out[name] = (triton_dtype, np.array([data], dtype=dtype))
+    return out
+
+
+def model_fps(config: dict[str, Any]) -> float:
+    return float(json.loads(config["parameters"]["fps"]["string_value"]))
+
+
+OUTPUTS = ("video", "seed_used", "stage_seconds")
+
+
+def unpack(result) -> dict[str, Any]:
+    """video, seed and the server's per-stage seconds from an InferResult of either protocol."""
+    return {
+        "video": result.as_numpy("video"),
+        "seed": int(result.as_numpy("seed_used")[0]),
+        "stage_seconds": json.loads(result.as_numpy("stage_seconds")[0]),
+    }
+
+
+def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
+    from wan22_triton.video import write_mp4
+
+    video = out["video"]
+    write_mp4(video, path, fps)
+    frames, height, width, _ = video.shape
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in out["stage_seconds"].items())
+    print(f"wrote {path} ({frames} frames, {width}x{height}, {fps:g} fps), seed {out['seed']}")
+    print(f"request latency {latency:.2f}s (server: {stages})")

@@ -1,0 +1,50 @@
+"""Generate a video over HTTP: python -m clients.http_client --prompt "..." --output out.mp4"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import tritonclient.http as httpclient
+
+from .common import MODEL, OUTPUTS, model_fps, parse_args, request_arrays, request_values, save, unpack
+
+
+def _client(url: str, timeout: float | None) -> httpclient.InferenceServerClient:
+    timeout = timeout or 3600.0  # generations take minutes; the library's default is 60 s
+    return httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+
+
+def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: float | None = None) -> dict[str, Any]:
+    """One request to `wan22_t2v`; returns video, seed and the server's stage seconds."""
+    client = _client(url, timeout)
+    try:
+        inputs = []
+        for name, (dtype, array) in request_arrays(values).items():
+            tensor = httpclient.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+        return unpack(client.infer(model, inputs, outputs=outputs))
+    finally:
+        client.close()
+
+
+def fps_of(url: str, model: str = MODEL) -> float:
+    client = _client(url, None)
+    try:
+        return model_fps(client.get_model_config(model))
+    finally:
+        client.close()
+
+
+def main() -> None:
+    args = parse_args("localhost:8000", __doc__)
+    fps = args.fps or fps_of(args.url, args.model)
+    started = time.perf_counter()
+    out = generate(args.url, request_values(args), args.model, args.timeout)
+    save(out, args.output, fps, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""python -m export --checkpoint DIR --repository model_repository --engine torch|onnx|tensorrt"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from .repository import ENGINES, ExportOptions, export_repository
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="Wan2.2 T2V diffusers checkpoint directory")
+    parser.add_argument("--repository", default="model_repository", help="model repository to write")
+    parser.add_argument("--engine", choices=ENGINES, default="torch")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of the component models")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    for field in dataclasses.fields(ExportOptions):
+        if field.name not in ("engine", "device", "precision"):
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
+    args = parser.parse_args(argv)
+    opts = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
+    start = time.perf_counter()
+    export_repository(args.checkpoint, args.repository, opts)
+    print(f"export done in {time.perf_counter() - start:.1f}s -> {args.repository}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""config.pbtxt from a component declaration, built as Triton's own ModelConfig protobuf so it is valid by construction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from wan22_triton.components import ComponentSpec, Dim, TensorSpec
+
+
+def _dims(tensor: TensorSpec, batched: bool) -> list[int]:
+    shape = tensor.shape[1:] if batched else tensor.shape
+    return [-1 if isinstance(d, Dim) else int(d) for d in shape]
+
+
+def build_model_config(
+    spec: ComponentSpec,
+    *,
+    backend: str | None = "python",
+    platform: str | None = None,
+    instance_kind: str = "KIND_CPU",
+    instance_count: int = 1,
+    parameters: Mapping[str, Any] | None = None,
+    optional_inputs: frozenset[str] = frozenset(),
+    decoupled: bool = False,
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
+    if backend:
+        config.backend = backend
+    if platform:
+        config.platform = platform
+    batched = spec.max_batch_size > 0
+    for t in spec.inputs:
+        tensor = config.input.add(
+            name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"), dims=_dims(t, batched),
+            optional=t.name in optional_inputs,
+        )
+        if not tensor.dims:  # batch-only tensor ([B]): Triton wants dims [1] reshaped to a scalar per item
+            tensor.dims.append(1)
+            tensor.reshape.SetInParent()
+    for t in spec.outputs:
+        config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"), dims=_dims(t, batched))
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count)
+    for key, value in (parameters or {}).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        config.parameters[key].string_value = text
+    if decoupled:
+        config.model_transaction_policy.decoupled = True
+    return config
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,280 @@
+"""ONNX export of the served graphs: the two transformer experts and the VAE decoder's two frame graphs.
+
+Every input/output name, dtype, dynamic axis and sample size comes from `wan22_triton.components`; this module only
+turns those declarations into `torch.onnx.export` arguments.
+
+Exporter: torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`). It traces with
+symbolic shapes (`torch.export`), so shape arithmetic (patch counts, RoPE table slices, the VAE's upsampled sizes)
+stays symbolic and the graphs are correct at every size, not only at the export sample. The legacy TorchScript
+exporter (`dynamo=False`) cannot export these models at all: diffusers' Wan attention uses `torch.nn.RMSNorm`
+(`aten::rms_norm`), which it has no symbolic for at any opset it supports (<= 20).
+
+Layout on disk, one file pair per graph, weights consolidated into ONE external-data file each (the A14B experts
+are ~28 GB, far beyond protobuf's 2 GB limit):
+
+    <path>.onnx  <path>.onnx.data                             export_transformer(model, spec, path)
+    <out_dir>/vae_decoder_first_frame.onnx (+ .onnx.data)     export_vae_decoder_frames(vae, info, out_dir)
+    <out_dir>/vae_decoder_step.onnx        (+ .onnx.data)
+    <out_dir>/vae_decoder_cache_layout.json                   the CacheEntry list both graphs were built for
+
+Graph input/output dims carry the declared labels ("batch", "latent_height", "latent_height_x2", ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wan22_triton import components
+from wan22_triton.checkpoint import CheckpointInfo
+from wan22_triton.components import CacheEntry, ComponentSpec
+from wan22_triton.vae_frames import FirstFrameDecoder, StepDecoder, discover_cache_layout
+
+# 18: the lowest opset the dynamo exporter emits natively. SDPA becomes MatMul/Softmax/MatMul (the pattern TensorRT
+# fuses into its MHA kernels); opset >= 23 would emit the ONNX `Attention` op, which older TensorRT parsers lack.
+DEFAULT_OPSET = 18
+CACHE_LAYOUT_FILE = "vae_decoder_cache_layout.json"
+
+
+# --------------------------------------------------------------------------------------------- shapes and names
+
+
+def export_sizes(spec: ComponentSpec, sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Symbol values for the export sample: the declared ones, but at least 2.
+
+    torch.export specialises a dimension whose sample value is 0 or 1 to a constant, so a dynamic axis must be
+    traced at >= 2 (the graphs still accept 1 at run time; the tests check it).
+    """
+    merged = {**spec.sample_sizes, **(sizes or {})}
+    symbols = {d.symbol for t in spec.inputs for d in t.shape if isinstance(d, components.Dim)}
+    return {k: (max(2, v) if k in symbols else v) for k, v in merged.items()}
+
+
+def torch_dynamic_shapes(spec: ComponentSpec) -> tuple[dict[int, Any] | None, ...]:
+    """`dynamic_shapes` for torch.export, positional over `spec.inputs`; `Dim(symbol, k)` becomes k * Dim(symbol)."""
+    dims: dict[str, Any] = {}
+
+    def dim(d: components.Dim) -> Any:
+        base = dims.setdefault(d.symbol, torch.export.Dim(d.symbol, min=1))
+        return base if d.factor == 1 else d.factor * base
+
+    return tuple(
+        {i: dim(d) for i, d in enumerate(t.shape) if isinstance(d, components.Dim)} or None for t in spec.inputs
+    )
+
+
+def _group_varargs(module: nn.Module, shapes: tuple[Any, ...]) -> tuple[Any, ...]:
+    """torch.export sees `forward(x, *caches)` as two inputs, `x` and the tuple `caches`: group the shapes alike."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL not in kinds:
+        return shapes
+    fixed = kinds.index(inspect.Parameter.VAR_POSITIONAL)
+    return (*shapes[:fixed], tuple(shapes[fixed:]))
+
+
+def _label_io_dims(model: onnx.ModelProto, spec: ComponentSpec) -> None:
+    """Name the graph's dynamic input/output dims as declared (the exporter derives names like 2*((h//2)))."""
+    declared = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        t = declared[value.name]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(t.shape):
+            raise RuntimeError(f"{spec.name}: {value.name} has rank {len(dims)}, declared {len(t.shape)}")
+        for d, want in zip(dims, t.shape):
+            if isinstance(want, components.Dim):
+                d.dim_param = want.label
+            elif d.HasField("dim_value") and d.dim_value != want:
+                raise RuntimeError(f"{spec.name}: {value.name} has dim {d.dim_value}, declared {want}")
+            else:
+                d.dim_value = want
+
+
+def _check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
+    names = ([v.name for v in model.graph.input], [v.name for v in model.graph.output])
+    if names != (spec.input_names, spec.output_names):
+        raise RuntimeError(f"{spec.name}: exported I/O {names} differ from the declaration")
+    doubles = [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.DOUBLE]
+    doubles += [n.name for n in model.graph.node if n.op_type == "Cast" and any(
+        a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute)]
+    if doubles:
+        raise RuntimeError(f"{spec.name}: float64 tensors in the graph (TensorRT has no FP64): {doubles[:5]}")
+
+
+# --------------------------------------------------------------------------------------------- generic export
+
+
+def export_module(module: nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
+                  sizes: Mapping[str, int] | None = None) -> Path:
+    """Export `module` (positional inputs in `spec.inputs` order) to `path` + `path.data`, dims as declared."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample = spec.sample_inputs(export_sizes(spec, sizes))
+    args = tuple(torch.from_numpy(sample[name]) for name in spec.input_names)
+    module = module.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_shapes=_group_varargs(module, torch_dynamic_shapes(spec)), opset_version=opset, optimize=True,
+            verbose=False,
+        )
+    # Weights always go to ONE external file next to the graph, whatever the model size.
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    program.save(path, external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
+    _check_io(model, spec)
+    _label_io_dims(model, spec)
+    onnx.save(model, str(path))  # graph only; the external-data references keep pointing at <path>.data
+    locations = external_data_files(path)
+    if locations - {path.name + ".data"}:
+        raise RuntimeError(f"{path}: weights spread over {sorted(locations)}")
+    return path
+
+
+def external_data_files(path: str | Path) -> set[str]:
+    """Locations of the external data a graph references (relative to its directory)."""
+    model = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    return files
+
+
+def check_graph(path: str | Path) -> None:
+    """`onnx.checker.check_model` by path (the only way it accepts graphs with external data / over 2 GB)."""
+    onnx.checker.check_model(str(path))
+
+
+def op_histogram(path: str | Path) -> Counter:
+    """Op types of a graph's top level and how often each occurs."""
+    model = onnx.load(str(path), load_external_data=False)
+    return Counter(node.op_type for node in model.graph.node)
+
+
+# --------------------------------------------------------------------------------------------- transformer
+
+
+def _apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan `apply_rotary_emb`, with the interleave as stack+flatten instead of two strided in-place writes
+    (which export as ScatterND, a fusion barrier for TensorRT). Same arithmetic, same result bit for bit."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class ExportWanAttnProcessor:
+    """diffusers' `WanAttnProcessor` for text-to-video (no image K/V), attention as plain `F.scaled_dot_product_attention`.
+
+    diffusers' processor goes through `dispatch_attention_fn`, whose backend registry is process-wide state (a
+    user's `attention_backend("flash")` would leak into the graph); here it is always SDPA, the op TensorRT fuses.
+    """
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None,
+                 rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if attn.add_k_proj is not None:
+            raise NotImplementedError("image-conditioned (I2V) attention is not exported; Wan2.2 T2V has none")
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        if rotary_emb is not None:
+            query = _apply_rope(query, *rotary_emb)
+            key = _apply_rope(key, *rotary_emb)
+        if attention_mask is not None and attention_mask.ndim == 2:
+            attention_mask = attention_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask,
+            dropout_p=0.0, is_causal=False,
+        )
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+@contextlib.contextmanager
+def export_patches(model: nn.Module) -> Iterator[None]:
+    """While exporting: float64 buffers (Wan's RoPE tables in some diffusers versions) as float32, since TensorRT
+    has no FP64, and `ExportWanAttnProcessor` on every Wan attention. Everything is restored afterwards."""
+    from diffusers.models.transformers.transformer_wan import WanAttention
+
+    saved_buffers: list[tuple[nn.Module, str, torch.Tensor]] = []
+    saved_processors: list[tuple[nn.Module, Any]] = []
+    try:
+        for module in model.modules():
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf is not None and buf.dtype == torch.float64:
+                    saved_buffers.append((module, name, buf))
+                    module._buffers[name] = buf.float()
+            if isinstance(module, WanAttention):
+                saved_processors.append((module, module.processor))
+                module.processor = ExportWanAttnProcessor()
+        yield
+    finally:
+        for module, name, buf in saved_buffers:
+            module._buffers[name] = buf
+        for module, processor in saved_processors:
+            module.processor = processor
+
+
+class TransformerExportWrapper(nn.Module):
+    """(hidden_states, timestep, encoder_hidden_states) -> noise_pred, float32 at the boundary whatever the weights'
+    dtype (inputs are cast to it, the output back to float32)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = self.model.patch_embedding.weight.dtype
+        out = self.model(hidden_states.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False)[0]
+        return out.float()
+
+
+def export_transformer(model: nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
+                       sizes: Mapping[str, int] | None = None) -> Path:
+    """Export one expert (`components.transformer_spec(info, name)`) to `path` (+ `path.data`)."""
+    with export_patches(model):
+        return export_module(TransformerExportWrapper(model), spec, path, opset=opset, sizes=sizes)
+
+
+# --------------------------------------------------------------------------------------------- VAE decoder
+
+
+def export_vae_decoder_frames(vae: nn.Module, info: CheckpointInfo, out_dir: str | Path, opset: int = DEFAULT_OPSET,
+                              layout: Sequence[CacheEntry] | None = None) -> tuple[Path, Path]:
+    """Export the first-frame and step graphs (`components.vae_decoder_frame_specs`) and the cache layout into
+    `out_dir`; returns the two graph paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae = vae.eval()
+    layout = list(layout) if layout is not None else discover_cache_layout(vae)
+    first_spec, step_spec = components.vae_decoder_frame_specs(info, layout)
+    first = export_module(FirstFrameDecoder(vae, layout), first_spec, out_dir / f"{first_spec.name}.onnx", opset)
+    step = export_module(StepDecoder(vae, layout), step_spec, out_dir / f"{step_spec.name}.onnx", opset)
+    (out_dir / CACHE_LAYOUT_FILE).write_text(
+        json.dumps([{"channels": c.channels, "scale": c.scale} for c in layout], indent=1) + "\n"
+    )
+    return first, step
+
+
+def load_cache_layout(out_dir: str | Path) -> list[CacheEntry]:
+    """The cache layout `export_vae_decoder_frames` wrote (for `components.vae_decoder_frame_specs` at serving time)."""
+    entries = json.loads((Path(out_dir) / CACHE_LAYOUT_FILE).read_text())
+    return [CacheEntry(channels=int(e["channels"]), scale=int(e["scale"])) for e in entries]

@@ -1,0 +1,163 @@
+"""Turn a Wan2.2 T2V diffusers checkpoint directory into a ready Triton model repository.
+
+Tracked in the repository: each model's thin `1/model.py`. Written here (git-ignored): every `config.pbtxt` and
+the artifacts under `<model>/1/` (diffusers sub-folders for the `torch` engine, ONNX graphs for `onnx`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from wan22_triton import components as C
+from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
+
+from .model_config import build_model_config, to_pbtxt
+
+ENGINES = ("torch", "onnx", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    engine: str = "torch"
+    device: str = "cpu"  # where the component models run: cpu | gpu
+    precision: str = "fp32"  # torch engine: fp32 on CPU; bf16/fp16 on GPU
+    min_num_frames: int = 1
+    max_num_frames: int = 161
+    min_size: int = 16
+    max_size: int = 1280
+    max_inference_steps: int = 100
+    orchestrator_instances: int = 1
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+
+
+def _clean_version_dir(model_dir: Path) -> Path:
+    """Empty `<model>/1/` of generated files, keeping the tracked model.py."""
+    version = model_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    for child in version.iterdir():
+        if child.name == "model.py":
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return version
+
+
+def orchestrator_parameters(info: CheckpointInfo, opts: ExportOptions) -> dict[str, Any]:
+    """Everything the orchestrator derives from the checkpoint, as config parameters (read back by
+    `triton_models.orchestrator.pipeline_config_from_parameters`)."""
+    scheduler_config = json.loads((Path(info.path) / "scheduler" / "scheduler_config.json").read_text())
+    defaults = {
+        "negative_prompt": "",
+        "num_frames": info.default_num_frames,
+        "height": info.default_height,
+        "width": info.default_width,
+        "num_inference_steps": info.defaults["num_inference_steps"],
+        "guidance_scale": info.defaults["guidance_scale"],
+        "guidance_scale_2": info.defaults["guidance_scale_2"],
+        "flow_shift": scheduler_config.get("flow_shift", 1.0),
+    }
+    return {
+        "scheduler_config": scheduler_config,
+        "boundary_ratio": info.boundary_ratio,
+        "expert_models": [C.EXPERT_MODELS[n] for n in info.expert_names],
+        "latent_channels": info.in_channels,
+        "vae_scale_factor_temporal": info.vae_scale_factor_temporal,
+        "vae_scale_factor_spatial": info.vae_scale_factor_spatial,
+        "spatial_multiple": info.spatial_multiple,
+        "latents_mean": list(info.latents_mean),
+        "latents_std": list(info.latents_std),
+        "fps": info.defaults["fps"],
+        "min_num_frames": opts.min_num_frames,
+        "max_num_frames": opts.max_num_frames,
+        "min_size": opts.min_size,
+        "max_size": opts.max_size,
+        "max_inference_steps": opts.max_inference_steps,
+        # JSON, strings included, so the orchestrator reads every default back with its type.
+        **{f"default_{k}": json.dumps(v) for k, v in defaults.items()},
+    }
+
+
+def _write_config(model_dir: Path, config) -> None:
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+
+
+def export_repository(
+    checkpoint: str | Path,
+    repository: str | Path,
+    opts: ExportOptions = ExportOptions(),
+    log: Callable[[str], None] = print,
+) -> CheckpointInfo:
+    if opts.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {opts.engine!r}")
+    info = read_checkpoint(checkpoint)
+    ckpt, repo = Path(info.path), Path(repository)
+    kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
+    common = {"engine": opts.engine, "precision": opts.precision}
+    log(f"export {ckpt} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision})")
+
+    # text_encoder: always a Python-backend model (tokenizer + UMT5).
+    t0 = time.perf_counter()
+    model_dir = repo / C.TEXT_ENCODER
+    version = _clean_version_dir(model_dir)
+    _copy_tree(ckpt / "text_encoder", version / "text_encoder")
+    _copy_tree(ckpt / "tokenizer", version / "tokenizer")
+    spec = C.text_encoder_spec(info)
+    params = {"precision": opts.precision, "text_len": info.text_len}
+    _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=params))
+    log(f"  {C.TEXT_ENCODER}: {time.perf_counter() - t0:.1f}s")
+
+    # The experts: one contract, one artifact each.
+    for folder in info.expert_names:
+        t0 = time.perf_counter()
+        name = C.EXPERT_MODELS[folder]
+        model_dir = repo / name
+        version = _clean_version_dir(model_dir)
+        spec = C.transformer_spec(info, name)
+        if opts.engine == "torch":
+            _copy_tree(ckpt / folder, version / "transformer")
+        elif opts.engine == "onnx":
+            from .onnx_export import export_transformer, load_transformer
+
+            export_transformer(load_transformer(ckpt / folder), spec, version / "model.onnx")
+        else:
+            raise NotImplementedError("ENGINE=tensorrt: see export/tensorrt_build.py")
+        _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=common))
+        log(f"  {name}: {time.perf_counter() - t0:.1f}s")
+
+    # vae_decoder: diffusers decode (torch) or the first-frame/step graph pair (onnx).
+    t0 = time.perf_counter()
+    model_dir = repo / C.VAE_DECODER
+    version = _clean_version_dir(model_dir)
+    if opts.engine == "torch":
+        _copy_tree(ckpt / "vae", version / "vae")
+    else:
+        from .onnx_export import export_vae_decoder_frames, load_vae
+
+        export_vae_decoder_frames(load_vae(ckpt / "vae"), info, version)
+    vae_params = dict(common, precision="fp32" if opts.precision == "fp16" else opts.precision)
+    _write_config(model_dir, build_model_config(C.vae_decoder_spec(info), instance_kind=kind, parameters=vae_params))
+    log(f"  {C.VAE_DECODER}: {time.perf_counter() - t0:.1f}s")
+
+    # wan22_t2v: the BLS orchestrator; runs on the CPU, the heavy work happens in the models it calls.
+    model_dir = repo / C.ORCHESTRATOR
+    version = _clean_version_dir(model_dir)
+    config = build_model_config(
+        C.orchestrator_spec(info),
+        instance_kind="KIND_CPU",
+        instance_count=opts.orchestrator_instances,
+        parameters=orchestrator_parameters(info, opts),
+        optional_inputs=C.OPTIONAL_REQUEST_INPUTS,
+    )
+    _write_config(model_dir, config)
+    (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))
+    log(f"  {C.ORCHESTRATOR}: config written")
+    return info

@@ -1,0 +1,75 @@
+"""Shared fixtures: the tiny checkpoint, exported repositories, real tritonservers and diffusers references."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The embedded tiny checkpoint, generated fresh for the session."""
+    from wan22_triton.tiny_checkpoint import write_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-wan2.2-t2v-a14b"
+    write_checkpoint(out)
+    return out
+
+
+def _serve(tmp_path_factory, checkpoint: Path, engine: str):
+    from export.repository import ExportOptions, export_repository
+    from wan22_triton.server import TritonServer
+
+    repo = tmp_path_factory.mktemp(f"repo-{engine}")
+    # A copy of the tracked model code, so each engine's repository is self-contained.
+    for model_py in (ROOT / "model_repository").glob("*/1/model.py"):
+        target = repo / model_py.relative_to(ROOT / "model_repository")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(model_py.read_text())
+    export_repository(checkpoint, repo, ExportOptions(engine=engine, max_num_frames=33, max_size=256, max_inference_steps=50), log=lambda _: None)
+    server = TritonServer(repo, log_file=repo / "tritonserver.log")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def torch_server(tmp_path_factory, tiny_checkpoint):
+    server = _serve(tmp_path_factory, tiny_checkpoint, "torch")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def onnx_server(tmp_path_factory, tiny_checkpoint):
+    server = _serve(tmp_path_factory, tiny_checkpoint, "onnx")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(tiny_checkpoint):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(tiny_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_diffusers(pipe, request: dict) -> np.ndarray:
+    """diffusers' output for a request, as uint8 [F, H, W, 3] (round(x * 255) of output_type='np')."""
+    import torch
+
+    kwargs = {k: v for k, v in request.items() if k not in ("seed", "flow_shift")}
+    frames = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request["seed"]), output_type="np").frames[0]
+    return np.round(frames * 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -1,0 +1,240 @@
+"""wan22_triton.server + perf/perf_analyzer_env.py against a tiny Python-backend model.
+
+No GPU needed: the model repository is generated in tmp_path (an add/sub model
+on numpy, KIND_CPU), served by tritonserver from PATH or from the nvidia-pytriton
+wheel, queried over HTTP and gRPC with tritonclient, and benchmarked briefly with
+perf_analyzer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "perf"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import perf_analyzer_env  # noqa: E402
+from wan22_triton import server as launcher  # noqa: E402
+from wan22_triton.server import TritonLaunchError, TritonServer  # noqa: E402
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+MODEL = "add_sub"
+CONFIG = f"""
+name: "{MODEL}"
+backend: "python"
+max_batch_size: 0
+input [
+  {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }},
+  {{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }}
+]
+output [
+  {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }},
+  {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        {init}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("OUTPUT0", (a + b).astype(np.float32)),
+                pb_utils.Tensor("OUTPUT1", (a - b).astype(np.float32)),
+            ]))
+        return responses
+"""
+
+
+def write_repository(root: Path, init: str = "pass") -> Path:
+    model_dir = root / MODEL / "1"
+    model_dir.mkdir(parents=True)
+    (root / MODEL / "config.pbtxt").write_text(CONFIG)
+    (model_dir / "model.py").write_text(MODEL_PY.format(init=init))
+    return root
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("triton")
+    with TritonServer(write_repository(tmp / "repo"), log_file=tmp / "server.log", startup_timeout=120) as srv:
+        yield srv
+
+
+def _infer(module, url: str, a: np.ndarray, b: np.ndarray):
+    client = module.InferenceServerClient(url)
+    try:
+        assert client.is_server_ready()
+        assert client.is_model_ready(MODEL)
+        inputs = [module.InferInput("INPUT0", list(a.shape), "FP32"), module.InferInput("INPUT1", list(b.shape), "FP32")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+        result = client.infer(MODEL, inputs)
+        return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_infer(server, protocol):
+    module, url = (tritonclient_http, server.http_url) if protocol == "http" else (tritonclient_grpc, server.grpc_url)
+    a = np.array([1.0, 2.5, -3.0, 4.0], dtype=np.float32)
+    b = np.array([0.5, 0.5, 1.0, -4.0], dtype=np.float32)
+    out0, out1 = _infer(module, url, a, b)
+    assert out0 is not None and out0.shape == (4,)
+    assert out1 is not None and out1.shape == (4,)
+    np.testing.assert_array_equal(out0, a + b)
+    np.testing.assert_array_equal(out1, a - b)
+
+
+def test_metrics_endpoint(server):
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        body = resp.read().decode()
+    assert "nv_inference_request_success" in body
+
+
+def test_python_backend_runs_in_this_environment(server):
+    # The stub must use this interpreter's environment (PATH), not whatever python3 is first otherwise.
+    env_bin = str(Path(sys.executable).parent)
+    assert server.install.env["PATH"].split(os.pathsep)[0] == env_bin
+    if server.install.source == "nvidia-pytriton":
+        backend_dir = next(a for a in server.command if a.startswith("--backend-directory=")).split("=", 1)[1]
+        assert set(launcher.PYTHON_BACKEND_FILES) <= set(os.listdir(Path(backend_dir) / "python"))
+
+
+def test_server_stops_cleanly(tmp_path):
+    srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log").start()
+    pid, ports = srv.pid, (srv.http_port, srv.grpc_port)
+    assert srv.is_running() and srv.startup_seconds is not None
+    out0, _ = _infer(tritonclient_http, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))
+    np.testing.assert_array_equal(out0, np.full(4, 2, np.float32))
+    assert srv.stop() == 0, srv.log_tail()
+    assert not srv.is_running()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not any(port_is_open(p) for p in ports)
+    assert srv.stop() == 0  # idempotent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigkill_fallback_takes_the_stubs_along(tmp_path):
+    srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log", stop_timeout=0.01).start()
+    stubs = subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True, text=True).stdout.split()
+    assert stubs, "expected a Python-backend stub process"
+    assert srv.stop() == -signal.SIGKILL
+    time.sleep(0.2)
+    assert not any(_alive(int(pid)) for pid in stubs)
+    assert not list(Path("/dev/shm").glob(f"{srv._shm_prefix}*"))
+
+
+def test_failing_model_fails_fast_with_log(tmp_path):
+    repo = write_repository(tmp_path / "repo", init='raise RuntimeError("boom-from-initialize")')
+    t0 = time.monotonic()
+    with pytest.raises(TritonLaunchError) as info:
+        TritonServer(repo, log_file=tmp_path / "server.log", startup_timeout=60).start()
+    assert time.monotonic() - t0 < 60
+    assert "exited with code" in str(info.value)
+    assert "boom-from-initialize" in str(info.value)
+
+
+def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
+    repo = write_repository(tmp_path / "repo")
+    http, grpc, metrics = launcher._free_ports(3)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HTTP_PORT=str(http))
+    log = open(tmp_path / "cli.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wan22_triton.server", "--model-repository", str(repo),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "cli.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "cli.log").read_text()
+            time.sleep(0.25)
+        # exec'd: the python process *is* tritonserver now ($HTTP_PORT honoured, flags as given)
+        assert Path(f"/proc/{proc.pid}/exe").resolve().name == "tritonserver"
+        out0, out1 = _infer(tritonclient_grpc, f"127.0.0.1:{grpc}", np.zeros(4, np.float32), np.ones(4, np.float32))
+        np.testing.assert_array_equal(out1, -np.ones(4, np.float32))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_prepare_wheel_backends_is_idempotent(tmp_path):
+    pytest.importorskip("pytriton")
+    first = launcher.prepare_wheel_backends(tmp_path)
+    stamp = (first / "python" / "triton_python_backend_stub").stat().st_mtime_ns
+    second = launcher.prepare_wheel_backends(tmp_path)
+    assert first == second
+    assert (second / "python" / "triton_python_backend_stub").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (first / "python").iterdir()) == sorted(launcher.PYTHON_BACKEND_FILES)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging leftovers
+
+
+def test_perf_analyzer_smoke(server, tmp_path):
+    missing = perf_analyzer_env.check()
+    if "libb64.so.0d" in missing:
+        pytest.skip("perf_analyzer needs libb64.so.0d: apt-get install -y libb64-0d")
+    assert not missing, f"perf_analyzer is missing libraries: {missing}"
+    cmd, env = perf_analyzer_env.perf_analyzer_command()
+    csv = tmp_path / "perf.csv"
+    result = subprocess.run(
+        cmd + ["-m", MODEL, "-i", "grpc", "-u", server.grpc_url,
+               "--concurrency-range", "1:2", "--measurement-mode", "count_windows",
+               "--measurement-request-count", "20", "-f", str(csv),
+               # microsecond-scale toy model on a loaded 2-core box: stability is noise, accept any
+               "--stability-percentage", "1000", "--max-trials", "5"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = csv.read_text().strip().splitlines()
+    assert rows[0].startswith("Concurrency,Inferences/Second")
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["1", "2"], result.stdout[-3000:]  # rows sorted by throughput
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])

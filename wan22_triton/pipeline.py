@@ -1,0 +1,277 @@
+"""The Wan2.2 T2V request path as plain Python, testable without a server.
+
+`Wan22T2VPipeline` follows diffusers' `WanPipeline.__call__` step by step (same scheduler, expert switch, CFG rule,
+latent de-normalisation), but calls its three components through injected callables: the Triton orchestrator
+passes BLS calls, tests may pass the diffusers modules. Inputs arrive as a dict of numpy arrays (Triton's view of
+a request) and are validated here so that every bad value gets a message naming the field and the rule.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .components import EXPERT_MODELS
+
+
+class RequestError(ValueError):
+    """Bad request input; served as Triton INVALID_ARG."""
+
+
+class Cancelled(RuntimeError):
+    """The client went away; served as Triton CANCELLED."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_num_frames: int
+    max_num_frames: int
+    min_size: int
+    max_size: int
+    max_inference_steps: int
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the orchestrator needs, written by the export into the model's config parameters."""
+
+    scheduler_config: dict[str, Any]
+    boundary_ratio: float | None
+    expert_names: tuple[str, ...]  # served model names, high-noise first
+    latent_channels: int
+    vae_scale_factor_temporal: int
+    vae_scale_factor_spatial: int
+    spatial_multiple: int
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+    defaults: dict[str, Any]  # default per optional request input
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float
+    guidance_scale_2: float
+    flow_shift: float
+    seed: int
+
+
+@dataclass
+class StepInfo:
+    """What progress reporting sees after each denoising step."""
+
+    step: int  # 1-based
+    total: int
+    timestep: float
+    expert: str
+    elapsed_s: float
+
+
+@dataclass
+class GenerationResult:
+    video: np.ndarray  # uint8 [frames, height, width, 3]
+    seed: int
+    timesteps: list[float] = field(default_factory=list)
+    experts: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+TextEncoderFn = Callable[[list[str]], np.ndarray]  # prompts -> [B, text_len, text_dim]
+ExpertFn = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (model, latents, t, embeds) -> noise
+VaeDecoderFn = Callable[[np.ndarray], np.ndarray]  # latents [1, z, f, h, w] -> video [1, 3, F, H, W] in [-1, 1]
+
+
+def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: Any) -> Any:
+    value = inputs.get(name)
+    if value is None:
+        return default
+    if value.size != 1:
+        raise RequestError(f"'{name}' must hold exactly one value, got shape {list(value.shape)}")
+    item = value.reshape(-1)[0]
+    if kind is str:
+        if isinstance(item, str):
+            return item
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(f"'{name}' must be valid UTF-8 text: {e}") from None
+    return kind(item)
+
+
+def validate_request(inputs: Mapping[str, np.ndarray], config: PipelineConfig) -> GenerationRequest:
+    """Apply defaults and check every rule; raise RequestError naming the field and the rule."""
+    d, lim = config.defaults, config.limits
+    prompt = _scalar(inputs, "prompt", str, None)
+    if prompt is None:
+        raise RequestError("'prompt' is required")
+    req = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=_scalar(inputs, "negative_prompt", str, d["negative_prompt"]),
+        num_frames=_scalar(inputs, "num_frames", int, d["num_frames"]),
+        height=_scalar(inputs, "height", int, d["height"]),
+        width=_scalar(inputs, "width", int, d["width"]),
+        num_inference_steps=_scalar(inputs, "num_inference_steps", int, d["num_inference_steps"]),
+        guidance_scale=_scalar(inputs, "guidance_scale", float, d["guidance_scale"]),
+        guidance_scale_2=_scalar(inputs, "guidance_scale_2", float, d["guidance_scale_2"]),
+        flow_shift=_scalar(inputs, "flow_shift", float, d["flow_shift"]),
+        seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
+    )
+    k = config.vae_scale_factor_temporal
+    if req.num_frames % k != 1 % k or not lim.min_num_frames <= req.num_frames <= lim.max_num_frames:
+        raise RequestError(
+            f"'num_frames' must be of the form {k}k+1 within [{lim.min_num_frames}, {lim.max_num_frames}], "
+            f"got {req.num_frames}"
+        )
+    m = config.spatial_multiple
+    for name in ("height", "width"):
+        value = getattr(req, name)
+        if value % m or not lim.min_size <= value <= lim.max_size:
+            raise RequestError(f"'{name}' must be a multiple of {m} within [{lim.min_size}, {lim.max_size}], got {value}")
+    if not 1 <= req.num_inference_steps <= lim.max_inference_steps:
+        raise RequestError(
+            f"'num_inference_steps' must be within [1, {lim.max_inference_steps}], got {req.num_inference_steps}"
+        )
+    for name in ("guidance_scale", "guidance_scale_2"):
+        if not np.isfinite(getattr(req, name)) or getattr(req, name) < 0:
+            raise RequestError(f"'{name}' must be a finite number >= 0, got {getattr(req, name)}")
+    if not np.isfinite(req.flow_shift) or req.flow_shift <= 0:
+        raise RequestError(f"'flow_shift' must be a finite number > 0, got {req.flow_shift}")
+    if not 0 <= req.seed < 2**63:
+        raise RequestError(f"'seed' must be within [0, 2**63), got {req.seed}")
+    return req
+
+
+def expert_for_timestep(t: float, config: PipelineConfig) -> tuple[str, str]:
+    """(served expert, guidance field) for timestep t, as WanPipeline switches experts.
+
+    t >= boundary_ratio * num_train_timesteps -> high-noise expert with `guidance_scale`, else low-noise expert
+    with `guidance_scale_2`; a checkpoint without a boundary uses its single expert throughout.
+    """
+    if config.boundary_ratio is None or len(config.expert_names) == 1:
+        return config.expert_names[0], "guidance_scale"
+    boundary = config.boundary_ratio * config.scheduler_config["num_train_timesteps"]
+    if t >= boundary:
+        return config.expert_names[0], "guidance_scale"
+    return config.expert_names[1], "guidance_scale_2"
+
+
+def make_scheduler(config: PipelineConfig, flow_shift: float):
+    """A fresh scheduler per request (schedulers are stateful), from the checkpoint's own config."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler.from_config(config.scheduler_config, flow_shift=flow_shift)
+
+
+def frames_to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]: diffusers' postprocess ((x+1)/2 clamped), then round(x*255)."""
+    video = torch.as_tensor(video)[0]
+    video = (video * 0.5 + 0.5).clamp(0, 1)
+    return (video.permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class Wan22T2VPipeline:
+    """validate -> encode -> prepare latents -> denoise (expert switch, CFG) -> decode -> uint8 frames."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        text_encoder: TextEncoderFn,
+        expert: ExpertFn,
+        vae_decoder: VaeDecoderFn,
+    ):
+        self.config = config
+        self.text_encoder = text_encoder
+        self.expert = expert
+        self.vae_decoder = vae_decoder
+
+    def __call__(
+        self,
+        req: GenerationRequest,
+        on_step: Callable[[StepInfo], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        cfg = self.config
+        result = GenerationResult(video=np.empty(0, np.uint8), seed=req.seed)
+        clock = time.perf_counter()
+        start = clock
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            result.stage_seconds[stage] = now - clock
+            clock = now
+
+        def check_cancelled() -> None:
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("request cancelled by the client")
+
+        # 1. Encode the prompt (and the negative prompt when CFG is on), as one batch.
+        do_cfg = req.guidance_scale > 1.0
+        prompts = [req.prompt, req.negative_prompt] if do_cfg else [req.prompt]
+        embeds = self.text_encoder(prompts).astype(np.float32)
+        lap("text_encoder")
+
+        # 2. Timesteps from the checkpoint's scheduler.
+        scheduler = make_scheduler(cfg, req.flow_shift)
+        scheduler.set_timesteps(req.num_inference_steps, device="cpu")
+        scheduler.set_begin_index(0)
+
+        # 3. Initial noise exactly as diffusers draws it with torch.Generator("cpu").manual_seed(seed).
+        from diffusers.utils.torch_utils import randn_tensor
+
+        latent_frames = (req.num_frames - 1) // cfg.vae_scale_factor_temporal + 1
+        shape = (
+            1,
+            cfg.latent_channels,
+            latent_frames,
+            req.height // cfg.vae_scale_factor_spatial,
+            req.width // cfg.vae_scale_factor_spatial,
+        )
+        generator = torch.Generator("cpu").manual_seed(req.seed)
+        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+
+        # 4. Denoise: each step goes to the expert its timestep belongs to; cond and uncond run as one batch.
+        batch = len(prompts)
+        for i, t in enumerate(scheduler.timesteps):
+            check_cancelled()
+            expert, guidance_field = expert_for_timestep(float(t), cfg)
+            model_input = np.repeat(latents.numpy(), batch, axis=0)
+            timestep = np.full((batch,), float(t), dtype=np.float32)
+            noise = torch.from_numpy(self.expert(expert, model_input, timestep, embeds))
+            if do_cfg:
+                noise_cond, noise_uncond = noise[0:1], noise[1:2]
+                noise = noise_uncond + getattr(req, guidance_field) * (noise_cond - noise_uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            result.timesteps.append(float(t))
+            result.experts.append(expert)
+            if on_step is not None:
+                on_step(StepInfo(i + 1, req.num_inference_steps, float(t), expert, time.perf_counter() - start))
+        lap("denoise")
+
+        # 5. Undo the VAE's latent normalisation (same operations as diffusers) and decode.
+        check_cancelled()
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        latents = latents / inv_std + mean
+        video = self.vae_decoder(latents.numpy())
+        lap("vae_decoder")
+
+        # 6. Frames as uint8 [F, H, W, 3].
+        result.video = frames_to_uint8(video)
+        lap("postprocess")
+        return result
+
+
+def expert_model_names(diffusers_names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(EXPERT_MODELS[n] for n in diffusers_names)

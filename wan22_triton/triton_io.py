@@ -1,0 +1,95 @@
+"""The thin layer between Triton's Python backend (pb_utils) and the plain-Python serving code.
+
+Only this module and `triton_models/` touch pb_utils; they import it lazily because it exists only inside the
+Python-backend stub.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+def pb_utils():
+    import triton_python_backend_utils as pb  # provided by the stub
+
+    return pb
+
+
+def parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """config.pbtxt `parameters` as a plain {key: string} dict."""
+    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+
+
+def json_parameter(model_config: Mapping[str, Any], key: str) -> Any:
+    return json.loads(parameters(model_config)[key])
+
+
+def torch_device(args: Mapping[str, str]) -> str:
+    """The device of this model instance: its GPU for KIND_GPU, else the CPU."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    return "cpu"
+
+
+def request_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The inputs present in a request (optional ones may be absent), as numpy arrays."""
+    pb = pb_utils()
+    out = {}
+    for name in names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            out[name] = tensor.as_numpy()
+    return out
+
+
+def response(outputs: Mapping[str, np.ndarray]):
+    pb = pb_utils()
+    return pb.InferenceResponse(output_tensors=[pb.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()])
+
+
+def error_response(exc: BaseException):
+    """INVALID_ARG for bad input, CANCELLED for a cancelled request, INTERNAL for anything else."""
+    from .pipeline import Cancelled, RequestError
+
+    pb = pb_utils()
+    if isinstance(exc, RequestError):
+        code = pb.TritonError.INVALID_ARG
+    elif isinstance(exc, Cancelled):
+        code = pb.TritonError.CANCELLED
+    else:
+        code = pb.TritonError.INTERNAL
+    return pb.InferenceResponse(error=pb.TritonError(str(exc), code))
+
+
+def bls_infer(model_name: str, inputs: Mapping[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+    """One synchronous BLS call; a failure of the called model is raised with its message."""
+    pb = pb_utils()
+    request = pb.InferenceRequest(
+        model_name=model_name,
+        inputs=[pb.Tensor(k, np.ascontiguousarray(v)) for k, v in inputs.items()],
+        requested_output_names=output_names,
+    )
+    result = request.exec()
+    if result.has_error():
+        raise RuntimeError(f"{model_name}: {result.error().message()}")
+    return {name: pb.get_output_tensor_by_name(result, name).as_numpy() for name in output_names}
+
+
+def execute_each(requests, handle, logger) -> list:
+    """Run `handle(request) -> response` per request; an exception becomes that request's error response."""
+    from .pipeline import Cancelled, RequestError
+
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except (RequestError, Cancelled) as e:
+            logger.log_info(f"request rejected: {e}")
+            responses.append(error_response(e))
+        except Exception as e:  # a failure must answer this request, never take the stub down
+            logger.log_error(f"request failed: {type(e).__name__}: {e}")
+            responses.append(error_response(e))
+    return responses
