@@ -14,7 +14,8 @@ shim directory.
 Use from Python::
 
     from perf_analyzer_env import perf_analyzer_command   # with perf/ on sys.path
-    subprocess.run([*cmd, "-m", "add_sub"], env=env)       # cmd, env = perf_analyzer_command()
+    cmd, env = perf_analyzer_command()
+    subprocess.run([*cmd, "-m", "add_sub", "-u", "localhost:8001", "-i", "grpc"], env=env)
 
 or from shell scripts::
 

@@ -218,6 +218,12 @@ def test_prepare_wheel_backends_is_idempotent(tmp_path):
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging leftovers
 
 
+def test_missing_stub_version_is_a_clear_error(tmp_path):
+    pytest.importorskip("pytriton")
+    with pytest.raises(TritonLaunchError, match=r"no Python-backend stub for Python 3\.7 \(available: .*3\.11"):
+        launcher.prepare_wheel_backends(tmp_path, python_version="3.7")
+
+
 def test_perf_analyzer_smoke(server, tmp_path):
     missing = perf_analyzer_env.check()
     if "libb64.so.0d" in missing:

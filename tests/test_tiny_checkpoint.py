@@ -43,20 +43,10 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(ckpt):
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline
 
-    # diffusers 0.42.1 cannot load a model with _keep_in_fp32_modules (WanTransformer3DModel) unless `accelerate`
-    # is installed (low_cpu_mem_usage falls back to False, then from_pretrained raises). In FP32 the fp32-module
-    # upcast is a no-op, so without accelerate drop it for the duration of the load.
-    saved = WanTransformer3DModel._keep_in_fp32_modules
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        WanTransformer3DModel._keep_in_fp32_modules = None
-    try:
-        return WanPipeline.from_pretrained(ckpt)
-    finally:
-        WanTransformer3DModel._keep_in_fp32_modules = saved
+    # needs `accelerate`: without it diffusers 0.42.1 cannot load WanTransformer3DModel (_keep_in_fp32_modules)
+    return WanPipeline.from_pretrained(ckpt)
 
 
 def _sha256(path):

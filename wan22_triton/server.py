@@ -102,19 +102,23 @@ def _default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"wan22-triton-backends-{os.getuid()}"
 
 
-def prepare_wheel_backends(cache_dir: Path | str | None = None) -> Path:
+def prepare_wheel_backends(cache_dir: Path | str | None = None, python_version: str | None = None) -> Path:
     """Return a backend directory for the wheel's tritonserver, building it once.
 
     The result contains ``python/{libtriton_python.so, triton_python_backend_utils.py,
-    triton_python_backend_stub}``, the stub matching ``sys.version_info``. It is keyed
+    triton_python_backend_stub}``, the stub for ``python_version`` (default: this
+    interpreter's ``major.minor``; the stub must match the interpreter). It is keyed
     by the pytriton and Python versions, built in a temporary folder and renamed into
     place, so concurrent callers and repeated calls are safe.
     """
     root = _pytriton_root() / "tritonserver"
-    py_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    py_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / py_version / "triton_python_backend_stub"
     if not stub.is_file():
-        available = sorted(p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir())
+        available = sorted(
+            (p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir()),
+            key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()),
+        )
         raise TritonLaunchError(
             f"nvidia-pytriton ships no Python-backend stub for Python {py_version} "
             f"(available: {', '.join(available) or 'none'}); use one of those interpreters"
@@ -412,17 +416,17 @@ class TritonServer:
             )
         atexit.register(self.stop)
         try:
-            self._wait_ready(t0)
+            self._wait_ready(self._proc, t0)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
 
-    def _wait_ready(self, t0: float) -> None:
+    def _wait_ready(self, proc: subprocess.Popen, t0: float) -> None:
         url = f"http://{self.host}:{self.http_port}/v2/health/ready"
         while True:
-            code = self._proc.poll()
+            code = proc.poll()
             if code is not None:
                 raise TritonLaunchError(
                     f"tritonserver exited with code {code} during startup; log {self.log_file}:\n{self.log_tail()}"
@@ -450,11 +454,8 @@ class TritonServer:
             try:
                 proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
-                pass
-        try:  # SIGKILL fallback, also reaps stubs left in the server's own group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+                # Not reaped yet, so the group id is still this server's: SIGKILL it with its stubs.
+                os.killpg(proc.pid, signal.SIGKILL)
         self.returncode = proc.wait()
         for leftover in Path("/dev/shm").glob(f"{self._shm_prefix}*"):  # only left after a SIGKILL
             leftover.unlink(missing_ok=True)

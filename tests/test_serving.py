@@ -1,0 +1,175 @@
+"""The served `wan22_t2v` against diffusers' WanPipeline, on a real tritonserver (torch and onnx engines)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients import grpc_client
+from clients.common import REQUEST_INPUTS
+from wan22_triton.video import read_mp4
+
+from .conftest import ROOT, psnr, run_diffusers
+
+BASE = {"prompt": "a red panda on a mossy branch", "negative_prompt": "blurry", "guidance_scale": 4.0, "guidance_scale_2": 3.0}
+# Two frame counts x two resolutions; the step count crosses the expert boundary.
+PARITY_CASES = [
+    dict(num_frames=9, height=32, width=48, num_inference_steps=6, seed=11),
+    dict(num_frames=17, height=48, width=32, num_inference_steps=6, seed=12),
+    dict(num_frames=5, height=48, width=32, num_inference_steps=4, seed=13),
+    dict(num_frames=13, height=32, width=48, num_inference_steps=4, seed=14),
+]
+
+
+@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: f"{c['num_frames']}f-{c['height']}x{c['width']}")
+def test_torch_engine_matches_diffusers(torch_server, diffusers_pipe, case):
+    request = {**BASE, **case}
+    served = grpc_client.generate(torch_server.grpc_url, request)["video"]
+    expected = run_diffusers(diffusers_pipe, request)
+    assert served.shape == expected.shape == (case["num_frames"], case["height"], case["width"], 3)
+    assert psnr(served, expected) >= 40.0
+
+
+@pytest.mark.parametrize("case", PARITY_CASES[:2], ids=lambda c: f"{c['num_frames']}f-{c['height']}x{c['width']}")
+def test_onnx_engine_matches_diffusers(onnx_server, diffusers_pipe, case):
+    request = {**BASE, **case}
+    served = grpc_client.generate(onnx_server.grpc_url, request)["video"]
+    expected = run_diffusers(diffusers_pipe, request)
+    assert served.shape == expected.shape
+    assert psnr(served, expected) >= 40.0  # measured: see README (ONNX Runtime FP32 on CPU)
+
+
+def test_cfg_off_and_default_negative_prompt(torch_server, diffusers_pipe):
+    """guidance_scale <= 1 turns CFG off (one batch item), as in diffusers."""
+    request = dict(prompt="a lighthouse at night", num_frames=5, height=32, width=32, num_inference_steps=3,
+                   guidance_scale=1.0, guidance_scale_2=1.0, seed=5)
+    served = grpc_client.generate(torch_server.grpc_url, request)["video"]
+    assert psnr(served, run_diffusers(diffusers_pipe, request)) >= 40.0
+
+
+def test_same_seed_same_video_and_seed_is_reported(torch_server):
+    request = dict(prompt="waves", num_frames=5, height=32, width=32, num_inference_steps=2)
+    a = grpc_client.generate(torch_server.grpc_url, {**request, "seed": 7})
+    b = grpc_client.generate(torch_server.grpc_url, {**request, "seed": 7})
+    c = grpc_client.generate(torch_server.grpc_url, {**request, "seed": 8})
+    assert a["seed"] == 7 and np.array_equal(a["video"], b["video"])
+    assert not np.array_equal(a["video"], c["video"])
+    unseeded = grpc_client.generate(torch_server.grpc_url, request)
+    again = grpc_client.generate(torch_server.grpc_url, {**request, "seed": unseeded["seed"]})
+    assert np.array_equal(unseeded["video"], again["video"])
+
+
+def _diffusers_routing(pipe, steps: int, flow_shift: float) -> list[tuple[str, float]]:
+    """(expert, timestep) of every transformer call diffusers makes, CFG off so one call per step."""
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    calls = []
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _m, _a, kw, name=name: calls.append((name, float(kw["timestep"][0]))), with_kwargs=True
+        )
+        for name, module in (("transformer_high_noise", pipe.transformer), ("transformer_low_noise", pipe.transformer_2))
+    ]
+    original = pipe.scheduler
+    pipe.scheduler = UniPCMultistepScheduler.from_config(original.config, flow_shift=flow_shift)
+    try:
+        pipe(prompt="x", num_frames=1, height=16, width=16, num_inference_steps=steps, guidance_scale=1.0,
+             generator=torch.Generator("cpu").manual_seed(0), output_type="latent")
+    finally:
+        pipe.scheduler = original
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("flow_shift", [3.0, 12.0])
+@pytest.mark.parametrize("steps", [4, 40])
+def test_expert_routing_matches_diffusers(torch_server, diffusers_pipe, steps, flow_shift):
+    request = dict(prompt="x", num_frames=1, height=16, width=16, num_inference_steps=steps, guidance_scale=1.0,
+                   flow_shift=flow_shift, seed=0)
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        inputs = []
+        for name, value in request.items():
+            dtype, np_dtype = REQUEST_INPUTS[name]
+            tensor = grpcclient.InferInput(name, [1], dtype)
+            tensor.set_data_from_numpy(np.array([value.encode() if dtype == "BYTES" else value], dtype=np_dtype))
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("step_experts", "step_timesteps")]
+        result = client.infer("wan22_t2v", inputs, outputs=outputs)
+    served = [(e.decode(), float(t)) for e, t in zip(result.as_numpy("step_experts"), result.as_numpy("step_timesteps"))]
+    expected = _diffusers_routing(diffusers_pipe, steps, flow_shift)
+    assert served == expected
+    experts = {e for e, _ in served}
+    assert experts == {"transformer_high_noise", "transformer_low_noise"}  # both stages reached
+
+
+@pytest.mark.parametrize("client", ["grpc_client", "http_client"])
+def test_clients_write_mp4(torch_server, tmp_path, client):
+    url = torch_server.grpc_url if client == "grpc_client" else torch_server.http_url
+    out = tmp_path / f"{client}.mp4"
+    cmd = [sys.executable, "-m", f"clients.{client}", "--url", url, "--prompt", "a kite", "--output", str(out),
+           "--num-frames", "9", "--height", "32", "--width", "48", "--num-inference-steps", "2", "--seed", "3"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "latency" in proc.stdout
+    frames, fps = read_mp4(out)
+    assert frames.shape == (9, 32, 48, 3)
+    assert fps == 16.0  # the checkpoint family's fps, read from the model config
+
+
+def _infer_raw(url: str, tensors: list[tuple[str, str, np.ndarray]]):
+    with grpcclient.InferenceServerClient(url) as client:
+        inputs = []
+        for name, dtype, array in tensors:
+            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return client.infer("wan22_t2v", inputs, outputs=[grpcclient.InferRequestedOutput("video")])
+
+
+GOOD = dict(prompt="ok", num_frames=5, height=32, width=32, num_inference_steps=1, seed=1)
+BAD_VALUES = [
+    ({"num_frames": 10}, "num_frames"),  # not 4k+1
+    ({"num_frames": 37}, "num_frames"),  # above the configured maximum (33)
+    ({"height": 40}, "height"),  # not a multiple of 16
+    ({"width": 512}, "width"),  # above the configured maximum (256)
+    ({"width": 0}, "width"),
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"num_inference_steps": 51}, "num_inference_steps"),  # above the configured maximum (50)
+    ({"guidance_scale": float("nan")}, "guidance_scale"),
+    ({"flow_shift": -1.0}, "flow_shift"),
+    ({"seed": -5}, "seed"),
+]
+
+
+@pytest.mark.parametrize("bad,field", BAD_VALUES, ids=[f for _, f in BAD_VALUES])
+def test_bad_values_are_invalid_arg_and_server_keeps_serving(torch_server, bad, field):
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.generate(torch_server.grpc_url, {**GOOD, **bad})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert field in err.value.message()
+    assert grpc_client.generate(torch_server.grpc_url, GOOD)["video"].shape == (5, 32, 32, 3)
+
+
+BAD_TENSORS = {
+    "non-utf8 prompt": ([("prompt", "BYTES", np.array([b"\xff\xfe bad"], dtype=object))], "prompt"),
+    "missing prompt": ([("num_frames", "INT32", np.array([5], dtype=np.int32))], "prompt"),
+    "wrong dtype": ([("prompt", "BYTES", np.array([b"ok"], dtype=object)), ("num_frames", "FP32", np.array([5.0], dtype=np.float32))], "num_frames"),
+    "wrong shape": ([("prompt", "BYTES", np.array([b"ok"], dtype=object)), ("seed", "INT64", np.array([1, 2], dtype=np.int64))], "seed"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TENSORS), ids=list(BAD_TENSORS))
+def test_bad_tensors_are_invalid_arg_and_server_keeps_serving(torch_server, case):
+    tensors, field = BAD_TENSORS[case]
+    with pytest.raises(InferenceServerException) as err:
+        _infer_raw(torch_server.grpc_url, tensors)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert field in err.value.message()
+    assert grpc_client.generate(torch_server.grpc_url, GOOD)["video"].shape == (5, 32, 32, 3)
