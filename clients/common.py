@@ -22,10 +22,11 @@ REQUEST_INPUTS = {
     "guidance_scale_2": ("FP32", np.float32),
     "flow_shift": ("FP32", np.float32),
     "seed": ("INT64", np.int64),
+    "output_format": ("BYTES", np.object_),  # frames (raw uint8 tensor) or mp4 (encoded on the server)
 }
 
 
-def parse_args(default_url: str, description: str) -> argparse.Namespace:
+def parse_args(default_url: str, description: str, streaming: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", default=default_url, help="server address (host:port)")
     parser.add_argument("--model", default=MODEL)
@@ -33,6 +34,8 @@ def parse_args(default_url: str, description: str) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=None, help="default: the model's `fps` parameter (checkpoint's)")
     parser.add_argument("--timeout", type=float, default=None, help="client-side timeout in seconds")
     parser.add_argument("--prompt", required=True)
+    if streaming:
+        parser.add_argument("--stream", action="store_true", help="per-step progress bar (wan22_t2v_stream)")
     kinds = {np.int32: int, np.int64: int, np.float32: float, np.object_: str}
     for name, (_, dtype) in REQUEST_INPUTS.items():
         if name != "prompt":
@@ -61,23 +64,37 @@ def model_fps(config: dict[str, Any]) -> float:
     return float(json.loads(config["parameters"]["fps"]["string_value"]))
 
 
-OUTPUTS = ("video", "seed_used", "stage_seconds")
+def output_names(values: dict[str, Any]) -> list[str]:
+    video = "video_mp4" if values.get("output_format") == "mp4" else "video"
+    return [video, "seed_used", "stage_seconds"]
 
 
 def unpack(result) -> dict[str, Any]:
-    """video, seed and the server's per-stage seconds from an InferResult of either protocol."""
-    return {
-        "video": result.as_numpy("video"),
+    """video (frames or MP4 bytes), seed and the server's per-stage seconds from an InferResult of either protocol."""
+    out = {
         "seed": int(result.as_numpy("seed_used")[0]),
         "stage_seconds": json.loads(result.as_numpy("stage_seconds")[0]),
     }
+    mp4 = result.as_numpy("video_mp4")
+    if mp4 is not None:
+        out["video_mp4"] = bytes(mp4[0])
+    else:
+        out["video"] = result.as_numpy("video")
+    return out
 
 
 def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
-    from wan22_triton.video import write_mp4
+    from pathlib import Path
 
-    video = out["video"]
-    write_mp4(video, path, fps)
+    from wan22_triton.video import read_mp4, write_mp4
+
+    if "video_mp4" in out:  # encoded on the server at the checkpoint's fps
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(out["video_mp4"])
+        video, fps = read_mp4(path)
+    else:
+        video = out["video"]
+        write_mp4(video, path, fps)
     frames, height, width, _ = video.shape
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in out["stage_seconds"].items())
     print(f"wrote {path} ({frames} frames, {width}x{height}, {fps:g} fps), seed {out['seed']}")

@@ -1,25 +1,79 @@
-"""Generate a video over gRPC: python -m clients.grpc_client --prompt "..." --output out.mp4"""
+"""Generate a video over gRPC: python -m clients.grpc_client --prompt "..." [--stream] --output out.mp4
+
+With --stream the request goes to the decoupled `wan22_t2v_stream`, which answers once per denoising step; a
+progress bar with ETA follows them. Ctrl-C or --timeout cancels the request on the server.
+"""
 
 from __future__ import annotations
 
+import json
+import queue
 import time
-from typing import Any
+from typing import Any, Callable
 
 import tritonclient.grpc as grpcclient
 
-from .common import MODEL, OUTPUTS, model_fps, parse_args, request_arrays, request_values, save, unpack
+from .common import MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack
+
+STREAM_MODEL = "wan22_t2v_stream"
+
+
+def _inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, (dtype, array) in request_arrays(values).items():
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: float | None = None) -> dict[str, Any]:
-    """One request to `wan22_t2v`; returns video, seed and the server's stage seconds."""
+    """One request to `wan22_t2v`; returns the video (frames or MP4 bytes), seed and the server's stage seconds."""
     with grpcclient.InferenceServerClient(url) as client:
-        inputs = []
-        for name, (dtype, array) in request_arrays(values).items():
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(n) for n in OUTPUTS]
-        return unpack(client.infer(model, inputs, outputs=outputs, client_timeout=timeout))
+        outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
+        return unpack(client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout))
+
+
+def generate_stream(
+    url: str,
+    values: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    model: str = STREAM_MODEL,
+    timeout: float | None = None,
+    cancel_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """One request to the decoupled model: `on_progress` gets each step's progress, then the result returns.
+
+    On timeout (or after `cancel_after_steps` progress messages) the stream is stopped with its requests
+    cancelled and TimeoutError / the server's CANCELLED error is raised.
+    """
+    responses: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as client:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            client.async_stream_infer(model, _inputs(values))
+            deadline = time.monotonic() + timeout if timeout else None
+            steps = 0
+            while True:
+                wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+                try:
+                    result, error = responses.get(timeout=wait)
+                except queue.Empty:
+                    raise TimeoutError(f"no result within {timeout} s; request cancelled") from None
+                if error is not None:
+                    raise error
+                progress = result.as_numpy("progress")
+                if progress is None:
+                    return unpack(result)
+                steps += 1
+                if on_progress is not None:
+                    on_progress(json.loads(progress[0]))
+                if cancel_after_steps is not None and steps >= cancel_after_steps:
+                    client.stop_stream(cancel_requests=True)
+                    result, error = responses.get(timeout=60)
+                    raise error or RuntimeError("stream ended without the CANCELLED error")
+        finally:
+            client.stop_stream(cancel_requests=True)
 
 
 def fps_of(url: str, model: str = MODEL) -> float:
@@ -28,10 +82,23 @@ def fps_of(url: str, model: str = MODEL) -> float:
 
 
 def main() -> None:
-    args = parse_args("localhost:8001", __doc__)
+    args = parse_args("localhost:8001", __doc__, streaming=True)
     fps = args.fps or fps_of(args.url, args.model)
+    values = request_values(args)
     started = time.perf_counter()
-    out = generate(args.url, request_values(args), args.model, args.timeout)
+    if not args.stream:
+        out = generate(args.url, values, args.model, args.timeout)
+    else:
+        from tqdm import tqdm
+
+        with tqdm(unit="step", desc="denoising") as bar:
+
+            def on_progress(p: dict[str, Any]) -> None:
+                bar.total = p["total"]
+                bar.set_postfix(expert=p["expert"].replace("transformer_", ""), t=int(p["timestep"]))
+                bar.update(p["step"] - bar.n)
+
+            out = generate_stream(args.url, values, on_progress, timeout=args.timeout)
     save(out, args.output, fps, time.perf_counter() - started)
 
 

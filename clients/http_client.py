@@ -7,7 +7,7 @@ from typing import Any
 
 import tritonclient.http as httpclient
 
-from .common import MODEL, OUTPUTS, model_fps, parse_args, request_arrays, request_values, save, unpack
+from .common import MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack
 
 
 def _client(url: str, timeout: float | None) -> httpclient.InferenceServerClient:
@@ -24,7 +24,7 @@ def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: floa
             tensor = httpclient.InferInput(name, list(array.shape), dtype)
             tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in output_names(values)]
         return unpack(client.infer(model, inputs, outputs=outputs))
     finally:
         client.close()

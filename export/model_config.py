@@ -26,6 +26,7 @@ def build_model_config(
     parameters: Mapping[str, Any] | None = None,
     optional_inputs: frozenset[str] = frozenset(),
     decoupled: bool = False,
+    max_queue_seconds: float = 0,
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend:
@@ -49,6 +50,12 @@ def build_model_config(
         config.parameters[key].string_value = text
     if decoupled:
         config.model_transaction_policy.decoupled = True
+    if max_queue_seconds:
+        # Triton's queue policy: a request still waiting after the timeout is rejected (clients may ask for less).
+        policy = config.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
+        policy.default_timeout_microseconds = int(max_queue_seconds * 1e6)
+        policy.allow_timeout_override = True
     return config
 
 

@@ -32,6 +32,8 @@ class ExportOptions:
     max_size: int = 1280
     max_inference_steps: int = 100
     orchestrator_instances: int = 1
+    max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected
+    max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -81,6 +83,7 @@ def orchestrator_parameters(info: CheckpointInfo, opts: ExportOptions) -> dict[s
         "min_size": opts.min_size,
         "max_size": opts.max_size,
         "max_inference_steps": opts.max_inference_steps,
+        "max_request_seconds": opts.max_request_seconds,
         # JSON, strings included, so the orchestrator reads every default back with its type.
         **{f"default_{k}": json.dumps(v) for k, v in defaults.items()},
     }
@@ -147,17 +150,22 @@ def export_repository(
     _write_config(model_dir, build_model_config(C.vae_decoder_spec(info), instance_kind=kind, parameters=vae_params))
     log(f"  {C.VAE_DECODER}: {time.perf_counter() - t0:.1f}s")
 
-    # wan22_t2v: the BLS orchestrator; runs on the CPU, the heavy work happens in the models it calls.
-    model_dir = repo / C.ORCHESTRATOR
-    version = _clean_version_dir(model_dir)
-    config = build_model_config(
-        C.orchestrator_spec(info),
-        instance_kind="KIND_CPU",
-        instance_count=opts.orchestrator_instances,
-        parameters=orchestrator_parameters(info, opts),
-        optional_inputs=C.OPTIONAL_REQUEST_INPUTS,
-    )
-    _write_config(model_dir, config)
-    (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))
-    log(f"  {C.ORCHESTRATOR}: config written")
+    # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled); runs on the CPU,
+    # the heavy work happens in the models it calls.
+    for stream in (False, True):
+        spec = C.orchestrator_spec(info, stream=stream)
+        model_dir = repo / spec.name
+        version = _clean_version_dir(model_dir)
+        config = build_model_config(
+            spec,
+            instance_kind="KIND_CPU",
+            instance_count=opts.orchestrator_instances,
+            parameters=orchestrator_parameters(info, opts),
+            optional_inputs=C.OPTIONAL_REQUEST_INPUTS,
+            decoupled=stream,
+            max_queue_seconds=opts.max_queue_seconds,
+        )
+        _write_config(model_dir, config)
+        (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))
+        log(f"  {spec.name}: config written")
     return info

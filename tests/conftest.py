@@ -32,7 +32,7 @@ def _serve(tmp_path_factory, checkpoint: Path, engine: str):
         target = repo / model_py.relative_to(ROOT / "model_repository")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(model_py.read_text())
-    export_repository(checkpoint, repo, ExportOptions(engine=engine, max_num_frames=33, max_size=256, max_inference_steps=50), log=lambda _: None)
+    export_repository(checkpoint, repo, ExportOptions(engine=engine, max_num_frames=33, max_size=256, max_inference_steps=50, orchestrator_instances=2), log=lambda _: None)
     server = TritonServer(repo, log_file=repo / "tritonserver.log")
     server.start()
     return server

@@ -23,6 +23,7 @@ TRANSFORMER_HIGH_NOISE = "transformer_high_noise"
 TRANSFORMER_LOW_NOISE = "transformer_low_noise"
 VAE_DECODER = "vae_decoder"
 ORCHESTRATOR = "wan22_t2v"
+ORCHESTRATOR_STREAM = "wan22_t2v_stream"  # decoupled: per-step progress, then the video
 
 # Served expert name per diffusers sub-folder: `transformer` denoises high-noise steps, `transformer_2` low-noise.
 EXPERT_MODELS = {"transformer": TRANSFORMER_HIGH_NOISE, "transformer_2": TRANSFORMER_LOW_NOISE}
@@ -209,11 +210,15 @@ def vae_decoder_frame_specs(info: CheckpointInfo, caches: Iterable[CacheEntry]) 
     return first, step
 
 
-def orchestrator_spec(info: CheckpointInfo) -> ComponentSpec:
-    """The request contract users call (non-batched, every input shape [1]); see README."""
+def orchestrator_spec(info: CheckpointInfo, stream: bool = False) -> ComponentSpec:
+    """The request contract users call (non-batched, every input shape [1]); see README.
+
+    The streaming variant takes the same inputs and adds `progress` (JSON per step) to its responses.
+    """
     scalar = (1,)
+    progress = (TensorSpec("progress", "object", scalar),) if stream else ()
     return ComponentSpec(
-        name=ORCHESTRATOR,
+        name=ORCHESTRATOR_STREAM if stream else ORCHESTRATOR,
         inputs=(
             TensorSpec("prompt", "object", scalar),
             TensorSpec("negative_prompt", "object", scalar),
@@ -225,9 +230,12 @@ def orchestrator_spec(info: CheckpointInfo) -> ComponentSpec:
             TensorSpec("guidance_scale_2", "float32", scalar),
             TensorSpec("flow_shift", "float32", scalar),
             TensorSpec("seed", "int64", scalar),
+            TensorSpec("output_format", "object", scalar),  # "frames" (default) or "mp4"
         ),
         outputs=(
+            *progress,
             TensorSpec("video", "uint8", (Dim("video_frames"), Dim("height"), Dim("width"), 3)),
+            TensorSpec("video_mp4", "object", scalar),
             TensorSpec("seed_used", "int64", scalar),
             TensorSpec("step_timesteps", "float32", (Dim("steps"),)),
             TensorSpec("step_experts", "object", (Dim("steps"),)),
@@ -238,5 +246,6 @@ def orchestrator_spec(info: CheckpointInfo) -> ComponentSpec:
 
 
 OPTIONAL_REQUEST_INPUTS = frozenset(
-    {"negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale", "guidance_scale_2", "flow_shift", "seed"}
+    {"negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale", "guidance_scale_2",
+     "flow_shift", "seed", "output_format"}
 )

@@ -19,6 +19,9 @@ import torch
 from .components import EXPERT_MODELS
 
 
+OUTPUT_FORMATS = ("frames", "mp4")
+
+
 class RequestError(ValueError):
     """Bad request input; served as Triton INVALID_ARG."""
 
@@ -65,6 +68,7 @@ class GenerationRequest:
     guidance_scale_2: float
     flow_shift: float
     seed: int
+    output_format: str = "frames"
 
 
 @dataclass
@@ -126,7 +130,10 @@ def validate_request(inputs: Mapping[str, np.ndarray], config: PipelineConfig) -
         guidance_scale_2=_scalar(inputs, "guidance_scale_2", float, d["guidance_scale_2"]),
         flow_shift=_scalar(inputs, "flow_shift", float, d["flow_shift"]),
         seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
+        output_format=_scalar(inputs, "output_format", str, "frames"),
     )
+    if req.output_format not in OUTPUT_FORMATS:
+        raise RequestError(f"'output_format' must be one of {list(OUTPUT_FORMATS)}, got {req.output_format!r}")
     k = config.vae_scale_factor_temporal
     if req.num_frames % k != 1 % k or not lim.min_num_frames <= req.num_frames <= lim.max_num_frames:
         raise RequestError(

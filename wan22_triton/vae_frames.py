@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .components import CacheEntry
+from .components import CacheEntry, ComponentSpec
 
 CACHE_FRAMES = 2  # diffusers' CACHE_T: frames a 3-tap causal convolution keeps from the previous chunk
 
@@ -164,6 +164,32 @@ def decode_with_frame_graphs(
     if isinstance(chunks[0], torch.Tensor):
         return torch.cat(chunks, dim=2)
     return np.concatenate(chunks, axis=2)
+
+
+def named_runners(
+    run_first_graph: Callable[[dict[str, Any]], Sequence[Any]],
+    run_step_graph: Callable[[dict[str, Any]], Sequence[Any]],
+    first_spec: ComponentSpec,
+    step_spec: ComponentSpec,
+) -> tuple[Callable, Callable]:
+    """`run_first` / `run_step` for `decode_with_frame_graphs` over engines fed by name.
+
+    `run_*_graph(feeds)` takes {input name: array} and returns the outputs in declared order (onnxruntime:
+    `lambda feeds: session.run(first_spec.output_names, feeds)`); the names come from the component specs.
+    """
+    latent_name, *cache_names = step_spec.input_names
+    if first_spec.input_names != [latent_name] or len(first_spec.outputs) != len(step_spec.outputs):
+        raise ValueError("first-frame and step specs do not belong together")
+
+    def run_first(latent_frame: Any) -> tuple[Any, list[Any]]:
+        frames, *caches = run_first_graph({latent_name: latent_frame})
+        return frames, caches
+
+    def run_step(latent_frame: Any, caches: Sequence[Any]) -> tuple[Any, list[Any]]:
+        frames, *new = run_step_graph({latent_name: latent_frame, **dict(zip(cache_names, caches, strict=True))})
+        return frames, new
+
+    return run_first, run_step
 
 
 def torch_runners(vae: Any, layout: Sequence[CacheEntry] | None = None) -> tuple[Callable, Callable]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 import numpy as np
 
 from .. import triton_io
 from ..components import TEXT_ENCODER, VAE_DECODER
-from ..pipeline import Limits, PipelineConfig, Wan22T2VPipeline, validate_request
+from ..pipeline import Cancelled, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
+from ..video import encode_mp4
 
 
 def pipeline_config_from_parameters(params: dict[str, str]) -> PipelineConfig:
@@ -45,33 +48,65 @@ def bls_vae_decoder(latents: np.ndarray) -> np.ndarray:
 
 
 class TritonPythonModel:
+    """Serves both `wan22_t2v` and, when its config is decoupled, `wan22_t2v_stream` (per-step progress)."""
+
     def initialize(self, args):
         pb = triton_io.pb_utils()
         self.logger = pb.Logger
         self.model_config = json.loads(args["model_config"])
-        self.config = pipeline_config_from_parameters(triton_io.parameters(self.model_config))
+        params = triton_io.parameters(self.model_config)
+        self.config = pipeline_config_from_parameters(params)
+        self.fps = float(params["fps"])
+        self.max_request_seconds = float(params.get("max_request_seconds", "0"))
         self.input_names = [i["name"] for i in self.model_config["input"]]
+        self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
         self.pipeline = Wan22T2VPipeline(self.config, bls_text_encoder, bls_expert, bls_vae_decoder)
-        self.logger.log_info(f"wan22_t2v ready: experts {self.config.expert_names}, defaults {self.config.defaults}")
+        self.logger.log_info(
+            f"{self.model_config['name']} ready: experts {self.config.expert_names}, streaming {self.streaming}, "
+            f"defaults {self.config.defaults}"
+        )
 
     def execute(self, requests):
-        return triton_io.execute_each(requests, self._generate, self.logger)
+        if not self.streaming:
+            return triton_io.execute_each(requests, self._generate, self.logger)
+        for request in requests:
+            sender = request.get_response_sender()
+            final = triton_io.pb_utils().TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            [response] = triton_io.execute_each([request], lambda r: self._generate(r, sender), self.logger)
+            sender.send(response, flags=final)
+        return None
 
-    def _generate(self, request):
+    def _generate(self, request, sender=None):
+        # 1. Validate (defaults from the checkpoint, limits from the config).
         req = validate_request(triton_io.request_inputs(request, self.input_names), self.config)
         self.logger.log_info(
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
         )
-        result = self.pipeline(req, is_cancelled=request.is_cancelled)
-        self.logger.log_info(
-            "stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in result.stage_seconds.items())
-        )
-        return triton_io.response(
-            {
-                "video": result.video,
-                "seed_used": np.array([result.seed], dtype=np.int64),
-                "step_timesteps": np.array(result.timesteps, dtype=np.float32),
-                "step_experts": np.array([e.encode() for e in result.experts], dtype=object),
-                "stage_seconds": np.array([json.dumps(result.stage_seconds).encode()], dtype=object),
-            }
-        )
+        started = time.monotonic()
+
+        def stop_requested() -> bool:
+            if self.max_request_seconds and time.monotonic() - started > self.max_request_seconds:
+                raise Cancelled(f"request exceeded max_request_seconds ({self.max_request_seconds:g} s)")
+            return (sender or request).is_cancelled()
+
+        def report(step: StepInfo) -> None:
+            progress = json.dumps(dataclasses.asdict(step)).encode()
+            sender.send(triton_io.response({"progress": np.array([progress], dtype=object)}))
+
+        # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline).
+        result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
+        # 6. Video as frames or as an MP4 made here.
+        outputs = {
+            "seed_used": np.array([result.seed], dtype=np.int64),
+            "step_timesteps": np.array(result.timesteps, dtype=np.float32),
+            "step_experts": np.array([e.encode() for e in result.experts], dtype=object),
+        }
+        if req.output_format == "mp4":
+            t0 = time.perf_counter()
+            outputs["video_mp4"] = np.array([encode_mp4(result.video, self.fps)], dtype=object)
+            result.stage_seconds["encode_mp4"] = time.perf_counter() - t0
+        else:
+            outputs["video"] = result.video
+        outputs["stage_seconds"] = np.array([json.dumps(result.stage_seconds).encode()], dtype=object)
+        self.logger.log_info("stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in result.stage_seconds.items()))
+        return triton_io.response(outputs)
