@@ -16,8 +16,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .components import EXPERT_MODELS
-
 
 OUTPUT_FORMATS = ("frames", "mp4")
 
@@ -278,7 +276,3 @@ class Wan22T2VPipeline:
         result.video = frames_to_uint8(video)
         lap("postprocess")
         return result
-
-
-def expert_model_names(diffusers_names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(EXPERT_MODELS[n] for n in diffusers_names)
