@@ -18,6 +18,10 @@ are ~28 GB, far beyond protobuf's 2 GB limit):
     <out_dir>/vae_decoder_cache_layout.json                   the CacheEntry list both graphs were built for
 
 Graph input/output dims carry the declared labels ("batch", "latent_height", "latent_height_x2", ...).
+
+Export-time patches (undone afterwards; results identical, checked by tests/test_onnx_export.py): float64 buffers as
+float32 (TensorRT has no FP64), Wan attention through `ExportWanAttnProcessor` (plain SDPA, RoPE without ScatterND),
+and the VAE's integer-scale "nearest-exact" upsampling as "nearest" (one `Resize` instead of index GatherNDs).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,12 +42,17 @@ from torch import nn
 from wan22_triton import components
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import CacheEntry, ComponentSpec
-from wan22_triton.vae_frames import FirstFrameDecoder, StepDecoder, discover_cache_layout
+from wan22_triton.vae_frames import (  # noqa: F401  (load_cache_layout re-exported for the export's users)
+    FirstFrameDecoder,
+    StepDecoder,
+    discover_cache_layout,
+    load_cache_layout,
+    save_cache_layout,
+)
 
 # 18: the lowest opset the dynamo exporter emits natively. SDPA becomes MatMul/Softmax/MatMul (the pattern TensorRT
 # fuses into its MHA kernels); opset >= 23 would emit the ONNX `Attention` op, which older TensorRT parsers lack.
 DEFAULT_OPSET = 18
-CACHE_LAYOUT_FILE = "vae_decoder_cache_layout.json"
 
 
 # --------------------------------------------------------------------------------------------- shapes and names
@@ -121,13 +131,17 @@ def export_module(module: nn.Module, spec: ComponentSpec, path: str | Path, opse
     sample = spec.sample_inputs(export_sizes(spec, sizes))
     args = tuple(torch.from_numpy(sample[name]) for name in spec.input_names)
     module = module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Noise from torch 2.13's exporter: derived dims sharing a symbol, and a pytree deprecation.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
         program = torch.onnx.export(
             module, args, dynamo=True, input_names=spec.input_names, output_names=spec.output_names,
             dynamic_shapes=_group_varargs(module, torch_dynamic_shapes(spec)), opset_version=opset, optimize=True,
             verbose=False,
         )
     # Weights always go to ONE external file next to the graph, whatever the model size.
+    assert program is not None
     for stale in (path, path.with_name(path.name + ".data")):
         stale.unlink(missing_ok=True)
     program.save(path, external_data=True)
@@ -144,7 +158,7 @@ def export_module(module: nn.Module, spec: ComponentSpec, path: str | Path, opse
 def external_data_files(path: str | Path) -> set[str]:
     """Locations of the external data a graph references (relative to its directory)."""
     model = onnx.load(str(path), load_external_data=False)
-    files = set()
+    files: set[str] = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if onnx.external_data_helper.uses_external_data(tensor):
             files.update(e.value for e in tensor.external_data if e.key == "location")
@@ -162,6 +176,42 @@ def op_histogram(path: str | Path) -> Counter:
     return Counter(node.op_type for node in model.graph.node)
 
 
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_transformer(folder: str | Path) -> nn.Module:
+    """One expert of a diffusers checkpoint (`<checkpoint>/transformer` or `transformer_2`), float32, eval mode.
+
+    `WanTransformer3DModel.from_pretrained` requires `accelerate` (its `_keep_in_fp32_modules` force
+    `low_cpu_mem_usage=True`); without it, the model is built from its config and the safetensors (sharded or not)
+    are loaded into it, which is equivalent.
+    """
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+    from diffusers.utils import is_accelerate_available
+
+    folder = Path(folder)
+    if is_accelerate_available():
+        return WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    from safetensors.torch import load_file
+
+    model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "diffusion_pytorch_model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(folder / name))
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def load_vae(folder: str | Path) -> nn.Module:
+    """The checkpoint's `AutoencoderKLWan` (`<checkpoint>/vae`), float32, eval mode."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(Path(folder), torch_dtype=torch.float32).eval()
+
+
 # --------------------------------------------------------------------------------------------- transformer
 
 
@@ -176,7 +226,7 @@ def _apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tenso
 
 
 class ExportWanAttnProcessor:
-    """diffusers' `WanAttnProcessor` for text-to-video (no image K/V), attention as plain `F.scaled_dot_product_attention`.
+    """diffusers' `WanAttnProcessor` for text-to-video (no image K/V), attention as `F.scaled_dot_product_attention`.
 
     diffusers' processor goes through `dispatch_attention_fn`, whose backend registry is process-wide state (a
     user's `attention_backend("flash")` would leak into the graph); here it is always SDPA, the op TensorRT fuses.
@@ -189,7 +239,8 @@ class ExportWanAttnProcessor:
 
         if attn.add_k_proj is not None:
             raise NotImplementedError("image-conditioned (I2V) attention is not exported; Wan2.2 T2V has none")
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states  # self-attention: None
+        query, key, value = _get_qkv_projections(attn, hidden_states, context)
         query = attn.norm_q(query)
         key = attn.norm_k(key)
         query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
@@ -223,7 +274,7 @@ def export_patches(model: nn.Module) -> Iterator[None]:
                     module._buffers[name] = buf.float()
             if isinstance(module, WanAttention):
                 saved_processors.append((module, module.processor))
-                module.processor = ExportWanAttnProcessor()
+                module.processor = ExportWanAttnProcessor()  # type: ignore[assignment]
         yield
     finally:
         for module, name, buf in saved_buffers:
@@ -239,10 +290,11 @@ class TransformerExportWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.compute_dtype: torch.dtype = model.get_parameter("patch_embedding.weight").dtype
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        dtype = self.model.patch_embedding.weight.dtype
+        dtype = self.compute_dtype
         out = self.model(hidden_states.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False)[0]
         return out.float()
 
@@ -257,6 +309,29 @@ def export_transformer(model: nn.Module, spec: ComponentSpec, path: str | Path, 
 # --------------------------------------------------------------------------------------------- VAE decoder
 
 
+@contextlib.contextmanager
+def nearest_upsampling(module: nn.Module) -> Iterator[None]:
+    """While exporting: `nn.Upsample(mode="nearest-exact")` with integer scale factors as mode "nearest".
+
+    For an integer scale s both pick source index floor(d / s) (nearest-exact: floor((d + 0.5) / s), and
+    (r + 0.5) / s < 1 for every remainder r < s), so results are identical; but "nearest" exports as one ONNX
+    `Resize`, while "nearest-exact" is decomposed into index arithmetic and a GatherND per layer.
+    """
+    changed = []
+    try:
+        for m in module.modules():
+            if not isinstance(m, nn.Upsample) or m.mode != "nearest-exact" or m.scale_factor is None:
+                continue
+            factors = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor,)
+            if all(float(f).is_integer() for f in factors):
+                changed.append(m)
+                m.mode = "nearest"
+        yield
+    finally:
+        for m in changed:
+            m.mode = "nearest-exact"
+
+
 def export_vae_decoder_frames(vae: nn.Module, info: CheckpointInfo, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                               layout: Sequence[CacheEntry] | None = None) -> tuple[Path, Path]:
     """Export the first-frame and step graphs (`components.vae_decoder_frame_specs`) and the cache layout into
@@ -266,15 +341,8 @@ def export_vae_decoder_frames(vae: nn.Module, info: CheckpointInfo, out_dir: str
     vae = vae.eval()
     layout = list(layout) if layout is not None else discover_cache_layout(vae)
     first_spec, step_spec = components.vae_decoder_frame_specs(info, layout)
-    first = export_module(FirstFrameDecoder(vae, layout), first_spec, out_dir / f"{first_spec.name}.onnx", opset)
-    step = export_module(StepDecoder(vae, layout), step_spec, out_dir / f"{step_spec.name}.onnx", opset)
-    (out_dir / CACHE_LAYOUT_FILE).write_text(
-        json.dumps([{"channels": c.channels, "scale": c.scale} for c in layout], indent=1) + "\n"
-    )
+    with nearest_upsampling(vae):
+        first = export_module(FirstFrameDecoder(vae, layout), first_spec, out_dir / f"{first_spec.name}.onnx", opset)
+        step = export_module(StepDecoder(vae, layout), step_spec, out_dir / f"{step_spec.name}.onnx", opset)
+    save_cache_layout(layout, out_dir)
     return first, step
-
-
-def load_cache_layout(out_dir: str | Path) -> list[CacheEntry]:
-    """The cache layout `export_vae_decoder_frames` wrote (for `components.vae_decoder_frame_specs` at serving time)."""
-    entries = json.loads((Path(out_dir) / CACHE_LAYOUT_FILE).read_text())
-    return [CacheEntry(channels=int(e["channels"]), scale=int(e["scale"])) for e in entries]

@@ -146,6 +146,7 @@ def export_repository(
         from .onnx_export import export_vae_decoder_frames, load_vae
 
         export_vae_decoder_frames(load_vae(ckpt / "vae"), info, version)
+        (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))  # to rebuild the specs
     vae_params = dict(common, precision="fp32" if opts.precision == "fp16" else opts.precision)
     _write_config(model_dir, build_model_config(C.vae_decoder_spec(info), instance_kind=kind, parameters=vae_params))
     log(f"  {C.VAE_DECODER}: {time.perf_counter() - t0:.1f}s")

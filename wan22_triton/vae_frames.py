@@ -27,7 +27,9 @@ Why the normalisation is exact (read from diffusers' `autoencoder_kl_wan.py`):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ def _causal_conv_class() -> type:
 
 
 def _cache_slots(vae: Any) -> int:
-    """Length of diffusers' `feat_cache` list: one slot per causal conv (some slots, e.g. 1x1x1 shortcuts, stay unused)."""
+    """Length of diffusers' `feat_cache` list: one slot per causal conv (1x1x1 shortcut convs' slots stay unused)."""
     conv = _causal_conv_class()
     return sum(isinstance(m, conv) for m in vae.decoder.modules())
 
@@ -167,26 +169,31 @@ def decode_with_frame_graphs(
 
 
 def named_runners(
-    run_first_graph: Callable[[dict[str, Any]], Sequence[Any]],
-    run_step_graph: Callable[[dict[str, Any]], Sequence[Any]],
+    run_first_graph: Callable[[dict[str, Any]], Sequence[Any] | Mapping[str, Any]],
+    run_step_graph: Callable[[dict[str, Any]], Sequence[Any] | Mapping[str, Any]],
     first_spec: ComponentSpec,
     step_spec: ComponentSpec,
 ) -> tuple[Callable, Callable]:
     """`run_first` / `run_step` for `decode_with_frame_graphs` over engines fed by name.
 
-    `run_*_graph(feeds)` takes {input name: array} and returns the outputs in declared order (onnxruntime:
-    `lambda feeds: session.run(first_spec.output_names, feeds)`); the names come from the component specs.
+    `run_*_graph(feeds)` takes {input name: array} and returns the outputs either as {output name: array} or as a
+    sequence in declared order (onnxruntime: `lambda feeds: session.run(spec.output_names, feeds)`). All names
+    come from the component specs (`components.vae_decoder_frame_specs`).
     """
     latent_name, *cache_names = step_spec.input_names
     if first_spec.input_names != [latent_name] or len(first_spec.outputs) != len(step_spec.outputs):
         raise ValueError("first-frame and step specs do not belong together")
 
+    def ordered(result: Any, spec: ComponentSpec) -> list[Any]:
+        return [result[n] for n in spec.output_names] if isinstance(result, Mapping) else list(result)
+
     def run_first(latent_frame: Any) -> tuple[Any, list[Any]]:
-        frames, *caches = run_first_graph({latent_name: latent_frame})
+        frames, *caches = ordered(run_first_graph({latent_name: latent_frame}), first_spec)
         return frames, caches
 
     def run_step(latent_frame: Any, caches: Sequence[Any]) -> tuple[Any, list[Any]]:
-        frames, *new = run_step_graph({latent_name: latent_frame, **dict(zip(cache_names, caches, strict=True))})
+        feeds = {latent_name: latent_frame, **dict(zip(cache_names, caches, strict=True))}
+        frames, *new = ordered(run_step_graph(feeds), step_spec)
         return frames, new
 
     return run_first, run_step
@@ -208,3 +215,17 @@ def torch_runners(vae: Any, layout: Sequence[CacheEntry] | None = None) -> tuple
         return frames, new
 
     return run_first, run_step
+
+
+CACHE_LAYOUT_FILE = "vae_decoder_cache_layout.json"
+
+
+def save_cache_layout(layout: Sequence[CacheEntry], out_dir: str | Path) -> None:
+    """Written beside the frame graphs at export, read back by the serving model to rebuild their specs."""
+    rows = [{"channels": c.channels, "scale": c.scale} for c in layout]
+    (Path(out_dir) / CACHE_LAYOUT_FILE).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def load_cache_layout(out_dir: str | Path) -> list[CacheEntry]:
+    entries = json.loads((Path(out_dir) / CACHE_LAYOUT_FILE).read_text())
+    return [CacheEntry(channels=int(e["channels"]), scale=int(e["scale"])) for e in entries]

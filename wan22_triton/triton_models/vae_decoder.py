@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import triton_io
+from .. import fast_path, triton_io
 from ..engines import OnnxRunner, torch_dtype
 
 
@@ -25,14 +25,25 @@ class TritonPythonModel:
         self.device = triton_io.torch_device(args)
         self.engine = params["engine"]
         if self.engine == "torch":
-            from diffusers import AutoencoderKLWan
-
             self.dtype = torch_dtype(params["precision"])
-            vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=self.dtype, use_safetensors=True)
+            if params.get("random_init_seed", ""):  # benchmark seam (fast_path): configs-only checkpoint
+                seed = int(params["random_init_seed"])
+                vae = fast_path.random_component("vae", root / "vae", seed, self.dtype, self.device)
+            else:
+                from diffusers import AutoencoderKLWan
+
+                vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=self.dtype, use_safetensors=True)
             self.vae = vae.to(self.device).eval()
         elif self.engine == "onnx":
-            self.first = OnnxRunner(root / "vae_decoder_first_frame.onnx", self.device)
-            self.step = OnnxRunner(root / "vae_decoder_step.onnx", self.device)
+            from ..checkpoint import CheckpointInfo
+            from ..components import vae_decoder_frame_specs
+            from ..vae_frames import load_cache_layout, named_runners
+
+            info = CheckpointInfo.from_dict(json.loads((root / "checkpoint_info.json").read_text()))
+            first_spec, step_spec = vae_decoder_frame_specs(info, load_cache_layout(root))
+            first = OnnxRunner(root / f"{first_spec.name}.onnx", self.device)
+            step = OnnxRunner(root / f"{step_spec.name}.onnx", self.device)
+            self.run_first, self.run_step = named_runners(first, step, first_spec, step_spec)
         else:
             raise ValueError(f"vae_decoder: unknown engine {self.engine!r}")
         self.logger.log_info(f"vae_decoder ready: engine {self.engine}, precision {params['precision']}, {self.device}")
@@ -46,7 +57,7 @@ class TritonPythonModel:
         if self.engine == "onnx":
             from ..vae_frames import decode_with_frame_graphs
 
-            video = decode_with_frame_graphs(self.first, self.step, latents)
+            video = decode_with_frame_graphs(self.run_first, self.run_step, latents)
         else:
             z = torch.from_numpy(latents).to(self.device, self.dtype)
             video = self.vae.decode(z, return_dict=False)[0].float().cpu().numpy()
