@@ -41,7 +41,7 @@ def test_onnx_engine_matches_diffusers(onnx_server, diffusers_pipe, case):
     served = grpc_client.generate(onnx_server.grpc_url, request)["video"]
     expected = run_diffusers(diffusers_pipe, request)
     assert served.shape == expected.shape
-    assert psnr(served, expected) >= 40.0  # measured: see README (ONNX Runtime FP32 on CPU)
+    assert psnr(served, expected) >= 60.0  # measured 88-inf dB: at most 1 LSB off in 0.01% of pixels
 
 
 def test_cfg_off_and_default_negative_prompt(torch_server, diffusers_pipe):

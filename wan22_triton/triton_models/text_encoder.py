@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import triton_io
+from .. import fast_path, triton_io
 from ..engines import torch_dtype
 
 
@@ -24,7 +24,11 @@ class TritonPythonModel:
         self.device = triton_io.torch_device(args)
         self.text_len = int(params["text_len"])
         dtype = torch_dtype(params["precision"])
-        encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dtype, use_safetensors=True)
+        if params.get("random_init_seed", ""):  # benchmark seam (fast_path): configs-only checkpoint
+            seed = int(params["random_init_seed"])
+            encoder = fast_path.random_component("text_encoder", root / "text_encoder", seed, dtype, self.device)
+        else:
+            encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         # diffusers' own prompt path (cleaning, padding, zeroing past the real length), without the other modules.
         self.pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder.to(self.device).eval(), vae=None, scheduler=None)

@@ -1,7 +1,8 @@
 """`transformer_high_noise` / `transformer_low_noise`: one expert, one contract (components.transformer_spec).
 
-Engines: `torch` runs the diffusers module; `onnx` runs the exported graph in onnxruntime. The `tensorrt` engine
-is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same contract.
+Engines: `torch` runs the diffusers module (optional config parameters `quantization` and `compile`, and the
+benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The `tensorrt`
+engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same contract.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import triton_io
+from .. import fast_path, triton_io
 from ..engines import OnnxRunner, torch_dtype
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
@@ -28,11 +29,23 @@ class TritonPythonModel:
         self.device = triton_io.torch_device(args)
         self.engine = params["engine"]
         if self.engine == "torch":
-            from diffusers import WanTransformer3DModel
-
             self.dtype = torch_dtype(params["precision"])
-            model = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=self.dtype, use_safetensors=True)
-            self.model = model.to(self.device).eval()
+            if params.get("random_init_seed", ""):  # benchmark seam (fast_path): configs-only checkpoint
+                model = fast_path.random_component(
+                    "transformer", root / "transformer", int(params["random_init_seed"]), self.dtype, self.device
+                )
+            else:
+                from diffusers import WanTransformer3DModel
+
+                model = WanTransformer3DModel.from_pretrained(
+                    root / "transformer", torch_dtype=self.dtype, use_safetensors=True
+                )
+            self.model = fast_path.optimize_transformer(
+                model.to(self.device).eval(),
+                compile=params.get("compile", "none") or "none",
+                quantization=params.get("quantization", "none") or "none",
+                log=self.logger.log_info,
+            )
         elif self.engine == "onnx":
             self.runner = OnnxRunner(root / "model.onnx", self.device)
         else:
