@@ -54,16 +54,20 @@ perf: setup checkpoint
 perf-gpu:
 	$(PY) -m perf.gpu_benchmark
 
+# Image versions live in docker/versions.env; each KEY=VALUE becomes a --build-arg.
+DOCKER_BUILD_ARGS = $(shell grep -v '^\#' docker/versions.env | grep = | sed 's/^/--build-arg /')
+
 docker-export:
-	docker build -f docker/Dockerfile.export -t wan22-triton-export .
+	docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.export -t wan22-triton-export .
 	docker run --rm --gpus all -v $(abspath $(CHECKPOINT)):/ckpt:ro -v $(abspath $(REPOSITORY)):/workspace/model_repository \
 	  wan22-triton-export make export CHECKPOINT=/ckpt ENGINE=tensorrt DEVICE=gpu PRECISION=fp16
 
 docker-serve:
-	docker build -f docker/Dockerfile.serve -t wan22-triton-serve .
+	docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.serve -t wan22-triton-serve .
 	docker run --rm --gpus all --shm-size=16g -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
 	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
 
 clean:
-	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache
+	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache .$(REPOSITORY).tensorrt
+	rm -rf $(REPOSITORY)/vae_decoder_first_frame $(REPOSITORY)/vae_decoder_step
 	find $(REPOSITORY) -mindepth 1 -maxdepth 1 -type d -exec sh -c 'rm -f "$$1/config.pbtxt"; find "$$1/1" -mindepth 1 -maxdepth 1 ! -name model.py -exec rm -rf {} +' _ {} \;

@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="torch")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of the component models")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--shape-spec", default=None, help="ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)")
     for field in dataclasses.fields(ExportOptions):
-        if field.name not in ("engine", "device", "precision"):
+        if field.name not in ("engine", "device", "precision", "shape_spec"):
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     args = parser.parse_args(argv)
     opts = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})

@@ -16,9 +16,13 @@ from typing import Any, Callable
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 
+from wan22_triton.vae_frames import load_cache_layout
+
 from .model_config import build_model_config, to_pbtxt
 
 ENGINES = ("torch", "onnx", "tensorrt")
+# Entry point of a model that runs one ONNX graph (ENGINE=onnx; these models exist only for that engine).
+ONNX_GRAPH_MODEL_PY = "from wan22_triton.triton_models.onnx_graph import TritonPythonModel  # noqa: F401\n"
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,21 @@ class ExportOptions:
     orchestrator_instances: int = 1
     max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected
     max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
+    shape_spec: str | None = None  # ENGINE=tensorrt: JSON of the video sizes to build profiles for
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+
+
+def _move_graph(src: Path, dst: Path) -> None:
+    """Move an ONNX graph; its external-data file keeps its name, which the graph refers to."""
+    data = src.with_name(src.name + ".data")
+    src.rename(dst)
+    if data.exists():
+        data.rename(dst.with_name(data.name))
 
 
 def _clean_version_dir(model_dir: Path) -> Path:
@@ -84,9 +97,18 @@ def orchestrator_parameters(info: CheckpointInfo, opts: ExportOptions) -> dict[s
         "max_size": opts.max_size,
         "max_inference_steps": opts.max_inference_steps,
         "max_request_seconds": opts.max_request_seconds,
+        **({"video_sizes": _video_sizes(opts.shape_spec)} if opts.engine == "tensorrt" else {}),
         # JSON, strings included, so the orchestrator reads every default back with its type.
         **{f"default_{k}": json.dumps(v) for k, v in defaults.items()},
     }
+
+
+def _video_sizes(shape_spec: str | None) -> list[list[int]]:
+    """(frames, height, width) the TensorRT profiles cover; the orchestrator rejects others up front."""
+    from .tensorrt_build import load_shape_spec
+
+    spec = load_shape_spec(shape_spec)
+    return [[f, h, w] for f in spec.num_frames for (h, w) in spec.resolutions]
 
 
 def _write_config(model_dir: Path, config) -> None:
@@ -118,7 +140,7 @@ def export_repository(
     _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=params))
     log(f"  {C.TEXT_ENCODER}: {time.perf_counter() - t0:.1f}s")
 
-    # The experts: one contract, one artifact each.
+    # The experts: one contract, one artifact each (diffusers folder for torch, ONNX graph for onnx and tensorrt).
     for folder in info.expert_names:
         t0 = time.perf_counter()
         name = C.EXPERT_MODELS[folder]
@@ -127,29 +149,49 @@ def export_repository(
         spec = C.transformer_spec(info, name)
         if opts.engine == "torch":
             _copy_tree(ckpt / folder, version / "transformer")
-        elif opts.engine == "onnx":
+        else:
             from .onnx_export import export_transformer, load_transformer
 
             export_transformer(load_transformer(ckpt / folder), spec, version / "model.onnx")
-        else:
-            raise NotImplementedError("ENGINE=tensorrt: see export/tensorrt_build.py")
-        _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=common))
+        if opts.engine != "tensorrt":  # plans get their configs from the TensorRT build
+            _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=common))
         log(f"  {name}: {time.perf_counter() - t0:.1f}s")
 
-    # vae_decoder: diffusers decode (torch) or the first-frame/step graph pair (onnx).
+    # vae_decoder: diffusers decode (torch), or a loop over the first-frame/step graph pair, each its own model.
     t0 = time.perf_counter()
     model_dir = repo / C.VAE_DECODER
     version = _clean_version_dir(model_dir)
+    for frame_model in C.VAE_DECODER_FRAME_MODELS:  # only the onnx and tensorrt engines serve them
+        if (repo / frame_model).exists():
+            shutil.rmtree(repo / frame_model)
     if opts.engine == "torch":
         _copy_tree(ckpt / "vae", version / "vae")
     else:
         from .onnx_export import export_vae_decoder_frames, load_vae
 
-        export_vae_decoder_frames(load_vae(ckpt / "vae"), info, version)
+        first_path, step_path = export_vae_decoder_frames(load_vae(ckpt / "vae"), info, version)
         (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))  # to rebuild the specs
+        if opts.engine == "onnx":
+            frame_specs = C.vae_decoder_frame_specs(info, load_cache_layout(version))
+            for graph, frame_spec in zip((first_path, step_path), frame_specs):
+                version_dir = repo / frame_spec.name / "1"
+                version_dir.mkdir(parents=True)
+                _move_graph(Path(graph), version_dir / "model.onnx")
+                (version_dir / "model.py").write_text(ONNX_GRAPH_MODEL_PY)
+                _write_config(repo / frame_spec.name, build_model_config(frame_spec, instance_kind=kind, parameters=common))
     vae_params = dict(common, precision="fp32" if opts.precision == "fp16" else opts.precision)
     _write_config(model_dir, build_model_config(C.vae_decoder_spec(info), instance_kind=kind, parameters=vae_params))
     log(f"  {C.VAE_DECODER}: {time.perf_counter() - t0:.1f}s")
+
+    if opts.engine == "tensorrt":
+        from .tensorrt_build import build_repository_engines, load_shape_spec, tensorrt_available
+
+        if not tensorrt_available():
+            raise RuntimeError(
+                "ENGINE=tensorrt needs TensorRT's Python builder (`import tensorrt` failed): the ONNX graphs are "
+                f"exported under {repo}; build the plans in the export image (make docker-export)"
+            )
+        build_repository_engines(repo, info, precision=opts.precision, shape_spec=load_shape_spec(opts.shape_spec), log=log)
 
     # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled); runs on the CPU,
     # the heavy work happens in the models it calls.

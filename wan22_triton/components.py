@@ -22,6 +22,7 @@ TEXT_ENCODER = "text_encoder"
 TRANSFORMER_HIGH_NOISE = "transformer_high_noise"
 TRANSFORMER_LOW_NOISE = "transformer_low_noise"
 VAE_DECODER = "vae_decoder"
+VAE_DECODER_FRAME_MODELS = ("vae_decoder_first_frame", "vae_decoder_step")  # the two graphs vae_decoder drives
 ORCHESTRATOR = "wan22_t2v"
 ORCHESTRATOR_STREAM = "wan22_t2v_stream"  # decoupled: per-step progress, then the video
 
@@ -203,9 +204,10 @@ def vae_decoder_frame_specs(info: CheckpointInfo, caches: Iterable[CacheEntry]) 
         return TensorSpec("frames", "float32", (BATCH, 3, n, Dim("latent_height", s), Dim("latent_width", s)))
 
     sizes = {"batch": 1, "latent_height": 4, "latent_width": 6}
-    first = ComponentSpec(f"{VAE_DECODER}_first_frame", (latent_frame,), (frames(1), *cache_specs("cache_out")), 1, sizes)
+    first_name, step_name = VAE_DECODER_FRAME_MODELS
+    first = ComponentSpec(first_name, (latent_frame,), (frames(1), *cache_specs("cache_out")), 1, sizes)
     step = ComponentSpec(
-        f"{VAE_DECODER}_step", (latent_frame, *cache_specs("cache_in")), (frames(t), *cache_specs("cache_out")), 1, sizes
+        step_name, (latent_frame, *cache_specs("cache_in")), (frames(t), *cache_specs("cache_out")), 1, sizes
     )
     return first, step
 

@@ -52,6 +52,8 @@ class PipelineConfig:
     latents_std: tuple[float, ...]
     defaults: dict[str, Any]  # default per optional request input
     limits: Limits
+    # TensorRT plans serve only the sizes their optimization profiles were built for: (num_frames, height, width)
+    video_sizes: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,12 @@ def validate_request(inputs: Mapping[str, np.ndarray], config: PipelineConfig) -
         value = getattr(req, name)
         if value % m or not lim.min_size <= value <= lim.max_size:
             raise RequestError(f"'{name}' must be a multiple of {m} within [{lim.min_size}, {lim.max_size}], got {value}")
+    if config.video_sizes and (req.num_frames, req.height, req.width) not in config.video_sizes:
+        sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in config.video_sizes)
+        raise RequestError(
+            f"'num_frames' x 'height' x 'width' {req.num_frames}x{req.height}x{req.width} has no TensorRT profile here; "
+            f"served: {sizes}"
+        )
     if not 1 <= req.num_inference_steps <= lim.max_inference_steps:
         raise RequestError(
             f"'num_inference_steps' must be within [1, {lim.max_inference_steps}], got {req.num_inference_steps}"

@@ -64,18 +64,37 @@ def error_response(exc: BaseException):
     return pb.InferenceResponse(error=pb.TritonError(str(exc), code))
 
 
-def bls_infer(model_name: str, inputs: Mapping[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+def _to_pb(name: str, value):
+    """numpy arrays as they are; torch tensors (GPU ones included) through DLPack, without a copy."""
+    pb = pb_utils()
+    if isinstance(value, np.ndarray):
+        return pb.Tensor(name, np.ascontiguousarray(value))
+    from torch.utils.dlpack import to_dlpack
+
+    return pb.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))
+
+
+def _from_pb(tensor):
+    """CPU outputs as numpy; GPU outputs (TensorRT plans) as torch tensors that stay on the GPU."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack())
+
+
+def bls_infer(model_name: str, inputs: Mapping[str, Any], output_names: list[str]) -> dict[str, Any]:
     """One synchronous BLS call; a failure of the called model is raised with its message."""
     pb = pb_utils()
     request = pb.InferenceRequest(
         model_name=model_name,
-        inputs=[pb.Tensor(k, np.ascontiguousarray(v)) for k, v in inputs.items()],
+        inputs=[_to_pb(k, v) for k, v in inputs.items()],
         requested_output_names=output_names,
     )
     result = request.exec()
     if result.has_error():
         raise RuntimeError(f"{model_name}: {result.error().message()}")
-    return {name: pb.get_output_tensor_by_name(result, name).as_numpy() for name in output_names}
+    return {name: _from_pb(pb.get_output_tensor_by_name(result, name)) for name in output_names}
 
 
 def execute_each(requests, handle, logger) -> list:

@@ -29,6 +29,7 @@ def pipeline_config_from_parameters(params: dict[str, str]) -> PipelineConfig:
         latents_std=tuple(json.loads(params["latents_std"])),
         defaults=defaults,
         limits=Limits(**{k: int(params[k]) for k in Limits.__dataclass_fields__}),
+        video_sizes=tuple(tuple(s) for s in json.loads(params["video_sizes"])) if "video_sizes" in params else None,
     )
 
 

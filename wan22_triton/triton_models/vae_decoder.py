@@ -1,7 +1,8 @@
 """`vae_decoder`: de-normalised latents -> frames in [-1, 1], for every valid frame count.
 
-`torch` runs diffusers' AutoencoderKLWan.decode. `onnx` runs the two frame graphs (first latent frame, then one
-step per latent frame with the causal-conv caches as explicit tensors), so one pair of graphs serves any length.
+`torch` runs diffusers' AutoencoderKLWan.decode. `onnx` and `tensorrt` loop over the latent frames calling the two
+frame models over BLS (`vae_decoder_first_frame`, then `vae_decoder_step` per frame, the causal-conv caches passed
+back each time), served by ONNX Runtime or as TensorRT plans: one pair of graphs serves any length.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fast_path, triton_io
-from ..engines import OnnxRunner, torch_dtype
+from .. import triton_io
+from ..engines import torch_dtype
 
 
 class TritonPythonModel:
@@ -25,25 +26,24 @@ class TritonPythonModel:
         self.device = triton_io.torch_device(args)
         self.engine = params["engine"]
         if self.engine == "torch":
-            self.dtype = torch_dtype(params["precision"])
-            if params.get("random_init_seed", ""):  # benchmark seam (fast_path): configs-only checkpoint
-                seed = int(params["random_init_seed"])
-                vae = fast_path.random_component("vae", root / "vae", seed, self.dtype, self.device)
-            else:
-                from diffusers import AutoencoderKLWan
+            from diffusers import AutoencoderKLWan
 
-                vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=self.dtype, use_safetensors=True)
+            self.dtype = torch_dtype(params["precision"])
+            vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=self.dtype, use_safetensors=True)
             self.vae = vae.to(self.device).eval()
-        elif self.engine == "onnx":
+        elif self.engine in ("onnx", "tensorrt"):
             from ..checkpoint import CheckpointInfo
             from ..components import vae_decoder_frame_specs
             from ..vae_frames import load_cache_layout, named_runners
 
             info = CheckpointInfo.from_dict(json.loads((root / "checkpoint_info.json").read_text()))
-            first_spec, step_spec = vae_decoder_frame_specs(info, load_cache_layout(root))
-            first = OnnxRunner(root / f"{first_spec.name}.onnx", self.device)
-            step = OnnxRunner(root / f"{step_spec.name}.onnx", self.device)
-            self.run_first, self.run_step = named_runners(first, step, first_spec, step_spec)
+            first, step = vae_decoder_frame_specs(info, load_cache_layout(root))
+            self.run_first, self.run_step = named_runners(
+                lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names),
+                lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names),
+                first,
+                step,
+            )
         else:
             raise ValueError(f"vae_decoder: unknown engine {self.engine!r}")
         self.logger.log_info(f"vae_decoder ready: engine {self.engine}, precision {params['precision']}, {self.device}")
@@ -54,11 +54,12 @@ class TritonPythonModel:
     @torch.inference_mode()
     def _decode(self, request):
         latents = triton_io.request_inputs(request, ["latents"])["latents"]
-        if self.engine == "onnx":
+        if self.engine == "torch":
+            z = torch.from_numpy(latents).to(self.device, self.dtype)
+            video = self.vae.decode(z, return_dict=False)[0].float().cpu().numpy()
+        else:
             from ..vae_frames import decode_with_frame_graphs
 
             video = decode_with_frame_graphs(self.run_first, self.run_step, latents)
-        else:
-            z = torch.from_numpy(latents).to(self.device, self.dtype)
-            video = self.vae.decode(z, return_dict=False)[0].float().cpu().numpy()
+            video = torch.as_tensor(video).float().cpu().numpy()  # frames may come back on the GPU (TensorRT)
         return triton_io.response({"video": np.asarray(video, dtype=np.float32)})
