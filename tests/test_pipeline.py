@@ -1,0 +1,53 @@
+"""The orchestrator's plain-Python parts, without a server: request validation and the expert switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from export.repository import ExportOptions, orchestrator_parameters
+from wan22_triton.checkpoint import read_checkpoint
+from wan22_triton.pipeline import RequestError, expert_for_timestep, validate_request
+from wan22_triton.triton_models.orchestrator import pipeline_config_from_parameters
+
+
+@pytest.fixture(scope="module")
+def config(tiny_checkpoint):
+    params = orchestrator_parameters(read_checkpoint(tiny_checkpoint), ExportOptions())
+    return pipeline_config_from_parameters({k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()})
+
+
+def request(**values):
+    return {k: np.array([v.encode() if isinstance(v, str) else v]) for k, v in {"prompt": "x", **values}.items()}
+
+
+def test_defaults_come_from_the_checkpoint(config, tiny_checkpoint):
+    req = validate_request(request(), config)
+    assert (req.num_frames, req.height, req.width) == (81, 480, 832)  # diffusers' WanPipeline defaults
+    assert (req.num_inference_steps, req.guidance_scale, req.guidance_scale_2) == (40, 4.0, 3.0)  # A14B family
+    scheduler = json.loads((tiny_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    assert req.flow_shift == scheduler["flow_shift"] and req.negative_prompt == ""
+    assert config.latent_channels == 16 and config.vae_scale_factor_temporal == 4 and config.spatial_multiple == 16
+
+
+def test_boundary_switches_experts_at_boundary_ratio_times_train_steps(config):
+    boundary = config.boundary_ratio * config.scheduler_config["num_train_timesteps"]  # 875
+    assert expert_for_timestep(boundary, config) == ("transformer_high_noise", "guidance_scale")
+    assert expert_for_timestep(boundary - 1, config) == ("transformer_low_noise", "guidance_scale_2")
+    single = dataclasses.replace(config, boundary_ratio=None)
+    assert expert_for_timestep(0, single)[0] == "transformer_high_noise"
+
+
+def test_tensorrt_repositories_reject_sizes_without_a_profile(config):
+    trt = dataclasses.replace(config, video_sizes=((17, 32, 48),))
+    assert validate_request(request(num_frames=17, height=32, width=48), trt).num_frames == 17
+    with pytest.raises(RequestError, match="no TensorRT profile"):
+        validate_request(request(num_frames=9, height=32, width=48), trt)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 161])
+def test_valid_frame_counts(config, frames):
+    assert validate_request(request(num_frames=frames, height=32, width=32), config).num_frames == frames
