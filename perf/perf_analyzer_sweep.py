@@ -1,0 +1,324 @@
+"""perf_analyzer concurrency sweeps of `wan22_t2v` and of each component model, on real inputs.
+
+    python -m perf.perf_analyzer_sweep --checkpoint checkpoints/tiny-wan2.2-t2v-a14b        # `make perf`
+    python -m perf.perf_analyzer_sweep --checkpoint DIR --url localhost:8001 --concurrency 4  # a running server
+
+Without `--url` the checkpoint is exported (`export.repository.export_repository`) into `--repository` (default: a
+temporary folder) and served by a tritonserver started here. Inputs (perf_analyzer `--input-data` JSON):
+
+* `wan22_t2v`: one request per prompt of `perf/prompts.json`, the other request inputs from the flags;
+* `text_encoder`: the same prompts; the experts and `vae_decoder`: tensors of the shapes the orchestrator sends for
+  that video size, from the checkpoint's `wan22_triton.components` specs, at the batch it sends (cond + uncond).
+
+Each model is measured in count windows (`--measurement-request-count` requests each, at least 3 windows per
+concurrency for the stability check), so multi-second requests need no long time windows. Written to
+`perf/results/<label>/`: `<model>.csv` (perf_analyzer's), `<model>.json` (its input data), `<model>.log`,
+`summary.json` (throughput and latency percentiles per concurrency, commands, machine) and `sweep.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wan22_triton import components as C
+from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
+
+from .perf_analyzer_env import perf_analyzer_command
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("concurrency", "warmup", "measurement_request_count", "stability_percentage", "max_trials", "engine",
+            "device", "precision")
+MODELS = (C.ORCHESTRATOR, C.TEXT_ENCODER, C.TRANSFORMER_HIGH_NOISE, C.TRANSFORMER_LOW_NOISE, C.VAE_DECODER)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m perf.perf_analyzer_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="diffusers checkpoint (shapes; served unless --url)")
+    p.add_argument("--url", help="running server (host:port of --protocol); default: export and start one here")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--repository", type=Path, help="model repository to export into (default: a temporary one)")
+    p.add_argument("--engine", default="torch", choices=("torch", "onnx", "tensorrt"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS) + " (default: all served)")
+    p.add_argument("--concurrency", type=int, default=4, help="sweep concurrency 1..N")
+    p.add_argument("--prompts", type=Path, default=Path(__file__).with_name("prompts.json"))
+    p.add_argument("--num-frames", type=int, default=9)
+    p.add_argument("--height", type=int, default=32)
+    p.add_argument("--width", type=int, default=48)
+    p.add_argument("--num-inference-steps", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--guidance-scale-2", type=float)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--data-entries", type=int, default=2, help="input-data entries per component model")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured requests per model before its sweep")
+    p.add_argument("--measurement-request-count", type=int, default=4, help="requests per count window")
+    # perf_analyzer accepts a concurrency once the last 3 windows' max/min throughput and p90 latency ratios are within
+    # 1 + this/100, and aborts (no CSV) after --max-trials windows. A shared 2-core box swings several-fold between
+    # windows of multi-second requests, hence the loose default; use ~10-20 on a dedicated GPU machine.
+    p.add_argument("--stability-percentage", type=float, default=1000.0)
+    p.add_argument("--max-trials", type=int, default=5, help="windows per concurrency before giving up (>= 3)")
+    p.add_argument("--label", help="results folder name (default: the UTC timestamp)")
+    p.add_argument("--results", type=Path, default=ROOT / "perf" / "results")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- input data
+
+
+def _tensor(array: np.ndarray) -> dict[str, Any]:
+    """One batch element as perf_analyzer JSON: little-endian base64 content plus its shape."""
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return {"content": {"b64": base64.b64encode(data.tobytes()).decode("ascii")}, "shape": list(array.shape) or [1]}
+
+
+def orchestrator_data(args: argparse.Namespace, prompts: list[str]) -> list[dict[str, Any]]:
+    """One `wan22_t2v` request per prompt; BYTES inputs as JSON string lists, numbers as one-element lists."""
+    flags = {
+        "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
+        "width": args.width, "num_inference_steps": args.num_inference_steps, "seed": args.seed,
+        "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2,
+    }
+    common = {name: [value] for name, value in flags.items() if value is not None}
+    return [{"prompt": [prompt], **common} for prompt in prompts]
+
+
+def component_spec(name: str, info: CheckpointInfo) -> C.ComponentSpec:
+    if name == C.TEXT_ENCODER:
+        return C.text_encoder_spec(info)
+    return C.vae_decoder_spec(info) if name == C.VAE_DECODER else C.transformer_spec(info, name)
+
+
+def component_data(name: str, info: CheckpointInfo, args: argparse.Namespace, prompts: list[str]) -> list[dict]:
+    """Per-batch-element inputs of a component, at the shapes the orchestrator sends for the requested video."""
+    if name == C.TEXT_ENCODER:
+        return [{"text": [prompt]} for prompt in prompts]
+    _, frames, height, width = info.latent_shape(args.num_frames, args.height, args.width)
+    sizes = {"batch": 1, "latent_frames": frames, "latent_height": height, "latent_width": width}
+    # Batch-of-one samples without their batch axis; timestep [1] -> [] travels as [1] (the config's reshape).
+    samples = (component_spec(name, info).sample_inputs(sizes, seed=seed) for seed in range(args.data_entries))
+    return [{k: _tensor(v[0]) for k, v in sample.items()} for sample in samples]
+
+
+# --------------------------------------------------------------------------- perf_analyzer runs
+
+
+def run_model(name: str, url: str, args: argparse.Namespace, data_file: Path, batch: int, out: Path,
+              composing: list[str]) -> dict[str, Any]:
+    pa, env = perf_analyzer_command()
+    base = [*pa, "-m", name, "-u", url, "-i", args.protocol, "-b", str(batch), "--input-data", str(data_file)]
+    result: dict[str, Any] = {"batch_size": batch}
+    if args.warmup:  # first calls pay lazy initialisation (torch/oneDNN kernels for these shapes, CUDA context...)
+        warmup = [*base, "--concurrency-range", "1", "--request-count", str(args.warmup)]
+        result["warmup_command"] = " ".join(warmup)
+        subprocess.run(warmup, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    csv_file = out / f"{name}.csv"
+    cmd = [
+        *base,
+        "--concurrency-range", f"1:{args.concurrency}",
+        "--measurement-mode", "count_windows",
+        "--measurement-request-count", str(args.measurement_request_count),
+        "--stability-percentage", f"{args.stability_percentage:g}",
+        "--max-trials", str(args.max_trials),
+        "--percentile", "90",  # stabilise on p90 rather than the mean
+        "-f", str(csv_file),
+    ]
+    if composing:  # BLS: perf_analyzer adds the called models' server-side statistics to its report (the .log)
+        cmd.append("--bls-composing-models=" + ",".join(composing))
+    result["command"] = " ".join(cmd)
+    print(f"[perf] {name}: batch {batch}, concurrency 1..{args.concurrency}", flush=True)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (out / f"{name}.log").write_text(proc.stdout)
+    result["returncode"] = proc.returncode
+    if proc.returncode != 0 or not csv_file.is_file():
+        result["error"] = proc.stdout.strip().splitlines()[-3:]
+        print(f"[perf] {name} FAILED (rc {proc.returncode}): " + " / ".join(result["error"]), file=sys.stderr)
+    else:
+        result["rows"] = read_csv(csv_file, batch)
+    return result
+
+
+def read_csv(path: Path, batch: int) -> list[dict[str, float]]:
+    """perf_analyzer's CSV (latencies in us) -> per-concurrency throughput and latency percentiles in ms."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {
+            "concurrency": int(r["Concurrency"]),
+            "infer_per_sec": float(r["Inferences/Second"]),
+            "requests_per_sec": float(r["Inferences/Second"]) / batch,
+            **{f"p{p}_ms": float(r[f"p{p} latency"]) / 1000 for p in (50, 90, 95, 99)},
+        }
+        for r in sorted(rows, key=lambda r: int(r["Concurrency"]))  # perf_analyzer sorts by throughput
+    ]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info(url: str, protocol: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": len(os.sched_getaffinity(0))
+    }
+    try:
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        smi = subprocess.run(query, capture_output=True, text=True)
+        if smi.returncode == 0:
+            info["nvidia_smi"] = smi.stdout.strip().splitlines()
+    try:
+        client = importlib.import_module(f"tritonclient.{protocol}").InferenceServerClient(url)
+        meta = client.get_server_metadata()
+        info["tritonserver"] = meta.version if protocol == "grpc" else meta["version"]
+    except Exception as exc:  # noqa: BLE001 - informational only
+        info["tritonserver"] = f"unknown ({exc.__class__.__name__})"
+    try:  # the wheel's binary prints no version of its own
+        info["tritonclient"] = importlib.metadata.version("tritonclient")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return info
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, res in results.items():
+        rows = res.get("rows") or []
+        if not rows:
+            continue
+        conc = [r["concurrency"] for r in rows]
+        label = f"{name} (b={res['batch_size']})"
+        ax_tp.plot(conc, [r["infer_per_sec"] for r in rows], marker="o", label=label)
+        ax_lat.plot(conc, [r["p90_ms"] for r in rows], marker="o", label=label)
+    for ax, ylabel in ((ax_tp, "throughput (inferences/s)"), (ax_lat, "p90 latency (ms)")):
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_lat.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'model':<24}{'b':>3}{'conc':>6}{'infer/s':>11}{'req/s':>10}{'p50 ms':>11}{'p90 ms':>11}{'p99 ms':>11}")
+    for name, res in results.items():
+        if "error" in res:
+            print(f"{name:<24}{res['batch_size']:>3}  FAILED (see {name}.log)")
+        for r in res.get("rows", []):
+            print(f"{name:<24}{res['batch_size']:>3}{r['concurrency']:>6}{r['infer_per_sec']:>11.3f}"
+                  f"{r['requests_per_sec']:>10.3f}{r['p50_ms']:>11.1f}{r['p90_ms']:>11.1f}{r['p99_ms']:>11.1f}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path) -> dict[str, Any]:
+    prompts = json.loads(args.prompts.read_text())
+    served = [C.TEXT_ENCODER, *(C.EXPERT_MODELS[e] for e in info.expert_names), C.VAE_DECODER]
+    models = [m.strip() for m in args.models.split(",")] if args.models else [C.ORCHESTRATOR, *served]
+    unknown = set(models) - {C.ORCHESTRATOR, *served}
+    if unknown:
+        raise SystemExit(f"unknown models {sorted(unknown)}; this checkpoint serves {[C.ORCHESTRATOR, *served]}")
+    started = dt.datetime.now(dt.timezone.utc)
+    results = {}
+    for name in models:
+        data = orchestrator_data(args, prompts) if name == C.ORCHESTRATOR else component_data(name, info, args, prompts)
+        data_file = out / f"{name}.json"
+        data_file.write_text(json.dumps({"data": data}))
+        composing = served if name == C.ORCHESTRATOR else []
+        # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
+        batch = 1 if name == C.ORCHESTRATOR else component_spec(name, info).max_batch_size
+        results[name] = run_model(name, url, args, data_file, batch, out, composing)
+    summary = {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
+        "url": url,
+        "protocol": args.protocol,
+        "checkpoint": info.path,
+        "request": {k: getattr(args, k) for k in ("num_frames", "height", "width", "num_inference_steps", "seed")},
+        "latent_shape": list(info.latent_shape(args.num_frames, args.height, args.width)),
+        "settings": {k: getattr(args, k) for k in SETTINGS},
+        "machine": machine_info(url, args.protocol),
+        "models": results,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    req = summary["request"]
+    device = summary["machine"].get("gpus", [summary["machine"]["cpu"]])[0]
+    title = (f"{Path(info.path).name}: {req['num_frames']} frames {req['width']}x{req['height']}, "
+             f"{req['num_inference_steps']} steps | {device}")
+    plot(results, out / "sweep.png", title)
+    print_table(results)
+    print(f"\n[perf] results in {out}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.max_trials < 3:
+        raise SystemExit("--max-trials must be >= 3: perf_analyzer's stability check compares the last 3 windows")
+    info = read_checkpoint(args.checkpoint)
+    out = args.results / (args.label or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.url:
+        summary = sweep(args, args.url, info, out)
+    else:
+        from export.repository import ExportOptions, export_repository
+        from wan22_triton.server import TritonServer
+
+        with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
+            repo = args.repository or Path(tmp)
+            for model_py in (ROOT / "model_repository").glob("*/1/model.py"):  # the tracked model code
+                target = repo / model_py.relative_to(ROOT / "model_repository")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.resolve() != model_py.resolve():
+                    shutil.copy2(model_py, target)
+            opts = ExportOptions(engine=args.engine, device=args.device, precision=args.precision,
+                                 orchestrator_instances=args.concurrency)
+            export_repository(args.checkpoint, repo, opts)
+            # Load what this export configured, not every folder with a tracked model.py (other engines' models).
+            load = [f"--load-model={d.name}" for d in sorted(repo.iterdir()) if (d / "config.pbtxt").is_file()]
+            extra = ["--model-control-mode=explicit", *load]
+            with TritonServer(repo, log_file=out / "tritonserver.log", extra_args=extra) as server:
+                print(f"[perf] tritonserver ready in {server.startup_seconds:.1f}s", flush=True)
+                summary = sweep(args, server.grpc_url if args.protocol == "grpc" else server.http_url, info, out)
+    return 1 if any("error" in r for r in summary["models"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
