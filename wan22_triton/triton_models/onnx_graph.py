@@ -6,23 +6,15 @@ Serves the VAE frame graphs (`vae_decoder_first_frame`, `vae_decoder_step`) for 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .. import triton_io
 from ..engines import OnnxRunner
+from .base import ComponentModel
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        self.logger = triton_io.pb_utils().Logger
-        config = json.loads(args["model_config"])
-        root = Path(args["model_repository"]) / args["model_version"]
-        self.input_names = [i["name"] for i in config["input"]]
-        self.runner = OnnxRunner(root / "model.onnx", triton_io.torch_device(args))
-        self.logger.log_info(f"{config['name']} ready: {root / 'model.onnx'} in ONNX Runtime")
+class TritonPythonModel(ComponentModel):
+    def setup(self) -> None:
+        self.input_names = [i["name"] for i in self.model_config["input"]]
+        self.runner = OnnxRunner(self.root / "model.onnx", self.device)
 
-    def execute(self, requests):
-        return triton_io.execute_each(
-            requests, lambda r: triton_io.response(self.runner(triton_io.request_inputs(r, self.input_names))), self.logger
-        )
+    def infer(self, request):
+        return triton_io.response(self.runner(triton_io.request_inputs(request, self.input_names)))

@@ -2,45 +2,27 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from .. import fast_path, triton_io
-from ..engines import torch_dtype
+from .. import triton_io
+from ..pipeline import RequestError
+from .base import ComponentModel
 
 
-class TritonPythonModel:
-    def initialize(self, args):
+class TritonPythonModel(ComponentModel):
+    def setup(self) -> None:
         from diffusers import WanPipeline
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        self.logger = triton_io.pb_utils().Logger
-        config = json.loads(args["model_config"])
-        params = triton_io.parameters(config)
-        root = Path(args["model_repository"]) / args["model_version"]
-        self.device = triton_io.torch_device(args)
-        self.text_len = int(params["text_len"])
-        dtype = torch_dtype(params["precision"])
-        if params.get("random_init_seed", ""):  # benchmark seam (fast_path): configs-only checkpoint
-            seed = int(params["random_init_seed"])
-            encoder = fast_path.random_component("text_encoder", root / "text_encoder", seed, dtype, self.device)
-        else:
-            encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dtype, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        self.text_len = int(self.params["text_len"])
+        encoder = self.load_torch(UMT5EncoderModel, "text_encoder", "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(self.root / "tokenizer")
         # diffusers' own prompt path (cleaning, padding, zeroing past the real length), without the other modules.
-        self.pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder.to(self.device).eval(), vae=None, scheduler=None)
-        self.logger.log_info(f"text_encoder ready on {self.device} ({params['precision']})")
-
-    def execute(self, requests):
-        return triton_io.execute_each(requests, self._encode, self.logger)
+        self.pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)
 
     @torch.inference_mode()
-    def _encode(self, request):
-        from ..pipeline import RequestError
-
+    def infer(self, request):
         text = triton_io.request_inputs(request, ["text"])["text"].reshape(-1)
         try:
             prompts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in text]
