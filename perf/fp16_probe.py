@@ -138,7 +138,7 @@ def main() -> None:
             print(f"scale {scale:>5g} max|residual| {ref_max:10.1f}  {name:<10} rel_l2 {row['rel_l2']:.2e}  "
                   f"cos {row['cosine']:.6f}  non-finite out {row['nonfinite_output']:>9}  blocks {nonfinite_blocks:>9}")
         print(f"  (scale {scale:g}: {time.perf_counter() - t0:.1f}s, fp32 reference non-finite {ref_nonfinite})")
-        del model
+        model = None  # free it before the next scale
         if args.device == "cuda":
             torch.cuda.empty_cache()
     result = {
