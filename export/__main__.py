@@ -18,8 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--shape-spec", default=None, help="ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)")
     for field in dataclasses.fields(ExportOptions):
-        if field.name not in ("engine", "device", "precision", "shape_spec"):
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
+        flag = f"--{field.name.replace('_', '-')}"
+        if field.name in ("engine", "device", "precision", "shape_spec"):
+            continue
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=int, default=field.default)
     args = parser.parse_args(argv)
     opts = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
     start = time.perf_counter()

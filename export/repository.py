@@ -39,6 +39,9 @@ class ExportOptions:
     max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected
     max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
     shape_spec: str | None = None  # ENGINE=tensorrt: JSON of the video sizes to build profiles for
+    # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
+    # (config parameter `offload: "cpu"`, the experts' optional `release` input; see wan22_triton/offload.py)
+    low_memory: bool = False
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -98,6 +101,7 @@ def orchestrator_parameters(info: CheckpointInfo, opts: ExportOptions) -> dict[s
         "max_inference_steps": opts.max_inference_steps,
         "max_request_seconds": opts.max_request_seconds,
         **({"video_sizes": _video_sizes(opts.shape_spec)} if opts.engine == "tensorrt" else {}),
+        **({"low_memory": "true"} if opts.low_memory else {}),
         # JSON, strings included, so the orchestrator reads every default back with its type.
         **{f"default_{k}": json.dumps(v) for k, v in defaults.items()},
     }
@@ -123,11 +127,15 @@ def export_repository(
 ) -> CheckpointInfo:
     if opts.engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {opts.engine!r}")
+    if opts.low_memory and opts.engine != "torch":
+        raise ValueError(f"low_memory needs engine 'torch' (weights the Python model can move), got {opts.engine!r}")
+    offload = {"offload": "cpu"} if opts.low_memory else {}
     info = read_checkpoint(checkpoint)
     ckpt, repo = Path(info.path), Path(repository)
     kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
     common = {"engine": opts.engine, "precision": opts.precision}
-    log(f"export {ckpt} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision})")
+    log(f"export {ckpt} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision}"
+        f"{', low memory' if opts.low_memory else ''})")
 
     # text_encoder: always a Python-backend model (tokenizer + UMT5).
     t0 = time.perf_counter()
@@ -136,7 +144,7 @@ def export_repository(
     _copy_tree(ckpt / "text_encoder", version / "text_encoder")
     _copy_tree(ckpt / "tokenizer", version / "tokenizer")
     spec = C.text_encoder_spec(info)
-    params = {"precision": opts.precision, "text_len": info.text_len}
+    params = {"precision": opts.precision, "text_len": info.text_len, **offload}
     _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=params))
     log(f"  {C.TEXT_ENCODER}: {time.perf_counter() - t0:.1f}s")
 
@@ -153,7 +161,13 @@ def export_repository(
             from .onnx_export import export_transformer, load_transformer
 
             export_transformer(load_transformer(ckpt / folder), spec, version / "model.onnx")
-        if opts.engine != "tensorrt":  # plans get their configs from the TensorRT build
+        if opts.low_memory:  # same tensors plus the optional `release`, all optional (components.py)
+            config = build_model_config(
+                C.transformer_offload_spec(info, name), instance_kind=kind, parameters={**common, **offload},
+                optional_inputs=C.transformer_offload_optional_inputs(info),
+            )
+            _write_config(model_dir, config)
+        elif opts.engine != "tensorrt":  # plans get their configs from the TensorRT build
             _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=common))
         log(f"  {name}: {time.perf_counter() - t0:.1f}s")
 

@@ -20,6 +20,15 @@ step, cond and uncond as one batch); the baseline's from synchronised hooks (con
 "Triton overhead" = client end-to-end minus the sum of the component models' compute_infer: queueing, BLS calls,
 the orchestrator's scheduler/CFG/uint8 work, and moving tensors between processes and over gRPC.
 
+Low-memory mode (export `low_memory`: experts and text encoder in page-locked host memory, on the GPU only while
+they work; wan22_triton/offload.py): the `*_lowmem` variants. `--no-baseline --reference-variant bf16` runs only
+the Triton variants and compares each video with the reference variant's; the measured request's swaps (each
+model's load/release times from the server log), peak GPU memory of the measured request alone, per process at
+the peak, and `--te-cpu-probe` (one UMT5-XXL block on the CPU: the cost of running the text encoder from host
+memory instead of swapping it) are recorded:
+    python3 -m perf.gpu_benchmark --variants bf16_lowmem,bf16 --no-baseline --reference-variant bf16 \
+        --te-cpu-probe --out-dir perf/results/gpu/low_memory
+
 CPU dry run of the whole flow (tiny architecture, no GPU):
     python -m perf.gpu_benchmark --device cpu --preset tiny --height 32 --width 48 --num-frames 9 \
         --variants bf16,compile --out-dir /tmp/gpu-bench-dry
@@ -33,6 +42,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +63,11 @@ VARIANTS: dict[str, dict[str, str]] = {
                 "vae_cudnn_benchmark": "0"},
     "fp8": {"label": "Triton FP8 + compile", "compile": "regional", "quantization": "fp8_rowwise",
             "vae_cudnn_benchmark": "1"},
+    # low-memory mode (export low_memory): experts and text encoder swapped in from page-locked host memory
+    "bf16_lowmem": {"label": "Triton BF16 eager, low memory", "compile": "none", "quantization": "none",
+                    "vae_cudnn_benchmark": "0", "low_memory": "1"},
+    "compile_lowmem": {"label": "Triton BF16 + compile, low memory", "compile": "regional", "quantization": "none",
+                       "vae_cudnn_benchmark": "0", "low_memory": "1"},
 }
 EXPERTS = ("transformer_high_noise", "transformer_low_noise")
 COMPONENT_MODELS = ("text_encoder", *EXPERTS, "vae_decoder")
@@ -97,12 +112,17 @@ class GpuMemoryPeak:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._read = None
+        self._processes = None
+        self.processes_at_peak: dict[str, float] = {}  # process (model name where known) -> GB, at the peak
         try:
             import pynvml
 
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             self._read = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
+            self._processes = lambda: {
+                p.pid: (p.usedGpuMemory or 0) / 2**30 for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            }
         except Exception:  # no NVML: nvidia-smi (slower), or nothing on a CPU host
             if shutil.which("nvidia-smi"):
                 self._read = gpu_used_gb
@@ -110,8 +130,13 @@ class GpuMemoryPeak:
     def _run(self) -> None:
         while not self._stop.is_set():
             value = self._read()
-            if value is not None:
-                self.peak_gb = max(self.peak_gb or 0.0, value)
+            if value is not None and value > (self.peak_gb or 0.0):
+                self.peak_gb = value
+                if self._processes is not None:
+                    try:
+                        self.processes_at_peak = {_process_label(pid): gb for pid, gb in self._processes().items()}
+                    except Exception:
+                        pass
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "GpuMemoryPeak":
@@ -124,6 +149,19 @@ class GpuMemoryPeak:
         self._stop.set()
         if self._thread:
             self._thread.join()
+
+
+def _process_label(pid: int) -> str:
+    """A GPU process by what it serves: a Python-backend stub's command line names its model's folder."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    for arg in args:
+        parts = arg.decode(errors="replace").split("/")
+        if len(parts) >= 3 and parts[-1] == "model.py":
+            return f"{parts[-3]} ({pid})"
+    return f"{Path(args[0].decode(errors='replace')).name} ({pid})"
 
 
 def wait_gpu_free(limit_gb: float = 2.0, timeout: float = 120.0) -> float | None:
@@ -220,7 +258,8 @@ def export_variant(checkpoint: Path, repo: Path, spec: dict[str, str], args) -> 
         target = repo / model_py.relative_to(ROOT / "model_repository")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(model_py.read_text())
-    opts = ExportOptions(engine="torch", device=args.device, precision=args.precision)
+    opts = ExportOptions(engine="torch", device=args.device, precision=args.precision,
+                         low_memory=spec.get("low_memory", "0") == "1")
     export_repository(checkpoint, repo, opts, log=lambda _: None)
     seed = args.weights_seed
     patch_parameters(repo / C.TEXT_ENCODER, {"random_init_seed": component_seed(seed, "text_encoder")})
@@ -257,18 +296,18 @@ def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def infer_model(url: str, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+def infer_model(url: str, model: str, inputs: dict[str, np.ndarray], output: str | None) -> np.ndarray | None:
     import tritonclient.grpc as grpcclient
 
-    dtypes = {np.dtype(np.float32): "FP32", np.dtype(object): "BYTES"}
+    dtypes = {np.dtype(np.float32): "FP32", np.dtype(object): "BYTES", np.dtype(bool): "BOOL"}
     tensors = []
     for name, array in inputs.items():
         tensor = grpcclient.InferInput(name, list(array.shape), dtypes[array.dtype])
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     with grpcclient.InferenceServerClient(url) as client:
-        result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(output)])
-    return result.as_numpy(output)
+        result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(output)] if output else None)
+    return result.as_numpy(output) if output else None
 
 
 def request_values(args, steps: int) -> dict[str, Any]:
@@ -310,42 +349,66 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
             result["warmup_stage_seconds"] = warm["stage_seconds"]
             log(f"{name}: warm-up request ({args.warmup_steps} steps) {result['warmup_s']:.1f}s")
 
-            # Parity probes on the baseline's own first-step inputs.
-            ref = np.load(args.workdir / "baseline_first_step.npz")
-            embeds = np.concatenate([ref["prompt_embeds"], ref["negative_prompt_embeds"]]).astype(np.float32)
-            text = np.array([[args.prompt.encode()], [args.negative_prompt.encode()]], dtype=object)
-            served_embeds = infer_model(url, "text_encoder", {"text": text}, "prompt_embeds")
-            hidden = np.concatenate([ref["hidden_states"]] * 2).astype(np.float32)
-            timestep = np.full((2, 1), float(ref["timestep"].ravel()[0]), dtype=np.float32)
-            noise = infer_model(url, EXPERTS[0], {"hidden_states": hidden, "timestep": timestep,
-                                                  "encoder_hidden_states": embeds}, "noise_pred")
-            ref_noise = np.concatenate([ref["noise_pred_cond"], ref["noise_pred_uncond"]])
-            result["parity"] = {
-                "prompt_embeds_cosine": cosine(served_embeds, embeds),
-                "noise_pred_cosine": cosine(noise, ref_noise),
-                "noise_pred_cosine_cond": cosine(noise[:1], ref_noise[:1]),
-                "noise_pred_rel_l2": float(np.linalg.norm((noise - ref_noise).astype(np.float64))
-                                           / np.linalg.norm(ref_noise.astype(np.float64))),
-            }
-            log(f"{name}: parity probes {result['parity']}")
+            # Parity probes on the baseline's own first-step inputs (without a baseline: none).
+            result["parity"] = {}
+            if args.baseline:
+                run_parity_probes(url, args, result, low_memory=spec.get("low_memory", "0") == "1")
 
             with grpcclient.InferenceServerClient(url) as client:
                 before = read_stats(client)
-                t0 = time.perf_counter()
-                out = grpc_client.generate(url, request_values(args, args.steps))
-                result["e2e_s"] = time.perf_counter() - t0
+                log_offset = server_log.stat().st_size
+                peak_request = GpuMemoryPeak()
+                with peak_request:
+                    t0 = time.perf_counter()
+                    out = grpc_client.generate(url, request_values(args, args.steps))
+                    result["e2e_s"] = time.perf_counter() - t0
                 after = read_stats(client)
             log(f"{name}: measured request ({args.steps} steps) {result['e2e_s']:.2f}s")
+            result["peak_gpu_memory_request_gb"] = peak_request.peak_gb
+            result["gpu_processes_at_request_peak_gb"] = peak_request.processes_at_peak
+            time.sleep(1.0)  # the last release's log lines (they travel from the model processes)
+            result["gpu_used_after_request_gb"] = gpu_used_gb()
+            with open(server_log, "rb") as f:
+                f.seek(log_offset)
+                result["swaps"] = parse_swaps(f.read().decode(errors="replace"))
+            log(f"{name}: request peak {peak_request.peak_gb} GB, after it {result['gpu_used_after_request_gb']} GB; "
+                f"swaps {json.dumps(result['swaps'])}")
         finally:
             server.stop()
     result["peak_gpu_memory_gb"] = peak.peak_gb
+    result["gpu_processes_at_peak_gb"] = peak.processes_at_peak
+    return finish_variant(name, result, out, before, after, args)
+
+
+def run_parity_probes(url: str, args, result: dict[str, Any], low_memory: bool) -> None:
+    """The text encoder and one high-noise expert forward on the baseline's own first-step inputs."""
+    ref = np.load(args.workdir / "baseline_first_step.npz")
+    embeds = np.concatenate([ref["prompt_embeds"], ref["negative_prompt_embeds"]]).astype(np.float32)
+    text = np.array([[args.prompt.encode()], [args.negative_prompt.encode()]], dtype=object)
+    served_embeds = infer_model(url, "text_encoder", {"text": text}, "prompt_embeds")
+    hidden = np.concatenate([ref["hidden_states"]] * 2).astype(np.float32)
+    timestep = np.full((2, 1), float(ref["timestep"].ravel()[0]), dtype=np.float32)
+    noise = infer_model(url, EXPERTS[0], {"hidden_states": hidden, "timestep": timestep,
+                                          "encoder_hidden_states": embeds}, "noise_pred")
+    ref_noise = np.concatenate([ref["noise_pred_cond"], ref["noise_pred_uncond"]])
+    result["parity"] = {
+        "prompt_embeds_cosine": cosine(served_embeds, embeds),
+        "noise_pred_cosine": cosine(noise, ref_noise),
+        "noise_pred_cosine_cond": cosine(noise[:1], ref_noise[:1]),
+        "noise_pred_rel_l2": float(np.linalg.norm((noise - ref_noise).astype(np.float64))
+                                   / np.linalg.norm(ref_noise.astype(np.float64))),
+    }
+    log(f"parity probes {result['parity']}")
+    if low_memory:  # the probe loaded the high-noise expert: back to host memory, as between requests
+        infer_model(url, EXPERTS[0], {"release": np.ones((1, 1), dtype=bool)}, None)
+
+
+def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, after: dict, args) -> dict[str, Any]:
     result["stage_seconds"] = out["stage_seconds"]
     models = stats_delta(before, after)
     result["models"] = models
-    steps = {e: models.get(e, {}).get("count", 0) for e in EXPERTS}
-    result["steps"] = steps
-    result["step_s"] = {e: models[e]["compute_infer_s"] / steps[e] for e in EXPERTS if steps[e]}
-    result["denoise_compute_s"] = sum(models[e]["compute_infer_s"] for e in EXPERTS if steps[e])
+    count_steps(result)
+    result["denoise_compute_s"] = sum(models[e]["compute_infer_s"] for e in EXPERTS if result["steps"][e])
     result["text_encoder_s"] = models.get("text_encoder", {}).get("compute_infer_s")
     result["vae_decode_s"] = models.get("vae_decoder", {}).get("compute_infer_s")
     compute = sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
@@ -353,15 +416,101 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
     result["triton_overhead_s"] = result["e2e_s"] - compute
     result["triton_overhead_pct"] = 100 * result["triton_overhead_s"] / result["e2e_s"]
     video = out["video"]
-    frames = np.load(args.workdir / "baseline_frames.npy")
-    result["parity"].update({
-        "psnr_db": psnr(video, frames), "ssim": ssim(video, frames),
-        # how much there is to match: random weights may decode to low-contrast frames
-        "frames_mean_std": [float(video.mean()), float(video.std())],
-        "baseline_frames_mean_std": [float(frames.mean()), float(frames.std())],
-    })
+    np.save(args.workdir / f"video-{name}.npy", video)  # for --reference-variant
+    result["parity"]["frames_mean_std"] = [float(video.mean()), float(video.std())]
+    if args.baseline:
+        frames = np.load(args.workdir / "baseline_frames.npy")
+        result["parity"].update({
+            "psnr_db": psnr(video, frames), "ssim": ssim(video, frames),
+            # how much there is to match: random weights may decode to low-contrast frames
+            "baseline_frames_mean_std": [float(frames.mean()), float(frames.std())],
+        })
     result["status"] = "ok"
     return result
+
+
+def count_steps(result: dict[str, Any]) -> None:
+    """Steps and mean step time per expert from Triton's statistics (`models`). In the low-memory mode the
+    experts' counts include the orchestrator's release-only requests (not steps), and the first step of each
+    expert includes its load: `step_s_without_swaps` takes the logged loads and releases out."""
+    models, swaps = result["models"], result.get("swaps", {})
+    releases = {e: sum(c["expert"] == e for c in swaps.get("orchestrator_release_calls", [])) for e in EXPERTS}
+    steps = {e: models.get(e, {}).get("count", 0) - releases[e] for e in EXPERTS}
+    result["steps"] = steps
+    result["step_s"] = {e: models[e]["compute_infer_s"] / steps[e] for e in EXPERTS if steps[e]}
+    if any(e in swaps for e in EXPERTS):
+        result["step_s_without_swaps"] = {
+            e: (models[e]["compute_infer_s"] - sum(swaps.get(e, {}).get("load_s", []))
+                - sum(swaps.get(e, {}).get("release_s", []))) / steps[e]
+            for e in EXPERTS if steps[e]
+        }
+
+
+SWAP_LINES = {
+    "load": re.compile(r'offload (\S+): load #\d+: ([\d.]+) GB -> \S+ in ([\d.]+)s'),
+    "release": re.compile(r'offload (\S+): release #\d+ in ([\d.]+)s'),
+    "orchestrator_release": re.compile(r'low-memory: released (\S+) after step (\d+), .*? in ([\d.]+)s'),
+}
+
+
+def parse_swaps(text: str) -> dict[str, Any]:
+    """The low-memory mode's log lines of one request: each model's loads (GB, s) and releases (s), and the
+    orchestrator's release calls (after which step, round trip s)."""
+    out: dict[str, Any] = {}
+    for m in SWAP_LINES["load"].finditer(text):
+        out.setdefault(m.group(1), {"load_s": [], "release_s": []})
+        out[m.group(1)]["load_s"].append(float(m.group(3)))
+        out[m.group(1)]["gb"] = float(m.group(2))
+    for m in SWAP_LINES["release"].finditer(text):
+        out.setdefault(m.group(1), {"load_s": [], "release_s": []})["release_s"].append(float(m.group(2)))
+    calls = [{"expert": m.group(1), "after_step": int(m.group(2)), "round_trip_s": float(m.group(3))}
+             for m in SWAP_LINES["orchestrator_release"].finditer(text)]
+    if calls:
+        out["orchestrator_release_calls"] = calls
+    return out
+
+
+def compare_to_reference(results: dict[str, Any], args) -> None:
+    """Each variant's video against the reference variant's (same seed): equal?, PSNR, max |difference|."""
+    ref_name = args.reference_variant
+    ref_path = args.workdir / f"video-{ref_name}.npy"
+    if not ref_name or not ref_path.exists():
+        return
+    ref = np.load(ref_path)
+    for name, row in results["variants"].items():
+        path = args.workdir / f"video-{name}.npy"
+        if name == ref_name or row.get("status") != "ok" or not path.exists():
+            continue
+        video = np.load(path)
+        row["vs_reference"] = {
+            "reference": ref_name, "equal": bool(np.array_equal(video, ref)), "psnr_db": psnr(video, ref),
+            "max_abs_diff": int(np.abs(video.astype(np.int16) - ref.astype(np.int16)).max()),
+        }
+        log(f"{name} vs {ref_name}: {row['vs_reference']}")
+
+
+def text_encoder_cpu_probe(checkpoint: Path, tokens: int, batch: int = 2) -> dict[str, Any]:
+    """Running the text encoder from host memory instead of swapping it in: one UMT5 block (random weights) on
+    the CPU at the request's shape, per dtype, times the number of layers (embedding and final norm left out)."""
+    import torch
+    from transformers import UMT5Config
+    from transformers.models.umt5.modeling_umt5 import UMT5Block
+
+    config = UMT5Config.from_pretrained(checkpoint / "text_encoder")
+    out: dict[str, Any] = {"layers": config.num_layers, "tokens": tokens, "batch": batch,
+                           "threads": torch.get_num_threads()}
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(0)
+        block = UMT5Block(config, layer_idx=0).to(dtype).eval()
+        x = torch.randn(batch, tokens, config.d_model, dtype=dtype)
+        with torch.inference_mode():
+            block(x[:, :8])  # warm-up (kernel selection), short
+            t0 = time.perf_counter()
+            block(x)
+            seconds = time.perf_counter() - t0
+        out[str(dtype).replace("torch.", "")] = {"block_s": seconds, "encoder_s_estimate": seconds * config.num_layers}
+        del block, x
+    return out
 
 
 # --------------------------------------------------------------------------- baseline
@@ -461,6 +610,44 @@ def render_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _vs_text(vs: dict[str, Any] | None) -> str:
+    if not vs:
+        return "-"
+    return "identical" if vs["equal"] else f"PSNR {vs['psnr_db']:.1f} dB, max diff {vs['max_abs_diff']}"
+
+
+def render_low_memory_table(results: dict[str, Any]) -> str:
+    """Memory and swap costs per variant (rows with the measured request's peak, i.e. this script's newer runs)."""
+    rows = [(k, r) for k, r in results["variants"].items()
+            if r.get("status") == "ok" and "peak_gpu_memory_request_gb" in r]
+    if not rows:
+        return ""
+    ref = results["variants"].get(results.get("meta", {}).get("reference_variant", ""), {})
+    head = ("| system | end-to-end s | time vs reference | peak GPU GB, whole run | peak GPU GB, measured request "
+            "| GPU GB after request | text-encoder load s | expert loads s (GB each) | releases s (expert) "
+            "| step s high / low (without swaps) | video vs reference |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key, r in rows:
+        swaps = r.get("swaps", {})
+        te = swaps.get("text_encoder", {})
+        expert_loads = [f"{e.split('_')[1]} {', '.join(f'{v:.2f}' for v in swaps[e]['load_s'])} ({swaps[e].get('gb', 0):.1f})"
+                        for e in EXPERTS if swaps.get(e, {}).get("load_s")]
+        releases = [f"{e.split('_')[1]} {', '.join(f'{v:.2f}' for v in swaps[e]['release_s'])}"
+                    for e in EXPERTS if swaps.get(e, {}).get("release_s")]
+        vs = r.get("vs_reference")
+        bare = r.get("step_s_without_swaps") or r.get("step_s", {})
+        step = " / ".join(f"{r['step_s'][e]:.3f} ({bare[e]:.3f})" for e in EXPERTS if e in r.get("step_s", {}))
+        ratio = (f"{r['e2e_s'] / ref['e2e_s']:.3f}x" if ref.get("status") == "ok" and ref is not r else "-")
+        lines.append(
+            f"| {r['label']} | {r['e2e_s']:.2f} | {ratio} | {_f(r.get('peak_gpu_memory_gb'), '.1f')} "
+            f"| {_f(r.get('peak_gpu_memory_request_gb'), '.1f')} | {_f(r.get('gpu_used_after_request_gb'), '.1f')} "
+            f"| {', '.join(f'{v:.2f}' for v in te.get('load_s', [])) or '-'} | {'; '.join(expert_loads) or '-'} "
+            f"| {'; '.join(releases) or '-'} | {step or '-'} "
+            f"| {_vs_text(vs)} |"
+        )
+    return "\n".join(lines)
+
+
 def write_chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -505,7 +692,8 @@ def save(results: dict[str, Any], args) -> None:
     add_derived(results)
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = render_table(results)
-    (args.out_dir / "table.md").write_text(table + "\n")
+    low_memory = render_low_memory_table(results)
+    (args.out_dir / "table.md").write_text(table + "\n" + (f"\n{low_memory}\n" if low_memory else ""))
     try:
         write_chart(results, args.out_dir / "gpu_benchmark.png")
     except Exception as e:  # the numbers matter more than the picture
@@ -538,6 +726,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=900.0)
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="skip a variant when less than its estimated time is left (0: no limit)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="Triton variants only (no diffusers run, no parity probes, no repeat)")
+    parser.add_argument("--reference-variant", default="",
+                        help="compare every variant's video with this variant's (e.g. bf16 for the *_lowmem ones)")
+    parser.add_argument("--te-cpu-probe", action="store_true",
+                        help="time one UMT5 block on the CPU (text encoder run from host memory, vs swapping it)")
     parser.add_argument("--no-repeat-baseline", dest="repeat_baseline", action="store_false",
                         help="skip running the baseline again after the variants (drift check)")
     parser.add_argument("--resume", action="store_true",
@@ -548,7 +742,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def estimate_s(spec: dict[str, str], results: dict[str, Any]) -> float:
     base = results.get("baseline", {}).get("e2e_s", 60.0)
     compile_s = {"none": 0.0, "regional": 150.0}[spec["compile"]] + (150.0 if spec["quantization"] != "none" else 0)
-    return 60.0 + 0.5 * base + base + compile_s
+    swap_s = 60.0 if spec.get("low_memory", "0") == "1" else 0.0  # host copies at start, a few swaps
+    return 60.0 + 0.5 * base + base + compile_s + swap_s
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -595,6 +790,7 @@ def main(argv: list[str] | None = None) -> None:
             "driver": gpu[1] if gpu else None,
             "gpu_memory_mib": gpu[2] if gpu else None,
             "host": platform.node(),
+            "reference_variant": args.reference_variant,
             "versions": versions,
             "checkpoint": (
                 f"configs-only Wan2.2-T2V-A14B ({args.preset}"
@@ -609,6 +805,7 @@ def main(argv: list[str] | None = None) -> None:
             "height": args.height, "width": args.width, "num_frames": args.num_frames, "steps": args.steps,
             "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2, "flow_shift": 3.0,
             "seed": args.seed, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+            "warmup_steps": args.warmup_steps,
             "latent_shape": [info.in_channels, *latent],
             "transformer_params_b": params_b,
             "transformer_step_pflop": transformer_step_flops(transformer_config, latent, info.text_len, batch=2) / 1e15,
@@ -619,7 +816,13 @@ def main(argv: list[str] | None = None) -> None:
     log(f"{results['meta']['gpu']}: {results['meta']['checkpoint']}; one CFG step = "
         f"{results['workload']['transformer_step_pflop']:.3f} PFLOP")
 
-    if results["baseline"].get("status") != "ok" or not (args.workdir / "baseline_frames.npy").exists():
+    if args.te_cpu_probe:
+        results["text_encoder_cpu_probe"] = text_encoder_cpu_probe(checkpoint, info.text_len)
+        log(f"text encoder on the CPU (probe): {results['text_encoder_cpu_probe']}")
+    if not args.baseline:
+        results["baseline"] = {"status": "not run (--no-baseline)"}
+        args.repeat_baseline = False
+    elif results["baseline"].get("status") != "ok" or not (args.workdir / "baseline_frames.npy").exists():
         try:
             results["baseline"] = run_baseline(checkpoint, args)
         except Exception as e:
@@ -647,6 +850,7 @@ def main(argv: list[str] | None = None) -> None:
         save(results, args)
         log(f"{name}: GPU memory after stop: {wait_gpu_free()} GB")
 
+    compare_to_reference(results, args)
     if args.repeat_baseline:
         try:
             results["baseline_repeat"] = run_baseline(checkpoint, args, repeat=True)

@@ -163,6 +163,24 @@ def transformer_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
     )
 
 
+# Low-memory mode (export `low_memory`, wan22_triton.offload): the experts' config adds one optional input.
+TRITON_DTYPES.setdefault("bool", "BOOL")
+EXPERT_RELEASE_INPUT = TensorSpec("release", "bool", (BATCH, 1))  # true: weights back to host memory after this
+
+
+def transformer_offload_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
+    """The expert contract of the low-memory mode (config.pbtxt only, never an ONNX/TensorRT graph): the same
+    tensors plus the optional `release`; the data inputs become optional too, so that a request may carry
+    `release` alone. `transformer_spec` itself, and so the ONNX/TensorRT contract, does not change."""
+    spec = transformer_spec(info, name)
+    return ComponentSpec(spec.name, (*spec.inputs, EXPERT_RELEASE_INPUT), spec.outputs, spec.max_batch_size,
+                         spec.sample_sizes)
+
+
+def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
+    return frozenset(t.name for t in transformer_offload_spec(info, TRANSFORMER_HIGH_NOISE).inputs)
+
+
 def vae_decoder_spec(info: CheckpointInfo) -> ComponentSpec:
     """De-normalised latents -> frames in [-1, 1] (batch, rgb, frames, height, width)."""
     s = info.vae_scale_factor_spatial

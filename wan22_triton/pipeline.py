@@ -91,6 +91,51 @@ class GenerationResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+class ExpertSwitch:
+    """Low-memory mode: at most one expert's weights on the GPU (see wan22_triton.offload). One per request.
+
+    The pipeline calls `before_step` before each expert call: when the step goes to another expert than the one
+    that ran last, that one is told to release its weights first (high -> low at the boundary). `settle` runs after
+    the last step, and must run when a request stops early (the orchestrator's `finally`): it releases the resident
+    expert unless it is `keep`, the expert every request starts with. Between requests, therefore, at most `keep`
+    is on the GPU (for A14B: neither, every request ends on the low-noise expert), and at the start of a request
+    `keep` counts as possibly resident. `release(model)` does the call; `log(message)` reports each release.
+    """
+
+    def __init__(self, release: Callable[[str], None], keep: str | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.release = release
+        self.keep = keep
+        self.log = log
+        self.resident: str | None = keep
+        self.step = 0  # steps done so far
+        self.released: list[tuple[str, int]] = []  # (expert, steps done when it was released)
+        self.release_seconds = 0.0
+
+    def before_step(self, expert: str, step: int) -> None:
+        self.step = step
+        if self.resident is not None and self.resident != expert:
+            self._release(self.resident, f"before step {step + 1} ({expert})")
+        self.resident = expert
+
+    def settle(self, when: str = "after the denoising") -> None:
+        if self.resident is not None and self.resident != self.keep:
+            self._release(self.resident, when)
+        self.resident = None if self.resident != self.keep else self.keep
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+
+    def _release(self, expert: str, when: str) -> None:
+        t0 = time.perf_counter()
+        self.release(expert)
+        seconds = time.perf_counter() - t0
+        self.release_seconds += seconds
+        self.released.append((expert, self.step))
+        if self.log is not None:
+            self.log(f"low-memory: released {expert} after step {self.step}, {when}, in {seconds:.3f}s")
+
+
 TextEncoderFn = Callable[[list[str]], np.ndarray]  # prompts -> [B, text_len, text_dim]
 ExpertFn = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (model, latents, t, embeds) -> noise
 VaeDecoderFn = Callable[[np.ndarray], np.ndarray]  # latents [1, z, f, h, w] -> video [1, 3, F, H, W] in [-1, 1]
@@ -213,6 +258,7 @@ class Wan22T2VPipeline:
         req: GenerationRequest,
         on_step: Callable[[StepInfo], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
+        expert_switch: ExpertSwitch | None = None,
     ) -> GenerationResult:
         cfg = self.config
         result = GenerationResult(video=np.empty(0, np.uint8), seed=req.seed)
@@ -259,6 +305,8 @@ class Wan22T2VPipeline:
         for i, t in enumerate(scheduler.timesteps):
             check_cancelled()
             expert, guidance_field = expert_for_timestep(float(t), cfg)
+            if expert_switch is not None:  # low-memory mode: the other expert leaves the GPU first
+                expert_switch.before_step(expert, i)
             model_input = np.repeat(latents.numpy(), batch, axis=0)
             timestep = np.full((batch,), float(t), dtype=np.float32)
             noise = torch.from_numpy(self.expert(expert, model_input, timestep, embeds))
@@ -268,8 +316,12 @@ class Wan22T2VPipeline:
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             result.timesteps.append(float(t))
             result.experts.append(expert)
+            if expert_switch is not None:
+                expert_switch.after_step(i + 1)
             if on_step is not None:
                 on_step(StepInfo(i + 1, req.num_inference_steps, float(t), expert, time.perf_counter() - start))
+        if expert_switch is not None:  # the VAE and the next request's text encoder get the GPU
+            expert_switch.settle()
         lap("denoise")
 
         # 5. Undo the VAE's latent normalisation (same operations as diffusers) and decode.

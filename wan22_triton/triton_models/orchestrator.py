@@ -1,4 +1,11 @@
-"""`wan22_t2v`: the BLS orchestrator users call. pb_utils I/O only; the request path is `pipeline.Wan22T2VPipeline`."""
+"""`wan22_t2v`: the BLS orchestrator users call. pb_utils I/O only; the request path is `pipeline.Wan22T2VPipeline`.
+
+Low-memory mode (config parameter `low_memory: "true"`, export `low_memory`): the experts keep their weights in
+host memory and load them when they get work; this model tells the expert that just became inactive to release
+them (a request with the expert's optional `release` input alone) at the switch and after the last step
+(pipeline.ExpertSwitch), and runs one generation at a time across all orchestrator instances of the repository,
+both models included (a file lock; waiting requests still honour cancellation and `max_request_seconds`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,9 @@ import time
 
 import numpy as np
 
-from .. import triton_io
+from .. import offload, triton_io
 from ..components import TEXT_ENCODER, VAE_DECODER
-from ..pipeline import Cancelled, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
+from ..pipeline import Cancelled, ExpertSwitch, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
 
 
@@ -44,6 +51,11 @@ def bls_expert(model: str, latents: np.ndarray, timestep: np.ndarray, embeds: np
     return triton_io.bls_infer(model, inputs, ["noise_pred"])["noise_pred"]
 
 
+def bls_release_expert(model: str) -> None:
+    """Low-memory mode: the expert's weights back to host memory (its optional `release` input, nothing else)."""
+    triton_io.bls_infer(model, {"release": np.ones((1, 1), dtype=bool)}, [])
+
+
 def bls_vae_decoder(latents: np.ndarray) -> np.ndarray:
     return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["video"])["video"]
 
@@ -62,9 +74,14 @@ class TritonPythonModel:
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
         self.pipeline = Wan22T2VPipeline(self.config, bls_text_encoder, bls_expert, bls_vae_decoder)
+        self.low_memory = params.get("low_memory", "false").lower() == "true"
+        self.generation_lock = (
+            offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
+            if self.low_memory else None
+        )
         self.logger.log_info(
             f"{self.model_config['name']} ready: experts {self.config.expert_names}, streaming {self.streaming}, "
-            f"defaults {self.config.defaults}"
+            f"low memory {self.low_memory}, defaults {self.config.defaults}"
         )
 
     def execute(self, requests):
@@ -95,7 +112,10 @@ class TritonPythonModel:
             sender.send(triton_io.response({"progress": np.array([progress], dtype=object)}))
 
         # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline).
-        result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
+        if self.low_memory:
+            result = self._generate_low_memory(req, report if sender else None, stop_requested)
+        else:
+            result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
         # 6. Video as frames or as an MP4 made here.
         outputs = {
             "seed_used": np.array([result.seed], dtype=np.int64),
@@ -111,3 +131,24 @@ class TritonPythonModel:
         outputs["stage_seconds"] = np.array([json.dumps(result.stage_seconds).encode()], dtype=object)
         self.logger.log_info("stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in result.stage_seconds.items()))
         return triton_io.response(outputs)
+
+    def _generate_low_memory(self, req, on_step, stop_requested):
+        """The pipeline with an ExpertSwitch, one generation at a time; a stopped request releases its expert."""
+        assert self.generation_lock is not None
+
+        def should_stop() -> bool:
+            if stop_requested():
+                raise Cancelled("request cancelled by the client")
+            return False
+
+        waited = self.generation_lock.acquire(should_stop)
+        if waited > 0.001:  # another instance (or the other orchestrator model) was generating
+            self.logger.log_info(f"low-memory: waited {waited:.3f}s for the generation in progress")
+        switch = ExpertSwitch(bls_release_expert, keep=self.config.expert_names[0], log=self.logger.log_info)
+        try:
+            return self.pipeline(req, on_step=on_step, is_cancelled=stop_requested, expert_switch=switch)
+        finally:
+            try:
+                switch.settle("request stopped")  # no-op after a finished denoising; else the expert leaves
+            finally:
+                self.generation_lock.release()

@@ -1,11 +1,15 @@
-"""`text_encoder`: tokenizer + UMT5 encoder, prompt embeddings exactly as diffusers' WanPipeline makes them."""
+"""`text_encoder`: tokenizer + UMT5 encoder, prompt embeddings exactly as diffusers' WanPipeline makes them.
+
+Low-memory mode (`offload: "cpu"`; see wan22_triton.offload): the encoder's weights live in page-locked host
+memory and are on the GPU only while a request is encoded (loaded before, released after each request).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .. import triton_io
+from .. import offload, triton_io
 from ..pipeline import RequestError
 from .base import ComponentModel
 
@@ -16,7 +20,11 @@ class TritonPythonModel(ComponentModel):
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         self.text_len = int(self.params["text_len"])
-        encoder = self.load_torch(UMT5EncoderModel, "text_encoder", "text_encoder")
+        self.weights: offload.HostWeights | None = None
+        if offload.offload_mode(self.params) != "none":
+            encoder, self.weights = offload.load_to_host(self, UMT5EncoderModel, "text_encoder", "text_encoder")
+        else:
+            encoder = self.load_torch(UMT5EncoderModel, "text_encoder", "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(self.root / "tokenizer")
         # diffusers' own prompt path (cleaning, padding, zeroing past the real length), without the other modules.
         self.pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)
@@ -28,7 +36,14 @@ class TritonPythonModel(ComponentModel):
             prompts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in text]
         except UnicodeDecodeError as e:
             raise RequestError(f"'text' must be valid UTF-8: {e}") from None
-        embeds = self.pipe._get_t5_prompt_embeds(
-            prompt=prompts, max_sequence_length=self.text_len, device=torch.device(self.device), dtype=torch.float32
-        )
-        return triton_io.response({"prompt_embeds": embeds.cpu().numpy().astype(np.float32)})
+        if self.weights is not None:
+            self.weights.load()
+        try:
+            embeds = self.pipe._get_t5_prompt_embeds(
+                prompt=prompts, max_sequence_length=self.text_len, device=torch.device(self.device), dtype=torch.float32
+            )
+            embeds = embeds.cpu().numpy().astype(np.float32)
+        finally:
+            if self.weights is not None:
+                self.weights.release()
+        return triton_io.response({"prompt_embeds": embeds})

@@ -3,14 +3,21 @@
 Engines: `torch` runs the diffusers module (optional config parameters `quantization` and `compile`, and the
 benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The `tensorrt`
 engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same contract.
+
+Low-memory mode (`offload: "cpu"`, torch engine; see wan22_triton.offload): the weights live in page-locked host
+memory, go onto the GPU with the first request that brings work, and back when a request carries `release`
+(BOOL, optional, declared only in this mode): after computing that request's step if it has one; a request with
+`release` alone only releases (and answers with no outputs).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .. import fast_path, triton_io
+from .. import fast_path, offload, triton_io
 from ..engines import OnnxRunner, torch_dtype
+from ..pipeline import RequestError
 from .base import ComponentModel
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
@@ -18,13 +25,24 @@ INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
 
 class TritonPythonModel(ComponentModel):
     def setup(self) -> None:
+        self.offload = offload.offload_mode(self.params)
+        self.weights: offload.HostWeights | None = None
+        if self.offload != "none" and self.engine != "torch":
+            raise ValueError(f"{self.name}: offload {self.offload!r} needs the torch engine, not {self.engine!r}")
         if self.engine == "torch":
             from diffusers import WanTransformer3DModel
 
+            quantization = self.params.get("quantization", "none") or "none"
+            if self.offload != "none":
+                if quantization != "none":
+                    raise ValueError(f"{self.name}: offload is not supported with quantization {quantization!r}")
+                model, self.weights = offload.load_to_host(self, WanTransformer3DModel, "transformer", "transformer")
+            else:
+                model = self.load_torch(WanTransformer3DModel, "transformer", "transformer")
             self.model = fast_path.optimize_transformer(
-                self.load_torch(WanTransformer3DModel, "transformer", "transformer"),
+                model,
                 compile=self.params.get("compile", "none") or "none",
-                quantization=self.params.get("quantization", "none") or "none",
+                quantization=quantization,
                 log=self.logger.log_info,
             )
             self.dtype = torch_dtype(self.params["precision"])
@@ -35,9 +53,14 @@ class TritonPythonModel(ComponentModel):
 
     @torch.inference_mode()
     def infer(self, request):
+        if self.weights is not None:
+            return self._infer_offloaded(request)
         inputs = triton_io.request_inputs(request, INPUTS)
         if self.engine == "onnx":
             return triton_io.response(self.runner(inputs))
+        return triton_io.response({"noise_pred": self._forward(inputs)})
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         t = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
         noise = self.model(
             hidden_states=t["hidden_states"].to(self.dtype),
@@ -45,4 +68,19 @@ class TritonPythonModel(ComponentModel):
             encoder_hidden_states=t["encoder_hidden_states"].to(self.dtype),
             return_dict=False,
         )[0]
-        return triton_io.response({"noise_pred": noise.float().cpu().numpy()})
+        return noise.float().cpu().numpy()
+
+    def _infer_offloaded(self, request):
+        assert self.weights is not None
+        inputs = triton_io.request_inputs(request, (*INPUTS, "release"))
+        release = bool(np.asarray(inputs.pop("release", False)).any())
+        outputs = {}
+        if inputs or not release:
+            missing = [name for name in INPUTS if name not in inputs]
+            if missing:
+                raise RequestError(f"{self.name}: missing input(s) {missing} (only a 'release' request may omit them)")
+            self.weights.load()
+            outputs["noise_pred"] = self._forward(inputs)
+        if release:
+            self.weights.release()
+        return triton_io.response(outputs)
