@@ -184,7 +184,7 @@ def export_repository(
         from .onnx_export import export_vae_decoder_frames, load_vae
 
         first_path, step_path = export_vae_decoder_frames(load_vae(ckpt / "vae"), info, version)
-        (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))  # to rebuild the specs
+        info.save(version)  # the serving model rebuilds the frame specs from it
         if opts.engine == "onnx":
             frame_specs = C.vae_decoder_frame_specs(info, load_cache_layout(version))
             for graph, frame_spec in zip((first_path, step_path), frame_specs):
@@ -209,6 +209,7 @@ def export_repository(
 
     # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled); runs on the CPU,
     # the heavy work happens in the models it calls.
+    parameters = orchestrator_parameters(info, opts)
     for stream in (False, True):
         spec = C.orchestrator_spec(info, stream=stream)
         model_dir = repo / spec.name
@@ -217,12 +218,12 @@ def export_repository(
             spec,
             instance_kind="KIND_CPU",
             instance_count=opts.orchestrator_instances,
-            parameters=orchestrator_parameters(info, opts),
+            parameters=parameters,
             optional_inputs=C.OPTIONAL_REQUEST_INPUTS,
             decoupled=stream,
             max_queue_seconds=opts.max_queue_seconds,
         )
         _write_config(model_dir, config)
-        (version / "checkpoint_info.json").write_text(json.dumps(info.to_dict(), indent=2))
+        info.save(version)
         log(f"  {spec.name}: config written")
     return info

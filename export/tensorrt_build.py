@@ -65,7 +65,6 @@ PLAN_FILE = "model.plan"
 PLAN_INFO_SUFFIX = ".json"  # model.plan -> model.plan.json
 EXPERT_ONNX = "model.onnx"
 SHAPE_SPEC_FILE = Path(__file__).with_name("shape_spec.json")
-CHECKPOINT_INFO_FILE = "checkpoint_info.json"  # written by export.repository into wan22_t2v/1/
 DEFAULT_WORKSPACE_BYTES = 16 << 30
 PRECISIONS = ("fp32", "fp16", "bf16")
 LOW_PRECISION_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -817,8 +816,7 @@ def _read_info(repository: Path, checkpoint: str | None) -> CheckpointInfo:
         from wan22_triton.checkpoint import read_checkpoint
 
         return read_checkpoint(checkpoint)
-    path = repository / C.ORCHESTRATOR / "1" / CHECKPOINT_INFO_FILE
-    return CheckpointInfo.from_dict(json.loads(path.read_text()))
+    return CheckpointInfo.load(repository / C.ORCHESTRATOR / "1")  # written there by export.repository
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -27,6 +27,9 @@ GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+INFO_FILE = "checkpoint_info.json"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -87,12 +90,13 @@ class CheckpointInfo:
             width // self.vae_scale_factor_spatial,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def save(self, directory: str | Path) -> None:
+        """Written by the export into the version folders of the models that need it at serving time."""
+        (Path(directory) / INFO_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CheckpointInfo:
-        data = dict(data)
+    def load(cls, directory: str | Path) -> CheckpointInfo:
+        data = json.loads((Path(directory) / INFO_FILE).read_text())
         for key in ("expert_names", "patch_size", "latents_mean", "latents_std"):
             data[key] = tuple(data[key])
         return cls(**data)

@@ -6,7 +6,6 @@ Python-backend stub.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -21,10 +20,6 @@ def pb_utils():
 def parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
     """config.pbtxt `parameters` as a plain {key: string} dict."""
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-
-
-def json_parameter(model_config: Mapping[str, Any], key: str) -> Any:
-    return json.loads(parameters(model_config)[key])
 
 
 def torch_device(args: Mapping[str, str]) -> str:

@@ -45,3 +45,14 @@ class ComponentModel:
             return fast_path.random_component(kind, self.root / folder, int(seed), dtype, self.device)
         model = model_class.from_pretrained(self.root / folder, torch_dtype=dtype, use_safetensors=True)
         return model.to(self.device).eval()
+
+    def load_weights(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
+        """`load_torch`, or in low-memory mode (`offload`) the module with its weights in host memory, kept as
+        `self.weights` to load onto the GPU and release around work; `self.weights` is None otherwise."""
+        from .. import offload
+
+        self.weights: offload.HostWeights | None = None
+        if offload.offload_mode(self.params) == "none":
+            return self.load_torch(model_class, kind, folder)
+        model, self.weights = offload.load_to_host(self, model_class, kind, folder)
+        return model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import offload, triton_io
+from .. import triton_io
 from ..pipeline import RequestError
 from .base import ComponentModel
 
@@ -20,11 +20,7 @@ class TritonPythonModel(ComponentModel):
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         self.text_len = int(self.params["text_len"])
-        self.weights: offload.HostWeights | None = None
-        if offload.offload_mode(self.params) != "none":
-            encoder, self.weights = offload.load_to_host(self, UMT5EncoderModel, "text_encoder", "text_encoder")
-        else:
-            encoder = self.load_torch(UMT5EncoderModel, "text_encoder", "text_encoder")
+        encoder = self.load_weights(UMT5EncoderModel, "text_encoder", "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(self.root / "tokenizer")
         # diffusers' own prompt path (cleaning, padding, zeroing past the real length), without the other modules.
         self.pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)

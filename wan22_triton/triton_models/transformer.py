@@ -26,19 +26,16 @@ INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
 class TritonPythonModel(ComponentModel):
     def setup(self) -> None:
         self.offload = offload.offload_mode(self.params)
-        self.weights: offload.HostWeights | None = None
+        self.weights = None
         if self.offload != "none" and self.engine != "torch":
             raise ValueError(f"{self.name}: offload {self.offload!r} needs the torch engine, not {self.engine!r}")
         if self.engine == "torch":
             from diffusers import WanTransformer3DModel
 
             quantization = self.params.get("quantization", "none") or "none"
-            if self.offload != "none":
-                if quantization != "none":
-                    raise ValueError(f"{self.name}: offload is not supported with quantization {quantization!r}")
-                model, self.weights = offload.load_to_host(self, WanTransformer3DModel, "transformer", "transformer")
-            else:
-                model = self.load_torch(WanTransformer3DModel, "transformer", "transformer")
+            if self.offload != "none" and quantization != "none":
+                raise ValueError(f"{self.name}: offload is not supported with quantization {quantization!r}")
+            model = self.load_weights(WanTransformer3DModel, "transformer", "transformer")
             self.model = fast_path.optimize_transformer(
                 model,
                 compile=self.params.get("compile", "none") or "none",

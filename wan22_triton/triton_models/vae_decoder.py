@@ -7,7 +7,6 @@ back each time), served by ONNX Runtime or as TensorRT plans: one pair of graphs
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ class TritonPythonModel(ComponentModel):
             from ..components import vae_decoder_frame_specs
             from ..vae_frames import load_cache_layout, named_runners
 
-            info = CheckpointInfo.from_dict(json.loads((self.root / "checkpoint_info.json").read_text()))
+            info = CheckpointInfo.load(self.root)
             first, step = vae_decoder_frame_specs(info, load_cache_layout(self.root))
             self.run_first, self.run_step = named_runners(
                 lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names),
