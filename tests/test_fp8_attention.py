@@ -1,0 +1,88 @@
+"""The FP8 self-attention processor against diffusers' own, on the tiny checkpoint's expert (CPU).
+
+The cuDNN kernel needs a Hopper GPU; here the processor runs with `reference_fp8_attention` (the same FP8
+rounding of Q, K, V and P in plain PyTorch), so what is checked is everything around the kernel: projections,
+norms, RoPE, K smoothing, per-tensor scales, layouts and the output projection. The GPU kernel itself is
+measured by perf/fp8_attention_probe.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan22_triton import fp8_attention
+
+
+@pytest.fixture(scope="module")
+def expert(tiny_checkpoint):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_pretrained(tiny_checkpoint / "transformer").eval()
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@torch.no_grad()
+def test_fp8_processor_matches_diffusers_up_to_fp8_rounding(expert):
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    cfg = expert.config
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, cfg.in_channels, 3, 16, 24, generator=g)
+    rotary = expert.rope(latents)  # the expert's own RoPE tables for this latent grid
+    tokens = rotary[0].shape[1]
+    x = torch.randn(2, tokens, cfg.num_attention_heads * cfg.attention_head_dim, generator=g)
+    attn = expert.blocks[0].attn1
+    reference = WanAttnProcessor()(attn, x, rotary_emb=rotary)
+    fp8 = fp8_attention.Fp8SelfAttnProcessor(fp8_attention.reference_fp8_attention)(attn, x, rotary_emb=rotary)
+    assert fp8.shape == reference.shape and fp8.dtype == reference.dtype
+    # FP8 rounding of Q, K, V and P costs ~1.3% here; a wrong RoPE (swapped tables) or none costs 25-28%.
+    assert 1e-4 < _relative_error(fp8, reference) < 0.04
+    swapped = fp8_attention.Fp8SelfAttnProcessor(fp8_attention.reference_fp8_attention)(
+        attn, x, rotary_emb=rotary[::-1])
+    assert _relative_error(swapped, reference) > 0.1
+
+
+@torch.no_grad()
+def test_enable_fp8_attention_replaces_self_attention_only(expert):
+    cross_attention = [b.attn2.processor for b in expert.blocks]
+    try:
+        assert fp8_attention.enable_fp8_attention(expert, fp8_attention.reference_fp8_attention) == len(expert.blocks)
+        assert all(isinstance(b.attn1.processor, fp8_attention.Fp8SelfAttnProcessor) for b in expert.blocks)
+        assert [b.attn2.processor for b in expert.blocks] == cross_attention
+        with pytest.raises(ValueError, match="self-attention only"):
+            expert.blocks[0].attn1.processor(expert.blocks[0].attn1, torch.zeros(1, 4, 24), torch.zeros(1, 4, 24))
+    finally:
+        expert.set_attn_processor(cross_attention[0].__class__())
+
+
+@torch.no_grad()
+def test_rope_and_k_smoothing_are_exact_without_fp8():
+    # With quantization disabled the processor must equal exact attention: RoPE as diffusers applies it, and the
+    # K centring cancels in the softmax.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 40, 4, 16) for _ in range(3))
+    cos, sin = torch.randn(1, 40, 1, 16), torch.randn(1, 40, 1, 16)
+    x1, x2 = q.unflatten(-1, (-1, 2)).unbind(-1)
+    expected = torch.empty_like(q)
+    expected[..., 0::2] = x1 * cos[..., 0::2] - x2 * sin[..., 1::2]
+    expected[..., 1::2] = x1 * sin[..., 1::2] + x2 * cos[..., 0::2]
+    assert torch.allclose(fp8_attention._rope(q, cos, sin), expected, atol=1e-6)
+
+    def exact(qh, kh, vh):
+        return torch.nn.functional.scaled_dot_product_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2))
+
+    centred = k - k.mean(dim=1, keepdim=True)
+    assert torch.allclose(exact(q, centred, v), exact(q, k, v), atol=1e-5)
+
+
+def test_quantize_per_tensor_round_trips_within_fp8_precision():
+    x = torch.randn(2, 64, 4, 16) * 7.0
+    x8, descale = fp8_attention.quantize_per_tensor(x)
+    assert x8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
+    back = x8.float() * descale
+    assert back.abs().max().item() == pytest.approx(x.abs().max().item(), rel=1e-6)  # amax maps to 448 exactly
+    assert ((back - x).abs() <= x.abs() * 2**-4 + descale.item() * 2**-9).all()  # e4m3: 3 mantissa bits
