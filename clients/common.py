@@ -35,6 +35,8 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
     parser.add_argument("--prompt", required=True)
     if streaming:
         parser.add_argument("--stream", action="store_true", help="per-step progress bar (wan22_t2v_stream)")
+        parser.add_argument("--shared-memory", action="store_true",
+                            help="frames through system shared memory (client on the server's host; unary only)")
     kinds = {np.int32: int, np.int64: int, np.float32: float, np.object_: str}
     for name, (_, dtype) in REQUEST_INPUTS.items():
         if name != "prompt":

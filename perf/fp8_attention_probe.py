@@ -1,7 +1,7 @@
 """Is cuDNN's FP8 attention worth it for Wan2.2 A14B at 480p? Speed and error, on a GPU (Hopper or newer).
 
 1. Kernel: self-attention at the A14B shape (batch 2 for CFG, 32,760 tokens, 40 heads of 128) with random
-   inputs: PyTorch SDPA in BF16 (its default backend, cuDNN on Hopper) against `wan22::sdpa_fp8_cudnn` alone and
+   inputs: PyTorch SDPA in BF16 (its default backend, cuDNN on Hopper) against `wan22::sdpa_fp8` alone and
    with its per-tensor quantization; TFLOP/s (4 * B * H * S^2 * D per call); relative L2 error of each against
    float32 attention computed for a sample of queries.
 2. Model: a full-width A14B expert cut to `--layers` blocks (random weights, BF16, eager) with diffusers'
@@ -52,12 +52,14 @@ def kernel_probe(batch: int, tokens: int, heads: int, head_dim: int, sample: int
     v8, dv = fp8_attention.quantize_per_tensor(v)
 
     def fp8_kernel():
-        return torch.ops.wan22.sdpa_fp8_cudnn(q8, k8, v8, dq, dk, dv, scale)
+        return torch.ops.wan22.sdpa_fp8(q8, k8, v8, dq, dk, dv, 1.0 / dv, scale).float() * dv
 
     def fp8_with_quantization():
         kc = k.float() - k.float().mean(dim=1, keepdim=True)
         parts = [fp8_attention.quantize_per_tensor(t) for t in (q, kc, v)]
-        return torch.ops.wan22.sdpa_fp8_cudnn(*(p[0] for p in parts), *(p[1] for p in parts), scale)
+        descale_v = parts[2][1]
+        o8 = torch.ops.wan22.sdpa_fp8(*(p[0] for p in parts), *(p[1] for p in parts), 1.0 / descale_v, scale)
+        return (o8.float() * descale_v).to(torch.bfloat16)
 
     rows = torch.randperm(tokens, generator=torch.Generator().manual_seed(1))[:sample].cuda()
     s = torch.einsum("bshd,bthd->bhst", q[:, rows].float(), k.float()) * scale

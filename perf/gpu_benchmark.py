@@ -56,13 +56,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Expert options (`compile`, `quantization`, see wan22_triton.fast_path) and the VAE's `cudnn_benchmark`.
+# Expert options (`compile`, `quantization`, `attention`, see wan22_triton.fast_path) and the VAE's `cudnn_benchmark`.
 VARIANTS: dict[str, dict[str, str]] = {
     "bf16": {"label": "Triton BF16 eager", "compile": "none", "quantization": "none", "vae_cudnn_benchmark": "0"},
     "compile": {"label": "Triton BF16 + compile", "compile": "regional", "quantization": "none",
                 "vae_cudnn_benchmark": "0"},
     "fp8": {"label": "Triton FP8 + compile", "compile": "regional", "quantization": "fp8_rowwise",
             "vae_cudnn_benchmark": "1"},
+    "fp8_attention": {"label": "Triton FP8 + FP8 attention + compile", "compile": "regional",
+                      "quantization": "fp8_rowwise", "attention": "fp8_cudnn", "vae_cudnn_benchmark": "1"},
     # low-memory mode (export low_memory): experts and text encoder swapped in from page-locked host memory
     "bf16_lowmem": {"label": "Triton BF16 eager, low memory", "compile": "none", "quantization": "none",
                     "vae_cudnn_benchmark": "0", "low_memory": "1"},
@@ -271,6 +273,7 @@ def export_variant(checkpoint: Path, repo: Path, spec: dict[str, str], args) -> 
             "random_init_seed": component_seed(seed, folder),
             "compile": spec["compile"],
             "quantization": spec["quantization"],
+            "attention": spec.get("attention", "sdpa"),
         })
 
 
@@ -344,7 +347,7 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
             with grpcclient.InferenceServerClient(url) as client:
                 result["tritonserver_version"] = client.get_server_metadata(as_json=True).get("version")
             t0 = time.perf_counter()
-            warm = grpc_client.generate(url, request_values(args, args.warmup_steps))
+            warm = grpc_client.generate(url, request_values(args, args.warmup_steps), shared_memory=args.shared_memory)
             result["warmup_s"] = time.perf_counter() - t0
             result["warmup_stage_seconds"] = warm["stage_seconds"]
             log(f"{name}: warm-up request ({args.warmup_steps} steps) {result['warmup_s']:.1f}s")
@@ -360,7 +363,7 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
                 peak_request = GpuMemoryPeak()
                 with peak_request:
                     t0 = time.perf_counter()
-                    out = grpc_client.generate(url, request_values(args, args.steps))
+                    out = grpc_client.generate(url, request_values(args, args.steps), shared_memory=args.shared_memory)
                     result["e2e_s"] = time.perf_counter() - t0
                 after = read_stats(client)
             log(f"{name}: measured request ({args.steps} steps) {result['e2e_s']:.2f}s")
@@ -415,6 +418,15 @@ def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, a
     result["component_compute_s"] = compute
     result["triton_overhead_s"] = result["e2e_s"] - compute
     result["triton_overhead_pct"] = 100 * result["triton_overhead_s"] / result["e2e_s"]
+    # Where it goes: every model's queueing; BLS plus the orchestrator's own work (its compute minus the
+    # components'); the rest is the client and the transport of the request and the response.
+    orchestrator = models.get("wan22_t2v", {})
+    result["overhead_split_s"] = {
+        "queue_all_models": sum(m.get("queue_s", 0.0) for m in models.values()),
+        "bls_and_orchestrator": orchestrator.get("compute_infer_s", 0.0) - compute,
+        "client_and_transport": result["e2e_s"] - sum(orchestrator.get(k, 0.0) for k in (
+            "queue_s", "compute_input_s", "compute_infer_s", "compute_output_s")),
+    }
     video = out["video"]
     np.save(args.workdir / f"video-{name}.npy", video)  # for --reference-variant
     result["parity"]["frames_mean_std"] = [float(video.mean()), float(video.std())]
@@ -714,6 +726,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--num-frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                        help="frames in the gRPC response instead of a system shared-memory region")
     parser.add_argument("--warmup-steps", type=int, default=2, help="Triton warm-up request (2: both experts)")
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--guidance-scale-2", type=float, default=3.0)
@@ -799,7 +813,8 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "baseline": "diffusers.WanPipeline, whole pipeline BF16 (VAE too), eager, default attention, no offload",
             "ours": "tritonserver (gRPC client -> BLS orchestrator -> python-backend models), ENGINE=torch, "
-                    f"--device {args.device} --precision {args.precision}",
+                    f"--device {args.device} --precision {args.precision}; frames returned "
+                    + ("through system shared memory" if args.shared_memory else "in the gRPC response"),
         },
         "workload": {
             "height": args.height, "width": args.width, "num_frames": args.num_frames, "steps": args.steps,

@@ -64,6 +64,33 @@ def test_same_seed_same_video_and_seed_is_reported(torch_server):
     assert np.array_equal(unseeded["video"], again["video"])
 
 
+def test_shared_memory_output_equals_the_grpc_message(torch_server):
+    request = dict(prompt="waves", num_frames=9, height=32, width=48, num_inference_steps=2, seed=5)
+    plain = grpc_client.generate(torch_server.grpc_url, request)
+    shared = grpc_client.generate(torch_server.grpc_url, request, shared_memory=True)
+    assert shared["video"].shape == (9, 32, 48, 3) and shared["seed"] == 5
+    assert np.array_equal(shared["video"], plain["video"])
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}  # unregistered
+
+
+@pytest.mark.parametrize("server", ["torch_server", "onnx_server"])
+def test_vae_decoder_frames_are_its_video_as_uint8(server, request):
+    from wan22_triton.pipeline import frames_to_uint8
+
+    url = request.getfixturevalue(server).grpc_url
+    latents = np.random.default_rng(0).standard_normal((1, 16, 3, 4, 6)).astype(np.float32)
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("latents", list(latents.shape), "FP32")
+        tensor.set_data_from_numpy(latents)
+        both = client.infer("vae_decoder", [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in ("video", "frames")])
+        only = client.infer("vae_decoder", [tensor], outputs=[grpcclient.InferRequestedOutput("frames")])
+    video, frames = both.as_numpy("video"), both.as_numpy("frames")
+    assert video.shape == (1, 3, 9, 32, 48) and frames.shape == (1, 9, 32, 48, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, frames_to_uint8(video).numpy())
+    assert only.as_numpy("video") is None and np.array_equal(only.as_numpy("frames"), frames)
+
+
 def _diffusers_routing(pipe, steps: int, flow_shift: float) -> list[tuple[str, float]]:
     """(expert, timestep) of every transformer call diffusers makes, CFG off so one call per step."""
     import torch

@@ -182,12 +182,18 @@ def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
 
 
 def vae_decoder_spec(info: CheckpointInfo) -> ComponentSpec:
-    """De-normalised latents -> frames in [-1, 1] (batch, rgb, frames, height, width)."""
+    """De-normalised latents -> `video`: frames in [-1, 1] (batch, rgb, frames, height, width), float32, what
+    diffusers' decode returns; `frames`: the same as uint8 (batch, frames, height, width, rgb), converted where the
+    decoder runs (a quarter of the bytes to move; the orchestrator asks for this one)."""
     s = info.vae_scale_factor_spatial
+    height, width = Dim("latent_height", s), Dim("latent_width", s)
     return ComponentSpec(
         name=VAE_DECODER,
         inputs=(TensorSpec("latents", "float32", (BATCH, info.z_dim, *LATENT)),),
-        outputs=(TensorSpec("video", "float32", (BATCH, 3, Dim("video_frames"), Dim("latent_height", s), Dim("latent_width", s))),),
+        outputs=(
+            TensorSpec("video", "float32", (BATCH, 3, Dim("video_frames"), height, width)),
+            TensorSpec("frames", "uint8", (BATCH, Dim("video_frames"), height, width, 3)),
+        ),
         max_batch_size=1,
         sample_sizes={"batch": 1, "latent_frames": 3, "latent_height": 4, "latent_width": 6},
     )

@@ -14,6 +14,9 @@ normal path (absent parameters mean: load the checkpoint's weights, run the diff
   one scale per row, ``torch._scaled_mm``), then regional compilation (``regional``: diffusers'
   ``compile_repeated_blocks``, one compiled graph reused by all 40 identical blocks, so the compile cost is one
   block's). Both need a CUDA device (FP8 needs compute capability >= 8.9).
+* ``attention`` (speed). ``fp8_cudnn``: the blocks' self-attention in FP8 through cuDNN's fused kernel
+  (wan22_triton.fp8_attention; Hopper or newer, `nvidia-cudnn-frontend`), set before compiling so the compiled
+  block fuses the quantization around it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 SEED_OFFSETS = {"text_encoder": 1, "transformer": 2, "transformer_2": 3, "vae": 4}
 COMPILE_MODES = ("none", "regional")
 QUANTIZATIONS = ("none", "fp8_rowwise")
+ATTENTIONS = ("sdpa", "fp8_cudnn")
 
 
 def component_seed(base_seed: int, folder: str) -> int:
@@ -107,19 +111,31 @@ def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
 
 
 def optimize_transformer(
-    model: torch.nn.Module, compile: str = "none", quantization: str = "none", log: Callable[[str], None] = print
+    model: torch.nn.Module,
+    compile: str = "none",
+    quantization: str = "none",
+    attention: str = "sdpa",
+    log: Callable[[str], None] = print,
 ) -> torch.nn.Module:
-    """Apply the `quantization` then `compile` options (see module docstring); returns the model."""
+    """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if quantization == "fp8_rowwise":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         t0 = time.perf_counter()
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_block_linear)
         log(f"quantization fp8_rowwise (torchao) of the blocks' Linear layers: {time.perf_counter() - t0:.1f}s")
+    if attention == "fp8_cudnn":
+        from . import fp8_attention
+
+        cudnn = fp8_attention.import_cudnn_frontend()
+        replaced = fp8_attention.enable_fp8_attention(model)
+        log(f"attention fp8_cudnn on {replaced} blocks' self-attention (cuDNN backend {cudnn.backend_version()})")
     if compile == "regional":
         _utf8_locale()
         model.compile_repeated_blocks(fullgraph=True)

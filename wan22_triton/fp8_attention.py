@@ -10,13 +10,15 @@ Numerics (why each step):
 * K is centred over the tokens first (per batch item, head and channel): softmax is unchanged by a per-query
   constant, and the centred K has a smaller range, so its FP8 rounding error shrinks (SageAttention's smoothing);
 * P is quantized by cuDNN inside the flash loop, where its values are exp(s - running max) <= 1: scale 448;
-* the output is BF16 (no output quantization).
+* the output is FP8 too (cuDNN 9.19 on Hopper offers no BF16 output for this graph: measured), with V's scale:
+  every output row is a convex combination of V's rows, so |O| <= amax(V) and it cannot overflow.
 
 `Fp8SelfAttnProcessor` replaces diffusers' `WanAttnProcessor` on the blocks' self-attention (`attn1`) only;
-cross-attention (512 text tokens, ~1% of the FLOPs) keeps diffusers' processor. The kernel is a registered
-torch custom op, so `compile_repeated_blocks(fullgraph=True)` traces through the processor and fuses RoPE,
-smoothing and quantization around it. `attention_fn` is injectable so the processor's math can be checked on a
-CPU against diffusers with FP8 rounding simulated (tests/test_fp8_attention.py).
+cross-attention (512 text tokens, ~1% of the FLOPs) keeps diffusers' processor. The kernel is the torch custom
+op `wan22::sdpa_fp8`, so `compile_repeated_blocks(fullgraph=True)` traces through the processor and fuses RoPE,
+smoothing and quantization around it. On CUDA tensors the op runs cuDNN; on CPU tensors it runs
+`reference_fp8_attention` (the same roundings in plain PyTorch), which is how tests/test_fp8_attention.py checks
+everything around the kernel against diffusers on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import sysconfig
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
 
 import torch
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -41,8 +43,8 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() * (FP8_MAX / amax)).to(FP8), (amax / FP8_MAX).reshape(1, 1, 1, 1)
 
 
-def reference_fp8_attention(q8, k8, v8, descale_q, descale_k, descale_v, scale: float) -> torch.Tensor:
-    """What the cuDNN kernel computes (FP8 inputs, P rounded to FP8), in plain PyTorch: for CPU tests only."""
+def reference_fp8_attention(q8, k8, v8, descale_q, descale_k, descale_v, scale_o, scale: float) -> torch.Tensor:
+    """What the cuDNN kernel computes (FP8 inputs, P and O rounded to FP8), in plain PyTorch: for CPU tests."""
     q = q8.float() * descale_q
     k = k8.float() * descale_k
     v = v8.float() * descale_v
@@ -50,7 +52,7 @@ def reference_fp8_attention(q8, k8, v8, descale_q, descale_k, descale_v, scale: 
     p = torch.exp(s - s.amax(dim=-1, keepdim=True))
     p8 = (p * FP8_MAX).to(FP8).float() / FP8_MAX
     o = torch.einsum("bhst,bthd->bshd", p8, v) / p.sum(dim=-1).transpose(1, 2).unsqueeze(-1)
-    return o.to(torch.bfloat16)
+    return (o * scale_o).to(FP8).contiguous()  # the layout the op declares (B, S, H, D)
 
 
 # ---- the cuDNN kernel as a torch custom op (layout: B, S, H, D for inputs and output) ----
@@ -118,7 +120,7 @@ def _build_graph(handle, q, k, v, o, scale: float):
     for name, t in (("q", q), ("k", k), ("v", v)):
         dim, stride = _bhsd(t)
         tensors[name] = g.tensor(name=name, dim=dim, stride=stride, data_type=fp8)
-    for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o"):
+    for name in ("descale_q", "descale_k", "descale_v", "scale_o", "descale_s", "scale_s"):
         tensors[name] = g.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=f32)
     o_t, _stats, amax_s, amax_o = g.sdpa_fp8(
         q=tensors["q"], k=tensors["k"], v=tensors["v"],
@@ -127,7 +129,7 @@ def _build_graph(handle, q, k, v, o, scale: float):
         is_inference=True, attn_scale=scale, use_causal_mask=False, name="sdpa_fp8",
     )
     dim, stride = _bhsd(o)
-    o_t.set_output(True).set_dim(dim).set_stride(stride).set_data_type(cudnn.data_type.BFLOAT16)
+    o_t.set_output(True).set_dim(dim).set_stride(stride).set_data_type(fp8)
     for amax in (amax_s, amax_o):  # cuDNN reports them; unused here (one scale per call, from the data)
         amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(f32)
     g.validate()
@@ -139,14 +141,15 @@ def _build_graph(handle, q, k, v, o, scale: float):
     return g, tensors, g.get_workspace_size()
 
 
-@torch.library.custom_op("wan22::sdpa_fp8_cudnn", mutates_args=())
-def sdpa_fp8_cudnn(
+@torch.library.custom_op("wan22::sdpa_fp8", mutates_args=(), device_types="cuda")
+def sdpa_fp8(
     q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
-    descale_q: torch.Tensor, descale_k: torch.Tensor, descale_v: torch.Tensor, scale: float,
+    descale_q: torch.Tensor, descale_k: torch.Tensor, descale_v: torch.Tensor, scale_o: torch.Tensor, scale: float,
 ) -> torch.Tensor:
-    """softmax(scale * Q K^T) V on FP8 (B, S, H, D) inputs with float32 (1,1,1,1) descales -> BF16 (B, S, H, D)."""
+    """softmax(scale * Q K^T) V * scale_o, FP8 in and out, layout (B, S, H, D); descales float32 (1, 1, 1, 1)."""
+    q8, k8, v8 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q8, k8, v8))  # cuDNN: unit stride on D
     b, s, h, _ = q8.shape
-    o = torch.empty((b, s, h, v8.shape[-1]), dtype=torch.bfloat16, device=q8.device)
+    o = torch.empty((b, s, h, v8.shape[-1]), dtype=FP8, device=q8.device)
     handle = _handle(q8.device)
     key = (q8.device, q8.shape, q8.stride(), k8.shape, k8.stride(), v8.shape, v8.stride(), float(scale))
     with _graphs_lock:
@@ -155,11 +158,11 @@ def sdpa_fp8_cudnn(
         graph, t, workspace_size = _graphs[key]
     f32 = dict(dtype=torch.float32, device=q8.device)
     consts = getattr(_local, "consts", {}).get(q8.device)
-    if consts is None:  # P in [0, 1] inside the flash loop -> scale 448; output BF16 (scale 1); amax scratch
+    if consts is None:  # P in [0, 1] inside the flash loop -> scale 448; amax scratch
         consts = (torch.full((1, 1, 1, 1), 1.0 / FP8_MAX, **f32), torch.full((1, 1, 1, 1), FP8_MAX, **f32),
-                  torch.ones((1, 1, 1, 1), **f32), torch.empty((2, 1, 1, 1), **f32))
+                  torch.empty((2, 1, 1, 1), **f32))
         _local.consts = {**getattr(_local, "consts", {}), q8.device: consts}
-    descale_s, scale_s, scale_o, amax = consts
+    descale_s, scale_s, amax = consts
     workspace = torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=q8.device)
     graph.execute({
         t["q"]: q8, t["k"]: k8, t["v"]: v8, t["o"]: o,
@@ -170,10 +173,13 @@ def sdpa_fp8_cudnn(
     return o
 
 
-@sdpa_fp8_cudnn.register_fake
-def _(q8, k8, v8, descale_q, descale_k, descale_v, scale):
+sdpa_fp8.register_kernel("cpu")(reference_fp8_attention)
+
+
+@sdpa_fp8.register_fake
+def _(q8, k8, v8, descale_q, descale_k, descale_v, scale_o, scale):
     b, s, h, _ = q8.shape
-    return q8.new_empty((b, s, h, v8.shape[-1]), dtype=torch.bfloat16)
+    return q8.new_empty((b, s, h, v8.shape[-1]), dtype=FP8)
 
 
 # ---- the processor ----
@@ -189,12 +195,7 @@ def _rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> 
 class Fp8SelfAttnProcessor:
     """diffusers' WanAttnProcessor for self-attention, with the attention itself in FP8 (see module docstring)."""
 
-    def __init__(self, attention_fn: Callable[..., torch.Tensor] | None = None):
-        self.attention_fn = attention_fn or torch.ops.wan22.sdpa_fp8_cudnn
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
         if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
             raise ValueError("Fp8SelfAttnProcessor serves unmasked self-attention only (the blocks' attn1)")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -207,14 +208,14 @@ class Fp8SelfAttnProcessor:
         q8, descale_q = quantize_per_tensor(query)
         k8, descale_k = quantize_per_tensor(key)
         v8, descale_v = quantize_per_tensor(value)
-        out = self.attention_fn(q8, k8, v8, descale_q, descale_k, descale_v, query.shape[-1] ** -0.5)
-        out = out.flatten(2, 3).type_as(hidden_states)
+        o8 = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, 1.0 / descale_v, query.shape[-1] ** -0.5)
+        out = (o8.float() * descale_v).flatten(2, 3).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def enable_fp8_attention(model: torch.nn.Module, attention_fn: Callable[..., torch.Tensor] | None = None) -> int:
+def enable_fp8_attention(model: torch.nn.Module) -> int:
     """Put Fp8SelfAttnProcessor on every block's self-attention; returns how many were replaced."""
-    processor = Fp8SelfAttnProcessor(attention_fn)
+    processor = Fp8SelfAttnProcessor()
     blocks = list(model.blocks)
     for block in blocks:
         block.attn1.set_processor(processor)

@@ -138,7 +138,7 @@ class ExpertSwitch:
 
 TextEncoderFn = Callable[[list[str]], np.ndarray]  # prompts -> [B, text_len, text_dim]
 ExpertFn = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (model, latents, t, embeds) -> noise
-VaeDecoderFn = Callable[[np.ndarray], np.ndarray]  # latents [1, z, f, h, w] -> video [1, 3, F, H, W] in [-1, 1]
+VaeDecoderFn = Callable[[np.ndarray], np.ndarray]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
 
 
 def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: Any) -> Any:
@@ -231,15 +231,16 @@ def make_scheduler(config: PipelineConfig, flow_shift: float):
     return UniPCMultistepScheduler.from_config(config.scheduler_config, flow_shift=flow_shift)
 
 
-def frames_to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
-    """[1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]: diffusers' postprocess ((x+1)/2 clamped), then round(x*255)."""
-    video = torch.as_tensor(video)[0]
+def frames_to_uint8(video: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, 3] on the same device: diffusers' postprocess ((x+1)/2
+    clamped to [0, 1]), then round(x*255), all in float32 (x*0.5 is exact, so CPU and GPU round alike)."""
+    video = torch.as_tensor(video).float()
     video = (video * 0.5 + 0.5).clamp(0, 1)
-    return (video.permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+    return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8)
 
 
 class Wan22T2VPipeline:
-    """validate -> encode -> prepare latents -> denoise (expert switch, CFG) -> decode -> uint8 frames."""
+    """validate -> encode -> prepare latents -> denoise (expert switch, CFG) -> decode to uint8 frames."""
 
     def __init__(
         self,
@@ -324,15 +325,12 @@ class Wan22T2VPipeline:
             expert_switch.settle()
         lap("denoise")
 
-        # 5. Undo the VAE's latent normalisation (same operations as diffusers) and decode.
+        # 5. Undo the VAE's latent normalisation (same operations as diffusers), decode to uint8 [F, H, W, 3]
+        #    (the decoder model converts where it runs: frames_to_uint8).
         check_cancelled()
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
         latents = latents / inv_std + mean
-        video = self.vae_decoder(latents.numpy())
+        result.video = np.asarray(self.vae_decoder(latents.numpy()))[0]
         lap("vae_decoder")
-
-        # 6. Frames as uint8 [F, H, W, 3].
-        result.video = frames_to_uint8(video)
-        lap("postprocess")
         return result

@@ -57,7 +57,7 @@ def bls_release_expert(model: str) -> None:
 
 
 def bls_vae_decoder(latents: np.ndarray) -> np.ndarray:
-    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["video"])["video"]
+    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"])["frames"]
 
 
 class TritonPythonModel:

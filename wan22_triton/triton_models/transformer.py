@@ -1,6 +1,6 @@
 """`transformer_high_noise` / `transformer_low_noise`: one expert, one contract (components.transformer_spec).
 
-Engines: `torch` runs the diffusers module (optional config parameters `quantization` and `compile`, and the
+Engines: `torch` runs the diffusers module (optional config parameters `quantization`, `attention` and `compile`, and the
 benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The `tensorrt`
 engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same contract.
 
@@ -40,6 +40,7 @@ class TritonPythonModel(ComponentModel):
                 model,
                 compile=self.params.get("compile", "none") or "none",
                 quantization=quantization,
+                attention=self.params.get("attention", "sdpa") or "sdpa",
                 log=self.logger.log_info,
             )
             self.dtype = torch_dtype(self.params["precision"])

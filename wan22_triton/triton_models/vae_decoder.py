@@ -1,4 +1,7 @@
-"""`vae_decoder`: de-normalised latents -> frames in [-1, 1], for every valid frame count.
+"""`vae_decoder`: de-normalised latents -> frames in [-1, 1] (`video`) and as uint8 (`frames`), any frame count.
+
+Only the outputs a request asks for are made; `frames` is converted on the decoder's device (pipeline's
+`frames_to_uint8`), so a GPU decoder hands over a quarter of the bytes.
 
 `torch` runs diffusers' AutoencoderKLWan.decode. `onnx` and `tensorrt` loop over the latent frames calling the two
 frame models over BLS (`vae_decoder_first_frame`, then `vae_decoder_step` per frame, the causal-conv caches passed
@@ -13,11 +16,13 @@ import torch
 
 from .. import triton_io
 from ..engines import torch_dtype
+from ..pipeline import frames_to_uint8
 from .base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):
     def setup(self) -> None:
+        self._host: dict[str, torch.Tensor] = {}  # page-locked output buffers, reused while the shape holds
         if self.engine == "torch":
             from diffusers import AutoencoderKLWan
 
@@ -25,7 +30,6 @@ class TritonPythonModel(ComponentModel):
             self.dtype = torch_dtype(self.params["precision"])
             if self.params.get("cudnn_benchmark", "") == "1":  # optional: autotuned cuDNN convolutions (this process)
                 torch.backends.cudnn.benchmark = True
-            self._host: torch.Tensor | None = None  # page-locked output buffer, reused while the shape holds
         elif self.engine in ("onnx", "tensorrt"):
             from ..checkpoint import CheckpointInfo
             from ..components import vae_decoder_frame_specs
@@ -45,23 +49,30 @@ class TritonPythonModel(ComponentModel):
     @torch.inference_mode()
     def infer(self, request):
         latents = triton_io.request_inputs(request, ["latents"])["latents"]
+        wanted = set(request.requested_output_names()) or {"video", "frames"}
         if self.engine == "torch":
             z = torch.from_numpy(latents).to(self.device, self.dtype)
-            video = self._to_host(self.vae.decode(z, return_dict=False)[0])
+            video = self.vae.decode(z, return_dict=False)[0]
         else:
             from ..vae_frames import decode_with_frame_graphs
 
-            video = decode_with_frame_graphs(self.run_first, self.run_step, latents)
-            video = torch.as_tensor(video).float().cpu().numpy()  # frames may come back on the GPU (TensorRT)
-        return triton_io.response({"video": np.asarray(video, dtype=np.float32)})
+            video = decode_with_frame_graphs(self.run_first, self.run_step, latents)  # on the GPU with TensorRT
+        video = torch.as_tensor(video)
+        outputs = {}
+        if "frames" in wanted:
+            outputs["frames"] = self._to_host("frames", frames_to_uint8(video))
+        if "video" in wanted:
+            outputs["video"] = self._to_host("video", video.float())
+        return triton_io.response(outputs)
 
-    def _to_host(self, video: torch.Tensor) -> np.ndarray:
-        """float32 frames on the CPU; from a GPU through a reused page-locked buffer (a 480p 81-frame video is
-        388 MB: a pageable copy costs ~0.1 s more). The response copies it out before the next request."""
-        if video.device.type != "cuda":
-            return video.float().cpu().numpy()
-        if self._host is None or self._host.shape != video.shape:
-            self._host = None
-            self._host = torch.empty(video.shape, dtype=torch.float32, pin_memory=True)
-        self._host.copy_(video.float())
-        return self._host.numpy()
+    def _to_host(self, name: str, tensor: torch.Tensor) -> np.ndarray:
+        """A CPU array; from a GPU through a reused page-locked buffer (a 480p 81-frame video is 388 MB as float32:
+        a pageable copy costs ~0.1 s more). The response copies it out before the next request."""
+        if tensor.device.type != "cuda":
+            return tensor.numpy()
+        host = self._host.get(name)
+        if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+            self._host.pop(name, None)
+            host = self._host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor)
+        return host.numpy()
