@@ -17,9 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of the component models")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--shape-spec", default=None, help="ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)")
+    parser.add_argument("--compile", default="none", help="ENGINE=torch experts: none | regional")
+    parser.add_argument("--quantization", default="none", help="ENGINE=torch experts on a GPU: none | fp8_rowwise")
+    parser.add_argument("--attention", default="sdpa", help="ENGINE=torch experts on a GPU: sdpa | fp8_cudnn")
     for field in dataclasses.fields(ExportOptions):
         flag = f"--{field.name.replace('_', '-')}"
-        if field.name in ("engine", "device", "precision", "shape_spec"):
+        if field.name in ("engine", "device", "precision", "shape_spec", "compile", "quantization", "attention"):
             continue
         if isinstance(field.default, bool):
             parser.add_argument(flag, action="store_true")

@@ -42,6 +42,31 @@ class ExportOptions:
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     # (config parameter `offload: "cpu"`, the experts' optional `release` input; see wan22_triton/offload.py)
     low_memory: bool = False
+    # ENGINE=torch speed options of the experts (wan22_triton/fast_path.py), written as their config parameters:
+    # compile "regional"; quantization "fp8_rowwise" and attention "fp8_cudnn" (GPU, FP8-capable)
+    compile: str = "none"
+    quantization: str = "none"
+    attention: str = "sdpa"
+
+    def expert_speed_parameters(self) -> dict[str, str]:
+        """The experts' speed parameters that differ from the defaults, checked against this export."""
+        from wan22_triton.fast_path import ATTENTIONS, COMPILE_MODES, QUANTIZATIONS
+
+        chosen = {"compile": (self.compile, COMPILE_MODES), "quantization": (self.quantization, QUANTIZATIONS),
+                  "attention": (self.attention, ATTENTIONS)}
+        out = {}
+        for name, (value, allowed) in chosen.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+            if value != allowed[0]:
+                out[name] = value
+        if out and self.engine != "torch":
+            raise ValueError(f"{', '.join(out)} need engine 'torch', got {self.engine!r}")
+        if (self.quantization != "none" or self.attention != "sdpa") and self.device != "gpu":
+            raise ValueError("FP8 quantization and attention need --device gpu")
+        if self.low_memory and self.quantization != "none":
+            raise ValueError("low_memory does not support quantization (torchao's FP8 weights are not plain storage)")
+        return out
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -130,10 +155,13 @@ def export_repository(
     if opts.low_memory and opts.engine != "torch":
         raise ValueError(f"low_memory needs engine 'torch' (weights the Python model can move), got {opts.engine!r}")
     offload = {"offload": "cpu"} if opts.low_memory else {}
+    speed = opts.expert_speed_parameters()
     info = read_checkpoint(checkpoint)
     ckpt, repo = Path(info.path), Path(repository)
     kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
     common = {"engine": opts.engine, "precision": opts.precision}
+    # Python models on a GPU take GPU inputs as they come (the GPU orchestrator's BLS tensors), not copied to the host.
+    gpu_inputs = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"} if opts.engine == "torch" and opts.device == "gpu" else {}
     log(f"export {ckpt} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision}"
         f"{', low memory' if opts.low_memory else ''})")
 
@@ -163,12 +191,14 @@ def export_repository(
             export_transformer(load_transformer(ckpt / folder), spec, version / "model.onnx")
         if opts.low_memory:  # same tensors plus the optional `release`, all optional (components.py)
             config = build_model_config(
-                C.transformer_offload_spec(info, name), instance_kind=kind, parameters={**common, **offload},
+                C.transformer_offload_spec(info, name), instance_kind=kind,
+                parameters={**common, **speed, **gpu_inputs, **offload},
                 optional_inputs=C.transformer_offload_optional_inputs(info),
             )
             _write_config(model_dir, config)
         elif opts.engine != "tensorrt":  # plans get their configs from the TensorRT build
-            _write_config(model_dir, build_model_config(spec, instance_kind=kind, parameters=common))
+            config = build_model_config(spec, instance_kind=kind, parameters={**common, **speed, **gpu_inputs})
+            _write_config(model_dir, config)
         log(f"  {name}: {time.perf_counter() - t0:.1f}s")
 
     # vae_decoder: diffusers decode (torch), or a loop over the first-frame/step graph pair, each its own model.
@@ -193,7 +223,7 @@ def export_repository(
                 _move_graph(Path(graph), version_dir / "model.onnx")
                 (version_dir / "model.py").write_text(ONNX_GRAPH_MODEL_PY)
                 _write_config(repo / frame_spec.name, build_model_config(frame_spec, instance_kind=kind, parameters=common))
-    vae_params = dict(common, precision="fp32" if opts.precision == "fp16" else opts.precision)
+    vae_params = dict(common, **gpu_inputs, precision="fp32" if opts.precision == "fp16" else opts.precision)
     _write_config(model_dir, build_model_config(C.vae_decoder_spec(info), instance_kind=kind, parameters=vae_params))
     log(f"  {C.VAE_DECODER}: {time.perf_counter() - t0:.1f}s")
 
@@ -207,8 +237,8 @@ def export_repository(
             )
         build_repository_engines(repo, info, precision=opts.precision, shape_spec=load_shape_spec(opts.shape_spec), log=log)
 
-    # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled); runs on the CPU,
-    # the heavy work happens in the models it calls.
+    # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled). With the models
+    # on a GPU it runs there too: the denoising loop's tensors stay in GPU memory across the BLS calls.
     parameters = orchestrator_parameters(info, opts)
     for stream in (False, True):
         spec = C.orchestrator_spec(info, stream=stream)
@@ -216,7 +246,7 @@ def export_repository(
         version = _clean_version_dir(model_dir)
         config = build_model_config(
             spec,
-            instance_kind="KIND_CPU",
+            instance_kind=kind,
             instance_count=opts.orchestrator_instances,
             parameters=parameters,
             optional_inputs=C.OPTIONAL_REQUEST_INPUTS,

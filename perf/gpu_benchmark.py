@@ -261,7 +261,8 @@ def export_variant(checkpoint: Path, repo: Path, spec: dict[str, str], args) -> 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(model_py.read_text())
     opts = ExportOptions(engine="torch", device=args.device, precision=args.precision,
-                         low_memory=spec.get("low_memory", "0") == "1")
+                         low_memory=spec.get("low_memory", "0") == "1", compile=spec["compile"],
+                         quantization=spec["quantization"], attention=spec.get("attention", "sdpa"))
     export_repository(checkpoint, repo, opts, log=lambda _: None)
     seed = args.weights_seed
     patch_parameters(repo / C.TEXT_ENCODER, {"random_init_seed": component_seed(seed, "text_encoder")})
@@ -269,12 +270,7 @@ def export_variant(checkpoint: Path, repo: Path, spec: dict[str, str], args) -> 
         "random_init_seed": component_seed(seed, "vae"), "cudnn_benchmark": spec["vae_cudnn_benchmark"],
     })
     for folder, name in C.EXPERT_MODELS.items():
-        patch_parameters(repo / name, {
-            "random_init_seed": component_seed(seed, folder),
-            "compile": spec["compile"],
-            "quantization": spec["quantization"],
-            "attention": spec.get("attention", "sdpa"),
-        })
+        patch_parameters(repo / name, {"random_init_seed": component_seed(seed, folder)})
 
 
 def read_stats(client) -> dict[str, dict[str, int]]:

@@ -4,6 +4,9 @@
 latent de-normalisation), but calls its three components through injected callables: the Triton orchestrator
 passes BLS calls, tests may pass the diffusers modules. Inputs arrive as a dict of numpy arrays (Triton's view of
 a request) and are validated here so that every bad value gets a message naming the field and the rule.
+
+The loop's tensors (latents, embeddings, noise, the scheduler's state) live on `device`: the CPU, or the GPU of an
+orchestrator instance placed there, whose BLS calls then hand CUDA tensors to the experts without a host copy.
 """
 
 from __future__ import annotations
@@ -136,9 +139,11 @@ class ExpertSwitch:
             self.log(f"low-memory: released {expert} after step {self.step}, {when}, in {seconds:.3f}s")
 
 
-TextEncoderFn = Callable[[list[str]], np.ndarray]  # prompts -> [B, text_len, text_dim]
-ExpertFn = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (model, latents, t, embeds) -> noise
-VaeDecoderFn = Callable[[np.ndarray], np.ndarray]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
+# Components take torch tensors (on the pipeline's device) and may answer with numpy arrays or torch tensors.
+Array = np.ndarray | torch.Tensor
+TextEncoderFn = Callable[[list[str]], Array]  # prompts -> [B, text_len, text_dim]
+ExpertFn = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], Array]  # (model, latents, t, embeds) -> noise
+VaeDecoderFn = Callable[[torch.Tensor], Array]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
 
 
 def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: Any) -> Any:
@@ -248,11 +253,13 @@ class Wan22T2VPipeline:
         text_encoder: TextEncoderFn,
         expert: ExpertFn,
         vae_decoder: VaeDecoderFn,
+        device: str | torch.device = "cpu",
     ):
         self.config = config
         self.text_encoder = text_encoder
         self.expert = expert
         self.vae_decoder = vae_decoder
+        self.device = torch.device(device)
 
     def __call__(
         self,
@@ -261,8 +268,11 @@ class Wan22T2VPipeline:
         is_cancelled: Callable[[], bool] | None = None,
         expert_switch: ExpertSwitch | None = None,
     ) -> GenerationResult:
-        cfg = self.config
+        cfg, device = self.config, self.device
         result = GenerationResult(video=np.empty(0, np.uint8), seed=req.seed)
+
+        def on_device(x: Array) -> torch.Tensor:
+            return torch.as_tensor(x).to(device, torch.float32)
         clock = time.perf_counter()
         start = clock
 
@@ -279,12 +289,12 @@ class Wan22T2VPipeline:
         # 1. Encode the prompt (and the negative prompt when CFG is on), as one batch.
         do_cfg = req.guidance_scale > 1.0
         prompts = [req.prompt, req.negative_prompt] if do_cfg else [req.prompt]
-        embeds = self.text_encoder(prompts).astype(np.float32)
+        embeds = on_device(self.text_encoder(prompts))
         lap("text_encoder")
 
         # 2. Timesteps from the checkpoint's scheduler.
         scheduler = make_scheduler(cfg, req.flow_shift)
-        scheduler.set_timesteps(req.num_inference_steps, device="cpu")
+        scheduler.set_timesteps(req.num_inference_steps, device=device)
         scheduler.set_begin_index(0)
 
         # 3. Initial noise exactly as diffusers draws it with torch.Generator("cpu").manual_seed(seed).
@@ -299,7 +309,7 @@ class Wan22T2VPipeline:
             req.width // cfg.vae_scale_factor_spatial,
         )
         generator = torch.Generator("cpu").manual_seed(req.seed)
-        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
 
         # 4. Denoise: each step goes to the expert its timestep belongs to; cond and uncond run as one batch.
         batch = len(prompts)
@@ -308,9 +318,9 @@ class Wan22T2VPipeline:
             expert, guidance_field = expert_for_timestep(float(t), cfg)
             if expert_switch is not None:  # low-memory mode: the other expert leaves the GPU first
                 expert_switch.before_step(expert, i)
-            model_input = np.repeat(latents.numpy(), batch, axis=0)
-            timestep = np.full((batch,), float(t), dtype=np.float32)
-            noise = torch.from_numpy(self.expert(expert, model_input, timestep, embeds))
+            model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
+            timestep = torch.full((batch,), float(t), dtype=torch.float32, device=device)
+            noise = on_device(self.expert(expert, model_input, timestep, embeds))
             if do_cfg:
                 noise_cond, noise_uncond = noise[0:1], noise[1:2]
                 noise = noise_uncond + getattr(req, guidance_field) * (noise_cond - noise_uncond)
@@ -328,9 +338,9 @@ class Wan22T2VPipeline:
         # 5. Undo the VAE's latent normalisation (same operations as diffusers), decode to uint8 [F, H, W, 3]
         #    (the decoder model converts where it runs: frames_to_uint8).
         check_cancelled()
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        mean = torch.tensor(cfg.latents_mean, device=device).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std, device=device).view(1, -1, 1, 1, 1)
         latents = latents / inv_std + mean
-        result.video = np.asarray(self.vae_decoder(latents.numpy()))[0]
+        result.video = torch.as_tensor(self.vae_decoder(latents))[0].cpu().numpy()
         lap("vae_decoder")
         return result

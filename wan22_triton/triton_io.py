@@ -29,20 +29,22 @@ def torch_device(args: Mapping[str, str]) -> str:
     return "cpu"
 
 
-def request_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray]:
-    """The inputs present in a request (optional ones may be absent), as numpy arrays."""
+def request_inputs(request, names: Iterable[str]) -> dict[str, Any]:
+    """The inputs present in a request (optional ones may be absent): numpy arrays, or torch tensors for inputs
+    that arrive in GPU memory (models configured with FORCE_CPU_ONLY_INPUT_TENSORS "no", called by a GPU caller)."""
     pb = pb_utils()
     out = {}
     for name in names:
         tensor = pb.get_input_tensor_by_name(request, name)
         if tensor is not None:
-            out[name] = tensor.as_numpy()
+            out[name] = _from_pb(tensor)
     return out
 
 
-def response(outputs: Mapping[str, np.ndarray]):
+def response(outputs: Mapping[str, Any]):
+    """numpy arrays or torch tensors (CUDA ones leave through DLPack, without a host copy)."""
     pb = pb_utils()
-    return pb.InferenceResponse(output_tensors=[pb.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()])
+    return pb.InferenceResponse(output_tensors=[_to_pb(k, v) for k, v in outputs.items()])
 
 
 def error_response(exc: BaseException):
@@ -60,17 +62,22 @@ def error_response(exc: BaseException):
 
 
 def _to_pb(name: str, value):
-    """numpy arrays as they are; torch tensors (GPU ones included) through DLPack, without a copy."""
+    """numpy arrays and CPU torch tensors as numpy; CUDA tensors through DLPack, without a copy."""
     pb = pb_utils()
+    if not isinstance(value, np.ndarray) and value.device.type == "cpu":
+        value = value.numpy()
     if isinstance(value, np.ndarray):
         return pb.Tensor(name, np.ascontiguousarray(value))
+    import torch
     from torch.utils.dlpack import to_dlpack
 
-    return pb.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))
+    value = value.contiguous()
+    torch.cuda.current_stream(value.device).synchronize()  # the other process reads it as soon as it is handed over
+    return pb.Tensor.from_dlpack(name, to_dlpack(value))
 
 
 def _from_pb(tensor):
-    """CPU outputs as numpy; GPU outputs (TensorRT plans) as torch tensors that stay on the GPU."""
+    """CPU tensors as numpy; GPU tensors as torch tensors that stay on the GPU."""
     if tensor.is_cpu():
         return tensor.as_numpy()
     from torch.utils.dlpack import from_dlpack
@@ -78,13 +85,22 @@ def _from_pb(tensor):
     return from_dlpack(tensor.to_dlpack())
 
 
-def bls_infer(model_name: str, inputs: Mapping[str, Any], output_names: list[str]) -> dict[str, Any]:
-    """One synchronous BLS call; a failure of the called model is raised with its message."""
+def bls_infer(
+    model_name: str, inputs: Mapping[str, Any], output_names: list[str], output_device: str = "cpu"
+) -> dict[str, Any]:
+    """One synchronous BLS call; a failure of the called model is raised with its message.
+
+    output_device "cuda:N": ask for the outputs in that GPU's memory (they come back as torch tensors)."""
     pb = pb_utils()
+    extra = {}
+    if output_device.startswith("cuda"):
+        gpu = int(output_device.partition(":")[2] or 0)
+        extra["preferred_memory"] = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_GPU, gpu)
     request = pb.InferenceRequest(
         model_name=model_name,
         inputs=[_to_pb(k, v) for k, v in inputs.items()],
         requested_output_names=output_names,
+        **extra,
     )
     result = request.exec()
     if result.has_error():

@@ -10,6 +10,7 @@ both models included (a file lock; waiting requests still honour cancellation an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -45,10 +46,10 @@ def bls_text_encoder(prompts: list[str]) -> np.ndarray:
     return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"])["prompt_embeds"]
 
 
-def bls_expert(model: str, latents: np.ndarray, timestep: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu"):
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
     inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
-    return triton_io.bls_infer(model, inputs, ["noise_pred"])["noise_pred"]
+    return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device)["noise_pred"]
 
 
 def bls_release_expert(model: str) -> None:
@@ -56,8 +57,8 @@ def bls_release_expert(model: str) -> None:
     triton_io.bls_infer(model, {"release": np.ones((1, 1), dtype=bool)}, [])
 
 
-def bls_vae_decoder(latents: np.ndarray) -> np.ndarray:
-    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"])["frames"]
+def bls_vae_decoder(latents):
+    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"])["frames"]  # uint8, to the host
 
 
 class TritonPythonModel:
@@ -73,7 +74,11 @@ class TritonPythonModel:
         self.max_request_seconds = float(params.get("max_request_seconds", "0"))
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
-        self.pipeline = Wan22T2VPipeline(self.config, bls_text_encoder, bls_expert, bls_vae_decoder)
+        # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
+        device = triton_io.torch_device(args)
+        self.pipeline = Wan22T2VPipeline(
+            self.config, bls_text_encoder, functools.partial(bls_expert, output_device=device), bls_vae_decoder, device
+        )
         self.low_memory = params.get("low_memory", "false").lower() == "true"
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))

@@ -58,15 +58,17 @@ class TritonPythonModel(ComponentModel):
             return triton_io.response(self.runner(inputs))
         return triton_io.response({"noise_pred": self._forward(inputs)})
 
-    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        t = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+    def _forward(self, inputs: dict) -> np.ndarray | torch.Tensor:
+        """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host."""
+        on_gpu = isinstance(inputs["hidden_states"], torch.Tensor) and inputs["hidden_states"].is_cuda
+        t = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()}
         noise = self.model(
             hidden_states=t["hidden_states"].to(self.dtype),
             timestep=t["timestep"],
             encoder_hidden_states=t["encoder_hidden_states"].to(self.dtype),
             return_dict=False,
-        )[0]
-        return noise.float().cpu().numpy()
+        )[0].float()
+        return noise if on_gpu else noise.cpu().numpy()
 
     def _infer_offloaded(self, request):
         assert self.weights is not None

@@ -51,11 +51,12 @@ class TritonPythonModel(ComponentModel):
         latents = triton_io.request_inputs(request, ["latents"])["latents"]
         wanted = set(request.requested_output_names()) or {"video", "frames"}
         if self.engine == "torch":
-            z = torch.from_numpy(latents).to(self.device, self.dtype)
+            z = torch.as_tensor(latents).to(self.device, self.dtype)
             video = self.vae.decode(z, return_dict=False)[0]
         else:
             from ..vae_frames import decode_with_frame_graphs
 
+            latents = np.asarray(latents.cpu()) if isinstance(latents, torch.Tensor) else latents
             video = decode_with_frame_graphs(self.run_first, self.run_step, latents)  # on the GPU with TensorRT
         video = torch.as_tensor(video)
         outputs = {}

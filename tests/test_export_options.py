@@ -1,0 +1,49 @@
+"""Export's expert speed options: written into the experts' configs where they apply, refused where they can't run."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.model_config import parse_pbtxt
+from export.repository import ExportOptions, export_repository
+
+EXPERTS = ("transformer_high_noise", "transformer_low_noise")
+
+
+def test_speed_options_become_expert_parameters(tiny_checkpoint, tmp_path):
+    opts = ExportOptions(engine="torch", device="gpu", precision="bf16", compile="regional",
+                         quantization="fp8_rowwise", attention="fp8_cudnn")
+    export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
+    for name in EXPERTS:
+        params = parse_pbtxt((tmp_path / name / "config.pbtxt").read_text()).parameters
+        assert {k: params[k].string_value for k in ("compile", "quantization", "attention")} == {
+            "compile": "regional", "quantization": "fp8_rowwise", "attention": "fp8_cudnn"}
+    for other in ("text_encoder", "vae_decoder", "wan22_t2v"):
+        assert "attention" not in parse_pbtxt((tmp_path / other / "config.pbtxt").read_text()).parameters
+    # On a GPU the orchestrator runs there too, and the models it hands CUDA tensors keep them on the GPU.
+    for name in ("wan22_t2v", "wan22_t2v_stream", *EXPERTS, "vae_decoder"):
+        config = parse_pbtxt((tmp_path / name / "config.pbtxt").read_text())
+        assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_GPU]
+    for name in (*EXPERTS, "vae_decoder"):
+        params = parse_pbtxt((tmp_path / name / "config.pbtxt").read_text()).parameters
+        assert params["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+
+
+def test_defaults_write_no_speed_parameters(tiny_checkpoint, tmp_path):
+    export_repository(tiny_checkpoint, tmp_path, ExportOptions(), log=lambda _: None)
+    params = parse_pbtxt((tmp_path / EXPERTS[0] / "config.pbtxt").read_text()).parameters
+    assert not {"compile", "quantization", "attention", "FORCE_CPU_ONLY_INPUT_TENSORS"} & set(params)
+    orchestrator = parse_pbtxt((tmp_path / "wan22_t2v" / "config.pbtxt").read_text())
+    assert orchestrator.instance_group[0].kind == orchestrator.instance_group[0].KIND_CPU
+
+
+@pytest.mark.parametrize("opts, message", [
+    (ExportOptions(engine="onnx", compile="regional"), "need engine 'torch'"),
+    (ExportOptions(engine="torch", device="cpu", attention="fp8_cudnn"), "need --device gpu"),
+    (ExportOptions(engine="torch", device="gpu", quantization="fp8_rowwise", low_memory=True), "does not support"),
+    (ExportOptions(engine="torch", attention="flash"), "attention must be one of"),
+])
+def test_options_that_cannot_run_are_refused(tiny_checkpoint, tmp_path, opts, message):
+    with pytest.raises(ValueError, match=message):
+        export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
+    assert not any(tmp_path.iterdir())  # refused before writing anything
