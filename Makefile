@@ -52,7 +52,7 @@ perf: setup checkpoint
 	$(PY) -m perf.perf_analyzer_sweep --checkpoint $(CHECKPOINT)
 
 perf-gpu:
-	$(PY) -m perf.gpu_benchmark
+	$(PY) -m perf.gpu_benchmark $(ARGS)
 
 # Image versions live in docker/versions.env; each KEY=VALUE becomes a --build-arg.
 DOCKER_BUILD_ARGS = $(shell grep -v '^\#' docker/versions.env | grep = | sed 's/^/--build-arg /')

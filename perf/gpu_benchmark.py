@@ -9,16 +9,19 @@ One run (`make perf-gpu`, or `python3 -m perf.gpu_benchmark` on the GPU host aft
    then stock diffusers WanPipeline BF16, eager, default attention, no offload: a 1-step warm-up, then the measured
    call; the process exits and frees the GPU;
 3. for each variant: export a model repository (ENGINE=torch, --device gpu --precision bf16) with the variant's
-   expert options (`compile`, `quantization`), start the real tritonserver, send a 2-step warm-up request (both
+   expert options (`compile`, `quantization`, `attention`; default variants: the FP8 tier `fp8_attention` and the
+   BF16 tier `compile`), start the real tritonserver, send a 2-step warm-up request (both
    experts; compiles where asked), run the parity probes (text encoder and one high-noise expert forward on the
-   baseline's own first-step inputs), then the measured request over gRPC to the BLS orchestrator, with Triton's
-   statistics read before and after; stop the server;
+   baseline's own first-step inputs), then the measured request over gRPC to the BLS orchestrator (frames back
+   through system shared memory unless --no-shared-memory), with Triton's statistics read before and after;
+   stop the server;
 4. prints a table and writes results.json, table.md and gpu_benchmark.png under --out-dir (perf/results/gpu).
 
 Per-step times of the Triton side come from Triton's statistics (compute_infer per expert request, one request per
 step, cond and uncond as one batch); the baseline's from synchronised hooks (cond + uncond calls per step).
 "Triton overhead" = client end-to-end minus the sum of the component models' compute_infer: queueing, BLS calls,
-the orchestrator's scheduler/CFG/uint8 work, and moving tensors between processes and over gRPC.
+the orchestrator's scheduler/CFG work, and moving tensors between processes and to the client; split in
+`overhead_split_s` into queueing, BLS plus orchestrator, client plus transport.
 
 Low-memory mode (export `low_memory`: experts and text encoder in page-locked host memory, on the GPU only while
 they work; wan22_triton/offload.py): the `*_lowmem` variants. `--no-baseline --reference-variant bf16` runs only
@@ -717,7 +720,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b")
     parser.add_argument("--layers", type=int, default=None, help="override the experts' layer count (smoke tests)")
-    parser.add_argument("--variants", default="bf16,compile,fp8", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--variants", default="fp8_attention,compile", help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--num-frames", type=int, default=81)
