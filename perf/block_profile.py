@@ -1,0 +1,116 @@
+"""Where does a compiled BF16 A14B block spend its time? Kernel-time breakdown on a GPU, per Inductor mode.
+
+A full-width A14B expert cut to `--layers` blocks (random weights, BF16), batch 2 (CFG) at 480x832x81 (32,760
+tokens), compiled the way the served expert is (`compile_repeated_blocks(fullgraph=True)`, Inductor `--mode`).
+One profiled forward; CUDA kernel time summed into self-attention (flash/cuDNN SDPA kernels), GEMMs (cuBLAS,
+CUTLASS or Triton matmul templates) and everything else; GEMM and attention TFLOP/s against their FLOPs, and the
+BF16 matmul rate of the card.
+
+    python -m perf.block_profile --modes default,max-autotune-no-cudagraphs --out perf/results/gpu/block_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from perf.fp16_probe import A14B
+
+TOKENS, TEXT, DIM, FFN = 32760, 512, 5120, 13824
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+        return "attention"
+    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "mm_", "triton_tem")):
+        return "gemm"
+    return "other"
+
+
+def flops(layers: int) -> dict[str, float]:
+    per_layer_gemm = 2 * 2 * (4 * TOKENS * DIM * DIM + 2 * TOKENS * DIM * DIM + 2 * TEXT * DIM * DIM
+                              + 2 * TOKENS * DIM * FFN)  # batch 2: self qkvo, cross q/o, cross kv, FFN
+    per_layer_attention = 2 * 2 * 2 * TOKENS * TOKENS * DIM + 2 * 2 * 2 * TOKENS * TEXT * DIM
+    return {"gemm": layers * per_layer_gemm, "attention": layers * per_layer_attention}
+
+
+def profile_mode(mode: str, layers: int) -> dict:
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(**A14B, num_layers=layers).to(torch.bfloat16).eval()
+    model.compile_repeated_blocks(fullgraph=True, mode=None if mode == "default" else mode)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    inputs = dict(
+        hidden_states=torch.randn(2, 16, 21, 60, 104, generator=g, device="cuda", dtype=torch.bfloat16),
+        timestep=torch.tensor([999.0, 999.0], device="cuda"),
+        encoder_hidden_states=torch.randn(2, TEXT, 4096, generator=g, device="cuda", dtype=torch.bfloat16),
+        return_dict=False,
+    )
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(**inputs)
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        model(**inputs)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(**inputs)
+        torch.cuda.synchronize()
+        forward_s = time.perf_counter() - t0
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            model(**inputs)
+            torch.cuda.synchronize()
+    totals: dict[str, float] = {"attention": 0.0, "gemm": 0.0, "other": 0.0}
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        us = event.self_device_time_total
+        if us <= 0:
+            continue
+        totals[category(event.key)] += us / 1e6
+        kernels[event.key] = kernels.get(event.key, 0.0) + us / 1e6
+    f = flops(layers)
+    out = {
+        "mode": mode, "layers": layers, "compile_s": compile_s, "forward_s": forward_s,
+        "kernel_s": totals,
+        "tflops": {k: f[k] / totals[k] / 1e12 for k in f if totals[k]},
+        "top_kernels": sorted(([k[:120], round(v, 4)] for k, v in kernels.items()), key=lambda kv: -kv[1])[:15],
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "top_kernels"}), flush=True)
+    del model
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--modes", default="default,max-autotune-no-cudagraphs")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    matmul = 20 * 2 * 8192**3 / (time.perf_counter() - t0) / 1e12
+    print(f"matmul 8192^3 bf16: {matmul:.0f} TFLOP/s", flush=True)
+    result = {"device": torch.cuda.get_device_name(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+              "torch": torch.__version__, "matmul_bf16_tflops": matmul, "weights": "random",
+              "modes": [profile_mode(m, args.layers) for m in args.modes.split(",")]}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
