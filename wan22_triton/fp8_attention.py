@@ -15,10 +15,10 @@ Numerics (why each step):
 
 `Fp8SelfAttnProcessor` replaces diffusers' `WanAttnProcessor` on the blocks' self-attention (`attn1`) only;
 cross-attention (512 text tokens, ~1% of the FLOPs) keeps diffusers' processor. The kernel is the torch custom
-op `wan22::sdpa_fp8`, so `compile_repeated_blocks(fullgraph=True)` traces through the processor and fuses RoPE,
-smoothing and quantization around it. On CUDA tensors the op runs cuDNN; on CPU tensors it runs
-`reference_fp8_attention` (the same roundings in plain PyTorch), which is how tests/test_fp8_attention.py checks
-everything around the kernel against diffusers on a machine without a GPU.
+op `wan22::sdpa_fp8`, so `compile_repeated_blocks(fullgraph=True)` traces through the processor as one graph
+(Inductor may fuse RoPE, smoothing and quantization around the op). On CUDA tensors the op runs cuDNN; on CPU
+tensors it runs `reference_fp8_attention` (the same roundings in plain PyTorch), which is how
+tests/test_fp8_attention.py checks everything around the kernel against diffusers on a machine without a GPU.
 """
 
 from __future__ import annotations

@@ -273,6 +273,7 @@ class Wan22T2VPipeline:
 
         def on_device(x: Array) -> torch.Tensor:
             return torch.as_tensor(x).to(device, torch.float32)
+
         clock = time.perf_counter()
         start = clock
 

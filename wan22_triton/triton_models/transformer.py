@@ -1,8 +1,9 @@
 """`transformer_high_noise` / `transformer_low_noise`: one expert, one contract (components.transformer_spec).
 
-Engines: `torch` runs the diffusers module (optional config parameters `quantization`, `attention` and `compile`, and the
-benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The `tensorrt`
-engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same contract.
+Engines: `torch` runs the diffusers module (optional config parameters `quantization`, `attention` and `compile`,
+and the benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The
+`tensorrt` engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same
+contract. A GPU caller (the orchestrator on a GPU) sends CUDA tensors and gets `noise_pred` back on the GPU.
 
 Low-memory mode (`offload: "cpu"`, torch engine; see wan22_triton.offload): the weights live in page-locked host
 memory, go onto the GPU with the first request that brings work, and back when a request carries `release`
