@@ -104,6 +104,18 @@ def _handle(device: torch.device):
     return handles[device]
 
 
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This thread's descale and scale of P (in [0, 1] inside the flash loop: scale 448) and amax scratch."""
+    constants = getattr(_local, "constants", None)
+    if constants is None:
+        constants = _local.constants = {}
+    if device not in constants:
+        f32 = dict(dtype=torch.float32, device=device)
+        constants[device] = (torch.full((1, 1, 1, 1), 1.0 / FP8_MAX, **f32),
+                             torch.full((1, 1, 1, 1), FP8_MAX, **f32), torch.empty((2, 1, 1, 1), **f32))
+    return constants[device]
+
+
 def _bhsd(t: torch.Tensor) -> tuple[list[int], list[int]]:
     """Dims and strides of a (B, S, H, D) tensor seen as cuDNN's (B, H, S, D)."""
     b, s, h, d = t.shape
@@ -156,13 +168,7 @@ def sdpa_fp8(
         if key not in _graphs:
             _graphs[key] = _build_graph(handle, q8, k8, v8, o, float(scale))
         graph, t, workspace_size = _graphs[key]
-    f32 = dict(dtype=torch.float32, device=q8.device)
-    consts = getattr(_local, "consts", {}).get(q8.device)
-    if consts is None:  # P in [0, 1] inside the flash loop -> scale 448; amax scratch
-        consts = (torch.full((1, 1, 1, 1), 1.0 / FP8_MAX, **f32), torch.full((1, 1, 1, 1), FP8_MAX, **f32),
-                  torch.empty((2, 1, 1, 1), **f32))
-        _local.consts = {**getattr(_local, "consts", {}), q8.device: consts}
-    descale_s, scale_s, amax = consts
+    descale_s, scale_s, amax = _constants(q8.device)
     workspace = torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=q8.device)
     graph.execute({
         t["q"]: q8, t["k"]: k8, t["v"]: v8, t["o"]: o,
@@ -180,6 +186,17 @@ sdpa_fp8.register_kernel("cpu")(reference_fp8_attention)
 def _(q8, k8, v8, descale_q, descale_k, descale_v, scale_o, scale):
     b, s, h, _ = q8.shape
     return q8.new_empty((b, s, h, v8.shape[-1]), dtype=FP8)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(D)) V of (B, S, H, D) tensors in FP8 (module docstring: K centred, per-tensor scales),
+    float32 out."""
+    key = key.float() - key.float().mean(dim=1, keepdim=True)  # exact for softmax, smaller FP8 range
+    q8, descale_q = quantize_per_tensor(query)
+    k8, descale_k = quantize_per_tensor(key)
+    v8, descale_v = quantize_per_tensor(value)
+    o8 = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, 1.0 / descale_v, query.shape[-1] ** -0.5)
+    return o8.float() * descale_v
 
 
 # ---- the processor ----
@@ -204,12 +221,7 @@ class Fp8SelfAttnProcessor:
         value = value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
-        key = key.float() - key.float().mean(dim=1, keepdim=True)  # exact for softmax, smaller FP8 range
-        q8, descale_q = quantize_per_tensor(query)
-        k8, descale_k = quantize_per_tensor(key)
-        v8, descale_v = quantize_per_tensor(value)
-        o8 = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, 1.0 / descale_v, query.shape[-1] ** -0.5)
-        out = (o8.float() * descale_v).flatten(2, 3).type_as(hidden_states)
+        out = attention(query, key, value).flatten(2, 3).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 
 
