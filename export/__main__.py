@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape-spec", default=None, help="ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)")
     parser.add_argument("--compile", default="none", help="ENGINE=torch experts: none | regional")
     parser.add_argument("--quantization", default="none", help="ENGINE=torch experts on a GPU: none | fp8_rowwise")
-    parser.add_argument("--attention", default="sdpa", help="ENGINE=torch experts on a GPU: sdpa | fp8_cudnn")
+    parser.add_argument("--attention", default="sdpa", help="ENGINE=torch experts on a GPU: sdpa | fp8_cudnn | flash_attn_4")
     for field in dataclasses.fields(ExportOptions):
         flag = f"--{field.name.replace('_', '-')}"
         if field.name in ("engine", "device", "precision", "shape_spec", "compile", "quantization", "attention"):

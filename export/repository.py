@@ -43,7 +43,7 @@ class ExportOptions:
     # (config parameter `offload: "cpu"`, the experts' optional `release` input; see wan22_triton/offload.py)
     low_memory: bool = False
     # ENGINE=torch speed options of the experts (wan22_triton/fast_path.py), written as their config parameters:
-    # compile "regional"; quantization "fp8_rowwise" and attention "fp8_cudnn" (GPU, FP8-capable)
+    # compile "regional"; quantization "fp8_rowwise" and attention "fp8_cudnn" / "flash_attn_4" (GPU, Hopper+)
     compile: str = "none"
     quantization: str = "none"
     attention: str = "sdpa"
@@ -63,7 +63,7 @@ class ExportOptions:
         if out and self.engine != "torch":
             raise ValueError(f"{', '.join(out)} need engine 'torch', got {self.engine!r}")
         if (self.quantization != "none" or self.attention != "sdpa") and self.device != "gpu":
-            raise ValueError("FP8 quantization and attention need --device gpu")
+            raise ValueError("FP8 quantization and the attention kernels need --device gpu")
         if self.low_memory and self.quantization != "none":
             raise ValueError("low_memory does not support quantization (torchao's FP8 weights are not plain storage)")
         return out

@@ -10,7 +10,7 @@ One run (`make perf-gpu`, or `python3 -m perf.gpu_benchmark` on the GPU host aft
    call; the process exits and frees the GPU;
 3. for each variant: export a model repository (ENGINE=torch, --device gpu --precision bf16) with the variant's
    expert options (`compile`, `quantization`, `attention`; default variants: the FP8 tier `fp8_attention` and the
-   BF16 tier `compile`), start the real tritonserver, send a 2-step warm-up request (both
+   BF16 tier `flash_attention`; `compile` is the BF16 tier with PyTorch's SDPA), start the real tritonserver, send a 2-step warm-up request (both
    experts; compiles where asked), run the parity probes (text encoder and one high-noise expert forward on the
    baseline's own first-step inputs), then the measured request over gRPC to the BLS orchestrator (frames back
    through system shared memory unless --no-shared-memory), with Triton's statistics read before and after;
@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     "bf16": {"label": "Triton BF16 eager", "compile": "none", "quantization": "none", "vae_cudnn_benchmark": "0"},
     "compile": {"label": "Triton BF16 + compile", "compile": "regional", "quantization": "none",
                 "vae_cudnn_benchmark": "0"},
+    "flash_attention": {"label": "Triton BF16 + FlashAttention-4 + compile", "compile": "regional",
+                        "quantization": "none", "attention": "flash_attn_4", "vae_cudnn_benchmark": "0"},
     "fp8": {"label": "Triton FP8 + compile", "compile": "regional", "quantization": "fp8_rowwise",
             "vae_cudnn_benchmark": "1"},
     "fp8_attention": {"label": "Triton FP8 + FP8 attention + compile", "compile": "regional",
@@ -720,7 +722,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b")
     parser.add_argument("--layers", type=int, default=None, help="override the experts' layer count (smoke tests)")
-    parser.add_argument("--variants", default="fp8_attention,compile", help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--variants", default="fp8_attention,flash_attention", help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--num-frames", type=int, default=81)
@@ -788,7 +790,8 @@ def main(argv: list[str] | None = None) -> None:
     del meta
     gpu = nvidia_smi("name,driver_version,memory.total")
     versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for package in ("diffusers", "transformers", "torchao", "tritonclient"):
+    for package in ("diffusers", "transformers", "torchao", "nvidia-cudnn-frontend", "flash-attn-4",
+                    "nvidia-cutlass-dsl", "tritonclient"):
         with contextlib.suppress(Exception):
             import importlib.metadata
 

@@ -40,6 +40,8 @@ def test_defaults_write_no_speed_parameters(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("opts, message", [
     (ExportOptions(engine="onnx", compile="regional"), "need engine 'torch'"),
     (ExportOptions(engine="torch", device="cpu", attention="fp8_cudnn"), "need --device gpu"),
+    (ExportOptions(engine="torch", device="cpu", attention="flash_attn_4"), "need --device gpu"),
+    (ExportOptions(engine="onnx", device="gpu", attention="flash_attn_4"), "need engine 'torch'"),
     (ExportOptions(engine="torch", device="gpu", quantization="fp8_rowwise", low_memory=True), "does not support"),
     (ExportOptions(engine="torch", attention="flash"), "attention must be one of"),
 ])

@@ -14,9 +14,11 @@ normal path (absent parameters mean: load the checkpoint's weights, run the diff
   one scale per row, ``torch._scaled_mm``), then regional compilation (``regional``: diffusers'
   ``compile_repeated_blocks``, one compiled graph reused by all 40 identical blocks, so the compile cost is one
   block's). Both need a CUDA device (FP8 needs compute capability >= 8.9).
-* ``attention`` (speed). ``fp8_cudnn``: the blocks' self-attention in FP8 through cuDNN's fused kernel
-  (wan22_triton.fp8_attention; Hopper or newer, `nvidia-cudnn-frontend`), set before compiling so the compiled
-  block fuses the quantization around it.
+* ``attention`` (speed), the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
+  compiling so the compiled block fuses the work around it: ``sdpa`` (diffusers' processor, PyTorch's SDPA),
+  ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.fp8_attention, `nvidia-cudnn-frontend`) or
+  ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.flash_attention, `flash-attn-4`);
+  the last two need Hopper or newer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 SEED_OFFSETS = {"text_encoder": 1, "transformer": 2, "transformer_2": 3, "vae": 4}
 COMPILE_MODES = ("none", "regional")
 QUANTIZATIONS = ("none", "fp8_rowwise")
-ATTENTIONS = ("sdpa", "fp8_cudnn")
+ATTENTIONS = ("sdpa", "fp8_cudnn", "flash_attn_4")
 
 
 def component_seed(base_seed: int, folder: str) -> int:
@@ -131,11 +133,17 @@ def optimize_transformer(
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_block_linear)
         log(f"quantization fp8_rowwise (torchao) of the blocks' Linear layers: {time.perf_counter() - t0:.1f}s")
     if attention == "fp8_cudnn":
-        from . import fp8_attention
+        from . import fp8_attention, self_attention
 
         cudnn = fp8_attention.import_cudnn_frontend()
-        replaced = fp8_attention.enable_fp8_attention(model)
+        replaced = self_attention.set_self_attention(model, fp8_attention.attention)
         log(f"attention fp8_cudnn on {replaced} blocks' self-attention (cuDNN backend {cudnn.backend_version()})")
+    elif attention == "flash_attn_4":
+        from . import flash_attention, self_attention
+
+        flash_attention.import_flash_attn()
+        replaced = self_attention.set_self_attention(model, flash_attention.attention)
+        log(f"attention flash_attn_4 (FlashAttention-4, CuTe DSL) on {replaced} blocks' self-attention")
     if compile == "regional":
         _utf8_locale()
         model.compile_repeated_blocks(fullgraph=True)

@@ -13,10 +13,9 @@ Numerics (why each step):
 * the output is FP8 too (cuDNN 9.19 on Hopper offers no BF16 output for this graph: measured), with V's scale:
   every output row is a convex combination of V's rows, so |O| <= amax(V) and it cannot overflow.
 
-`Fp8SelfAttnProcessor` replaces diffusers' `WanAttnProcessor` on the blocks' self-attention (`attn1`) only;
-cross-attention (512 text tokens, ~1% of the FLOPs) keeps diffusers' processor. The kernel is the torch custom
-op `wan22::sdpa_fp8`, so `compile_repeated_blocks(fullgraph=True)` traces through the processor as one graph
-(Inductor may fuse RoPE, smoothing and quantization around the op). On CUDA tensors the op runs cuDNN; on CPU
+`attention` is the kernel of a `self_attention.SelfAttnProcessor` on the blocks' self-attention. The kernel is
+the torch custom op `wan22::sdpa_fp8`, so `compile_repeated_blocks(fullgraph=True)` traces through the processor
+as one graph (Inductor may fuse RoPE, smoothing and quantization around the op). On CUDA tensors the op runs cuDNN; on CPU
 tensors it runs `reference_fp8_attention` (the same roundings in plain PyTorch), which is how
 tests/test_fp8_attention.py checks everything around the kernel against diffusers on a machine without a GPU.
 """
@@ -31,7 +30,6 @@ import threading
 from pathlib import Path
 
 import torch
-from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -197,38 +195,3 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> to
     v8, descale_v = quantize_per_tensor(value)
     o8 = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, 1.0 / descale_v, query.shape[-1] ** -0.5)
     return o8.float() * descale_v
-
-
-# ---- the processor ----
-
-
-def _rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding on interleaved channel pairs (same math as diffusers' WanAttnProcessor), float32."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
-
-class Fp8SelfAttnProcessor:
-    """diffusers' WanAttnProcessor for self-attention, with the attention itself in FP8 (see module docstring)."""
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
-            raise ValueError("Fp8SelfAttnProcessor serves unmasked self-attention only (the blocks' attn1)")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
-        out = attention(query, key, value).flatten(2, 3).type_as(hidden_states)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-def enable_fp8_attention(model: torch.nn.Module) -> int:
-    """Put Fp8SelfAttnProcessor on every block's self-attention; returns how many were replaced."""
-    processor = Fp8SelfAttnProcessor()
-    blocks = list(model.blocks)
-    for block in blocks:
-        block.attn1.set_processor(processor)
-    return len(blocks)

@@ -1,18 +1,20 @@
-"""The FP8 self-attention processor against diffusers' own, on the tiny checkpoint's expert (CPU).
+"""The self-attention processor with its two kernels against diffusers' own, on the tiny checkpoint's expert (CPU).
 
-The cuDNN kernel needs a Hopper GPU. On CPU tensors the same custom op (`wan22::sdpa_fp8`) runs
-`reference_fp8_attention`, the kernel's roundings of Q, K, V, P and O in plain PyTorch, so what is checked here
-is everything around the kernel: projections, norms, RoPE, K smoothing, per-tensor scales, layouts, the output
-projection, and that the compiled block traces through the op as one graph. The kernel itself is measured on a
-GPU by perf/fp8_attention_probe.py.
+Both kernels need a Hopper GPU. On CPU tensors the same custom ops run stand-ins: `wan22::sdpa_fp8` runs
+`reference_fp8_attention` (the cuDNN kernel's roundings of Q, K, V, P and O in plain PyTorch), `wan22::flash_attn`
+runs PyTorch's SDPA. So what is checked here is everything around the kernels: projections, norms, RoPE, K
+smoothing, per-tensor scales, dtypes, layouts, the output projection, and that the compiled block traces through
+the ops as one graph. The kernels themselves are measured on a GPU by perf/attention_probe.py.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from wan22_triton import fp8_attention
+from wan22_triton import flash_attention, fp8_attention, self_attention
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +45,38 @@ def test_fp8_processor_matches_diffusers_up_to_fp8_rounding(expert, attention_in
     x, rotary = attention_inputs
     attn = expert.blocks[0].attn1
     reference = WanAttnProcessor()(attn, x, rotary_emb=rotary)
-    fp8 = fp8_attention.Fp8SelfAttnProcessor()(attn, x, rotary_emb=rotary)
+    fp8 = self_attention.SelfAttnProcessor(fp8_attention.attention)(attn, x, rotary_emb=rotary)
     assert fp8.shape == reference.shape and fp8.dtype == reference.dtype
     # FP8 rounding of Q, K, V, P and O costs ~1.9% here; a wrong RoPE (swapped tables) or none costs 25-28%.
     assert 1e-4 < _relative_error(fp8, reference) < 0.04
-    swapped = fp8_attention.Fp8SelfAttnProcessor()(attn, x, rotary_emb=rotary[::-1])
+    swapped = self_attention.SelfAttnProcessor(fp8_attention.attention)(attn, x, rotary_emb=rotary[::-1])
     assert _relative_error(swapped, reference) > 0.1
 
 
 @torch.no_grad()
-def test_processor_compiles_as_one_graph_around_the_op(expert, attention_inputs):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flash_processor_matches_diffusers(expert, attention_inputs, dtype):
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    x, rotary = attention_inputs
+    attn = copy.deepcopy(expert.blocks[0].attn1).to(dtype)
+    x = x.to(dtype)
+    reference = WanAttnProcessor()(attn, x, rotary_emb=rotary)
+    flash = self_attention.SelfAttnProcessor(flash_attention.attention)(attn, x, rotary_emb=rotary)
+    assert flash.dtype == reference.dtype == dtype and flash.shape == reference.shape
+    # Same math and roundings (RoPE in float32, rounded to the model dtype, then SDPA): equal up to summation order.
+    assert _relative_error(flash, reference) < (1e-5 if dtype == torch.float32 else 1e-2)
+    swapped = self_attention.SelfAttnProcessor(flash_attention.attention)(attn, x, rotary_emb=rotary[::-1])
+    assert _relative_error(swapped, reference) > 0.1
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kernel", ["fp8_cudnn", "flash_attn_4"])
+def test_processor_compiles_as_one_graph_around_the_op(expert, attention_inputs, kernel):
     x, rotary = attention_inputs
     attn = expert.blocks[0].attn1
-    processor = fp8_attention.Fp8SelfAttnProcessor()
+    processor = self_attention.SelfAttnProcessor(
+        {"fp8_cudnn": fp8_attention.attention, "flash_attn_4": flash_attention.attention}[kernel])
     eager = processor(attn, x, rotary_emb=rotary)
     torch._dynamo.reset()
     compiled = torch.compile(lambda h: processor(attn, h, rotary_emb=rotary), fullgraph=True, backend="aot_eager")
@@ -63,11 +84,11 @@ def test_processor_compiles_as_one_graph_around_the_op(expert, attention_inputs)
 
 
 @torch.no_grad()
-def test_enable_fp8_attention_replaces_self_attention_only(expert):
+def test_set_self_attention_replaces_self_attention_only(expert):
     cross_attention = [b.attn2.processor for b in expert.blocks]
     try:
-        assert fp8_attention.enable_fp8_attention(expert) == len(expert.blocks)
-        assert all(isinstance(b.attn1.processor, fp8_attention.Fp8SelfAttnProcessor) for b in expert.blocks)
+        assert self_attention.set_self_attention(expert, fp8_attention.attention) == len(expert.blocks)
+        assert all(b.attn1.processor.attention is fp8_attention.attention for b in expert.blocks)
         assert [b.attn2.processor for b in expert.blocks] == cross_attention
         with pytest.raises(ValueError, match="self-attention only"):
             expert.blocks[0].attn1.processor(expert.blocks[0].attn1, torch.zeros(1, 4, 24), torch.zeros(1, 4, 24))
@@ -85,7 +106,7 @@ def test_rope_and_k_smoothing_are_exact_without_fp8():
     expected = torch.empty_like(q)
     expected[..., 0::2] = x1 * cos[..., 0::2] - x2 * sin[..., 1::2]
     expected[..., 1::2] = x1 * sin[..., 1::2] + x2 * cos[..., 0::2]
-    assert torch.allclose(fp8_attention._rope(q, cos, sin), expected, atol=1e-6)
+    assert torch.allclose(self_attention.rope(q, cos, sin), expected, atol=1e-6)
 
     def exact(qh, kh, vh):
         return torch.nn.functional.scaled_dot_product_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2))

@@ -1,18 +1,21 @@
-"""Is cuDNN's FP8 attention worth it for Wan2.2 A14B at 480p? Speed and error, on a GPU (Hopper or newer).
+"""Which self-attention kernel for Wan2.2 A14B at 480p? Speed and error of each, on a GPU (Hopper or newer).
 
 1. Kernel: self-attention at the A14B shape (batch 2 for CFG, 32,760 tokens, 40 heads of 128) with random
-   inputs: PyTorch SDPA in BF16 (its default backend, cuDNN on Hopper) against `wan22::sdpa_fp8` alone and
-   with its per-tensor quantization; TFLOP/s (4 * B * H * S^2 * D per call); relative L2 error of each against
-   float32 attention computed for a sample of queries.
+   inputs: PyTorch SDPA in BF16 (its default backend, cuDNN on Hopper), FlashAttention-4 in BF16
+   (`wan22::flash_attn`, where flash-attn-4 is installed), `wan22::sdpa_fp8` alone and with its per-tensor
+   quantization; TFLOP/s (4 * B * H * S^2 * D per call); relative L2 error of each against float32 attention
+   computed for a sample of queries.
 2. Model: a full-width A14B expert cut to `--layers` blocks (random weights, BF16, eager) with diffusers'
-   processor and with `Fp8SelfAttnProcessor`: seconds per forward and cosine / relative L2 of the noise prediction.
+   processor and with `SelfAttnProcessor` on each kernel: seconds per forward and cosine / relative L2 of the
+   noise prediction against diffusers'.
 
-    python -m perf.fp8_attention_probe --out perf/results/gpu/fp8_attention_probe.json
+    python -m perf.attention_probe --out perf/results/gpu/attention_probe.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import time
@@ -20,7 +23,14 @@ import time
 import torch
 
 from perf.fp16_probe import A14B
-from wan22_triton import fp8_attention
+from wan22_triton import flash_attention, fp8_attention, self_attention
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def timed(fn, repeats: int) -> float:
@@ -35,6 +45,15 @@ def timed(fn, repeats: int) -> float:
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def flash_available() -> bool:
+    try:
+        flash_attention.import_flash_attn()
+    except ImportError as e:
+        print(f"FlashAttention-4 not measured: {e}", flush=True)
+        return False
+    return True
 
 
 def kernel_probe(batch: int, tokens: int, heads: int, head_dim: int, sample: int, repeats: int) -> dict:
@@ -57,14 +76,20 @@ def kernel_probe(batch: int, tokens: int, heads: int, head_dim: int, sample: int
     def fp8_with_quantization():  # what the processor runs: K centring, quantization, kernel, dequantization
         return fp8_attention.attention(q, k, v).to(torch.bfloat16)
 
+    def flash_bf16():
+        return flash_attention.attention(q, k, v)
+
     rows = torch.randperm(tokens, generator=torch.Generator().manual_seed(1))[:sample].cuda()
     s = torch.einsum("bshd,bthd->bhst", q[:, rows].float(), k.float()) * scale
     exact = torch.einsum("bhst,bthd->bshd", s.softmax(dim=-1), v.float())
     del s
     flops = 4.0 * batch * heads * tokens * tokens * head_dim
     out = {"shape_bshd": [batch, tokens, heads, head_dim], "sampled_queries": sample}
-    for name, fn in (("bf16_sdpa", bf16), ("fp8_cudnn_kernel", fp8_kernel), ("fp8_cudnn_with_quantization",
-                                                                            fp8_with_quantization)):
+    kernels = [("bf16_sdpa", bf16), ("fp8_cudnn_kernel", fp8_kernel), ("fp8_cudnn_with_quantization",
+                                                                         fp8_with_quantization)]
+    if flash_available():
+        kernels.insert(1, ("bf16_flash_attn_4", flash_bf16))
+    for name, fn in kernels:
         seconds = timed(fn, repeats)
         result = fn()
         out[name] = {"ms": seconds * 1e3, "tflops": flops / seconds / 1e12,
@@ -87,16 +112,21 @@ def model_probe(layers: int, repeats: int, seed: int) -> dict:
         return_dict=False,
     )
     out = {"layers": layers, "width": "A14B (dim 5120, 40 heads, ffn 13824)", "latents": [2, 16, 21, 60, 104]}
+    kernels = {"fp8_attention": fp8_attention.attention}
+    if flash_available():
+        kernels["flash_attn_4"] = flash_attention.attention
     with torch.inference_mode():
         reference = model(**inputs)[0].float()
         out["bf16_eager_s"] = timed(lambda: model(**inputs), repeats)
-        fp8_attention.enable_fp8_attention(model)
-        fp8 = model(**inputs)[0].float()
-        out["fp8_attention_eager_s"] = timed(lambda: model(**inputs), repeats)
-        model.set_attn_processor(WanAttnProcessor())
-    out["noise_pred_cosine"] = torch.nn.functional.cosine_similarity(fp8.flatten(), reference.flatten(), dim=0).item()
-    out["noise_pred_rel_l2"] = relative_error(fp8, reference)
-    out["speedup"] = out["bf16_eager_s"] / out["fp8_attention_eager_s"]
+        for name, kernel in kernels.items():
+            self_attention.set_self_attention(model, kernel)
+            pred = model(**inputs)[0].float()
+            out[name] = {"eager_s": timed(lambda: model(**inputs), repeats),
+                         "noise_pred_cosine": torch.nn.functional.cosine_similarity(
+                             pred.flatten(), reference.flatten(), dim=0).item(),
+                         "noise_pred_rel_l2": relative_error(pred, reference)}
+            out[name]["speedup"] = out["bf16_eager_s"] / out[name]["eager_s"]
+            model.set_attn_processor(WanAttnProcessor())
     print(out, flush=True)
     return out
 
@@ -114,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "device": torch.cuda.get_device_name(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "torch": torch.__version__, "cudnn_backend": cudnn.backend_version(), "python": platform.python_version(),
+        "flash_attn_4": package_version("flash-attn-4"), "nvidia_cutlass_dsl": package_version("nvidia-cutlass-dsl"),
         "inputs": "random (normal); model weights random",
         "kernel": kernel_probe(2, args.tokens, 40, 128, args.sample, args.repeats),
     }
