@@ -331,7 +331,7 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
     result: dict[str, Any] = {"label": spec["label"], **{k: v for k, v in spec.items() if k != "label"}}
     repo = args.workdir / f"repo-{name}"
     export_variant(checkpoint, repo, spec, args)
-    extra = ["--log-info=true"]
+    extra = ["--log-info=true", *args.server_args]
     if os.environ.get("TRITON_BACKENDS"):  # gpu-bundle's python backend with its 3.12 stub
         extra.append(f"--backend-directory={os.environ['TRITON_BACKENDS']}")
     server_log = args.out_dir / f"tritonserver-{name}.log"
@@ -377,6 +377,17 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
                 result["swaps"] = parse_swaps(f.read().decode(errors="replace"))
             log(f"{name}: request peak {peak_request.peak_gb} GB, after it {result['gpu_used_after_request_gb']} GB; "
                 f"swaps {json.dumps(result['swaps'])}")
+            # More measured requests (--measured-requests): end to end and overhead of each, for their spread.
+            result["more_requests"] = []
+            for _ in range(args.measured_requests - 1):
+                with grpcclient.InferenceServerClient(url) as client:
+                    first = read_stats(client)
+                    t0 = time.perf_counter()
+                    grpc_client.generate(url, request_values(args, args.steps), shared_memory=args.shared_memory)
+                    e2e = time.perf_counter() - t0
+                    more = {"e2e_s": e2e, **overhead(e2e, stats_delta(first, read_stats(client)))}
+                result["more_requests"].append(more)
+                log(f"{name}: measured request again {e2e:.2f}s, overhead {more['triton_overhead_s']:.3f}s")
         finally:
             server.stop()
     result["peak_gpu_memory_gb"] = peak.peak_gb
@@ -417,17 +428,7 @@ def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, a
     result["vae_decode_s"] = models.get("vae_decoder", {}).get("compute_infer_s")
     compute = sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
     result["component_compute_s"] = compute
-    result["triton_overhead_s"] = result["e2e_s"] - compute
-    result["triton_overhead_pct"] = 100 * result["triton_overhead_s"] / result["e2e_s"]
-    # Where it goes: every model's queueing; BLS plus the orchestrator's own work (its compute minus the
-    # components'); the rest is the client and the transport of the request and the response.
-    orchestrator = models.get("wan22_t2v", {})
-    result["overhead_split_s"] = {
-        "queue_all_models": sum(m.get("queue_s", 0.0) for m in models.values()),
-        "bls_and_orchestrator": orchestrator.get("compute_infer_s", 0.0) - compute,
-        "client_and_transport": result["e2e_s"] - sum(orchestrator.get(k, 0.0) for k in (
-            "queue_s", "compute_input_s", "compute_infer_s", "compute_output_s")),
-    }
+    result.update(overhead(result["e2e_s"], models))
     video = out["video"]
     np.save(args.workdir / f"video-{name}.npy", video)  # for --reference-variant
     result["parity"]["frames_mean_std"] = [float(video.mean()), float(video.std())]
@@ -440,6 +441,24 @@ def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, a
         })
     result["status"] = "ok"
     return result
+
+
+def overhead(e2e_s: float, models: dict[str, dict]) -> dict[str, Any]:
+    """Triton overhead of one request: client end to end minus the component models' compute_infer."""
+    compute = sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
+    orchestrator = models.get("wan22_t2v", {})
+    return {
+        "triton_overhead_s": e2e_s - compute,
+        "triton_overhead_pct": 100 * (e2e_s - compute) / e2e_s,
+        # Where it goes: every model's queueing; BLS plus the orchestrator's own work (its compute minus the
+        # components'); the rest is the client and the transport of the request and the response.
+        "overhead_split_s": {
+            "queue_all_models": sum(m.get("queue_s", 0.0) for m in models.values()),
+            "bls_and_orchestrator": orchestrator.get("compute_infer_s", 0.0) - compute,
+            "client_and_transport": e2e_s - sum(orchestrator.get(k, 0.0) for k in (
+                "queue_s", "compute_input_s", "compute_infer_s", "compute_output_s")),
+        },
+    }
 
 
 def count_steps(result: dict[str, Any]) -> None:
@@ -739,6 +758,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "perf" / "results" / "gpu")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wan22-gpu-bench"))
     parser.add_argument("--startup-timeout", type=float, default=900.0)
+    parser.add_argument("--measured-requests", type=int, default=1,
+                        help="measured requests per variant; the table reports the first, results.json all")
+    parser.add_argument("--server-arg", action="append", default=[], dest="server_args",
+                        help="extra tritonserver argument, repeatable (e.g. --server-arg=--cuda-memory-pool-byte-size=0:1073741824)")
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="skip a variant when less than its estimated time is left (0: no limit)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -807,6 +830,7 @@ def main(argv: list[str] | None = None) -> None:
             "gpu_memory_mib": gpu[2] if gpu else None,
             "host": platform.node(),
             "reference_variant": args.reference_variant,
+            "server_args": args.server_args,
             "versions": versions,
             "checkpoint": (
                 f"configs-only Wan2.2-T2V-A14B ({args.preset}"
