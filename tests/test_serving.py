@@ -72,6 +72,17 @@ def test_shared_memory_output_equals_the_grpc_message(torch_server):
     assert np.array_equal(shared["video"], plain["video"])
     with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
         assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}  # unregistered
+    # One region for several requests: each answer lands in it whole (a smaller video, then a larger one).
+    small = dict(request, num_frames=5, seed=6)
+    with grpc_client.VideoSharedMemory(torch_server.grpc_url, shared["video"].nbytes) as region:
+        first = grpc_client.generate(torch_server.grpc_url, small, shared_memory=region)
+        second = grpc_client.generate(torch_server.grpc_url, request, shared_memory=region)
+        with pytest.raises(ValueError, match="shared-memory region has"):
+            grpc_client.generate(torch_server.grpc_url, dict(request, num_frames=13), shared_memory=region)
+    assert np.array_equal(first["video"], grpc_client.generate(torch_server.grpc_url, small)["video"])
+    assert np.array_equal(second["video"], plain["video"])
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
 
 
 @pytest.mark.parametrize("server", ["torch_server", "onnx_server"])
