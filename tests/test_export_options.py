@@ -49,3 +49,19 @@ def test_options_that_cannot_run_are_refused(tiny_checkpoint, tmp_path, opts, me
     with pytest.raises(ValueError, match=message):
         export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+@pytest.mark.parametrize("option", [dict(attention="flash_attn_4"), dict(attention="fp8_cudnn"),
+                                    dict(quantization="fp8_rowwise")])
+def test_gpu_kernels_are_refused_at_load_where_no_gpu_can_run_them(tiny_checkpoint, option):
+    # What the expert model's setup runs: a hand-edited config asking for a GPU kernel fails loading with the reason.
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from wan22_triton.fast_path import optimize_transformer
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model = WanTransformer3DModel.from_pretrained(tiny_checkpoint / "transformer")
+    with pytest.raises(ValueError, match=f"{next(iter(option.values()))} needs a CUDA GPU"):
+        optimize_transformer(model, **option, log=lambda _: None)

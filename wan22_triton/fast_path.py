@@ -108,6 +108,21 @@ def _utf8_locale() -> None:
             continue
 
 
+# The oldest GPU (compute capability) each option's kernels run on.
+MIN_CAPABILITY = {"fp8_rowwise": (8, 9), "fp8_cudnn": (9, 0), "flash_attn_4": (8, 0)}
+
+
+def _require_gpu(option: str) -> None:
+    """Refuse, at load time and with the reason, an option whose kernels cannot run here."""
+    need = MIN_CAPABILITY[option]
+    if not torch.cuda.is_available():
+        raise ValueError(f"{option} needs a CUDA GPU (compute capability >= {need[0]}.{need[1]}); none is visible")
+    have = torch.cuda.get_device_capability()
+    if have < need:
+        raise ValueError(f"{option} needs compute capability >= {need[0]}.{need[1]}; "
+                         f"{torch.cuda.get_device_name()} has {have[0]}.{have[1]}")
+
+
 def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and fqn.startswith("blocks.")
 
@@ -126,6 +141,9 @@ def optimize_transformer(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    for option in (quantization, attention):
+        if option in MIN_CAPABILITY:
+            _require_gpu(option)
     if quantization == "fp8_rowwise":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
