@@ -17,8 +17,9 @@ normal path (absent parameters mean: load the checkpoint's weights, run the diff
 * ``attention`` (speed), the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
   compiling so the compiled block fuses the work around it: ``sdpa`` (diffusers' processor, PyTorch's SDPA),
   ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.fp8_attention, `nvidia-cudnn-frontend`) or
-  ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.flash_attention, `flash-attn-4`);
-  the last two need Hopper or newer.
+  ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.flash_attention, `flash-attn-4`).
+  The GPU each option needs is in `MIN_CAPABILITY` (FP8 attention: Hopper; FlashAttention-4: Ampere, measured on
+  Hopper only); a model asking for more than its GPU has fails to load with the reason.
 """
 
 from __future__ import annotations
