@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from perf.fp16_probe import A14B
+from perf.fp16_probe import a14b_blocks_480p
 from wan22_triton import flash_attention, fp8_attention, self_attention
 
 
@@ -99,18 +99,9 @@ def kernel_probe(batch: int, tokens: int, heads: int, head_dim: int, sample: int
 
 
 def model_probe(layers: int, repeats: int, seed: int) -> dict:
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-    torch.manual_seed(seed)
-    with torch.device("cuda"):
-        model = WanTransformer3DModel(**A14B, num_layers=layers).to(torch.bfloat16).eval()
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    inputs = dict(
-        hidden_states=torch.randn(2, 16, 21, 60, 104, generator=g, device="cuda", dtype=torch.bfloat16),
-        timestep=torch.tensor([999.0, 999.0], device="cuda"),
-        encoder_hidden_states=torch.randn(2, 512, 4096, generator=g, device="cuda", dtype=torch.bfloat16),
-        return_dict=False,
-    )
+    model, inputs = a14b_blocks_480p(layers, seed)
     out = {"layers": layers, "width": "A14B (dim 5120, 40 heads, ffn 13824)", "latents": [2, 16, 21, 60, 104]}
     kernels = {"fp8_attention": fp8_attention.attention}
     if flash_available():

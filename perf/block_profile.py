@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from perf.fp16_probe import A14B
+from perf.fp16_probe import a14b_blocks_480p
+from perf.gpu_baseline import matmul_tflops
 
 TOKENS, TEXT, DIM, FFN = 32760, 512, 5120, 13824
 
@@ -42,22 +43,11 @@ def flops(layers: int) -> dict[str, float]:
 
 
 def profile_mode(mode: str, attention: str, layers: int) -> dict:
-    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
-
     from wan22_triton.fast_path import optimize_transformer
 
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = WanTransformer3DModel(**A14B, num_layers=layers).to(torch.bfloat16).eval()
+    model, inputs = a14b_blocks_480p(layers, seed=0)
     optimize_transformer(model, attention=attention)
     model.compile_repeated_blocks(fullgraph=True, mode=None if mode == "default" else mode)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(2, 16, 21, 60, 104, generator=g, device="cuda", dtype=torch.bfloat16),
-        timestep=torch.tensor([999.0, 999.0], device="cuda"),
-        encoder_hidden_states=torch.randn(2, TEXT, 4096, generator=g, device="cuda", dtype=torch.bfloat16),
-        return_dict=False,
-    )
     with torch.inference_mode():
         t0 = time.perf_counter()
         model(**inputs)
@@ -101,15 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attentions", default="sdpa", help="self-attention kernels, e.g. sdpa,flash_attn_4")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ a
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    torch.cuda.synchronize()
-    matmul = 20 * 2 * 8192**3 / (time.perf_counter() - t0) / 1e12
+    matmul = matmul_tflops("cuda")
     print(f"matmul 8192^3 bf16: {matmul:.0f} TFLOP/s", flush=True)
     result = {"device": torch.cuda.get_device_name(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "torch": torch.__version__, "matmul_bf16_tflops": matmul, "weights": "random",

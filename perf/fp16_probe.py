@@ -35,6 +35,24 @@ A14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, in_ch
 TINY = dict(A14B, num_attention_heads=2, attention_head_dim=24, ffn_dim=64, text_dim=32)
 
 
+def a14b_blocks_480p(layers: int, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """A full-width A14B expert cut to `layers` blocks (random weights, BF16, on the GPU) and one CFG batch of
+    inputs at 480x832x81 (latents 2x16x21x60x104: 32,760 tokens; 512 text tokens): the GPU probes' workload."""
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(**A14B, num_layers=layers).to(torch.bfloat16).eval()
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    inputs = dict(
+        hidden_states=torch.randn(2, 16, 21, 60, 104, generator=g, device="cuda", dtype=torch.bfloat16),
+        timestep=torch.tensor([999.0, 999.0], device="cuda"),
+        encoder_hidden_states=torch.randn(2, 512, A14B["text_dim"], generator=g, device="cuda", dtype=torch.bfloat16),
+        return_dict=False,
+    )
+    return model, inputs
+
+
 def build(config: dict, layers: int, scale: float, device: str, seed: int, grow: str):
     """grow="weights": scale the blocks' output projections (large GEMM outputs and a large residual);
     grow="gates": scale the blocks' residual gates (a large residual, GEMM outputs unchanged)."""

@@ -437,8 +437,7 @@ def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, a
     result["denoise_compute_s"] = sum(models[e]["compute_infer_s"] for e in EXPERTS if result["steps"][e])
     result["text_encoder_s"] = models.get("text_encoder", {}).get("compute_infer_s")
     result["vae_decode_s"] = models.get("vae_decoder", {}).get("compute_infer_s")
-    compute = sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
-    result["component_compute_s"] = compute
+    result["component_compute_s"] = component_compute(models)
     result.update(overhead(result["e2e_s"], models))
     video = out["video"]
     np.save(args.workdir / f"video-{name}.npy", video)  # for --reference-variant
@@ -454,9 +453,14 @@ def finish_variant(name: str, result: dict[str, Any], out: dict, before: dict, a
     return result
 
 
+def component_compute(models: dict[str, dict]) -> float:
+    """The component models' compute_infer seconds (the orchestrator's own excluded)."""
+    return sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
+
+
 def overhead(e2e_s: float, models: dict[str, dict]) -> dict[str, Any]:
     """Triton overhead of one request: client end to end minus the component models' compute_infer."""
-    compute = sum(models[m]["compute_infer_s"] for m in COMPONENT_MODELS if m in models)
+    compute = component_compute(models)
     orchestrator = models.get("wan22_t2v", {})
     return {
         "triton_overhead_s": e2e_s - compute,
