@@ -290,6 +290,17 @@ def read_stats(client) -> dict[str, dict[str, int]]:
     return out
 
 
+def read_stats_after(client, requests: int, model: str = "wan22_t2v", timeout_s: float = 10.0) -> dict:
+    """Statistics once `model` has recorded `requests` requests since the server started. Triton records a Python
+    model's statistics when its execute returns, which can be after the client already has the response."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = read_stats(client)
+        if stats.get(model, {}).get("count", 0) >= requests or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
+
+
 def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
     out = {}
     for name, row in after.items():
@@ -367,14 +378,14 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
                 run_parity_probes(url, args, result, low_memory=spec.get("low_memory", "0") == "1")
 
             with grpcclient.InferenceServerClient(url) as client:
-                before = read_stats(client)
+                before = read_stats_after(client, 1)  # the warm-up request's statistics are in
                 log_offset = server_log.stat().st_size
                 peak_request = GpuMemoryPeak()
                 with peak_request:
                     t0 = time.perf_counter()
                     out = grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm)
                     result["e2e_s"] = time.perf_counter() - t0
-                after = read_stats(client)
+                after = read_stats_after(client, 2)
             log(f"{name}: measured request ({args.steps} steps) {result['e2e_s']:.2f}s")
             result["peak_gpu_memory_request_gb"] = peak_request.peak_gb
             result["gpu_processes_at_request_peak_gb"] = peak_request.processes_at_peak
@@ -387,13 +398,13 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
                 f"swaps {json.dumps(result['swaps'])}")
             # More measured requests (--measured-requests): end to end and overhead of each, for their spread.
             result["more_requests"] = []
-            for _ in range(args.measured_requests - 1):
+            for i in range(args.measured_requests - 1):
                 with grpcclient.InferenceServerClient(url) as client:
-                    first = read_stats(client)
+                    first = read_stats_after(client, 2 + i)
                     t0 = time.perf_counter()
                     grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm)
                     e2e = time.perf_counter() - t0
-                    more = {"e2e_s": e2e, **overhead(e2e, stats_delta(first, read_stats(client)))}
+                    more = {"e2e_s": e2e, **overhead(e2e, stats_delta(first, read_stats_after(client, 3 + i)))}
                 result["more_requests"].append(more)
                 log(f"{name}: measured request again {e2e:.2f}s, overhead {more['triton_overhead_s']:.3f}s")
         finally:
