@@ -124,7 +124,7 @@ class ExpertSwitch:
     def settle(self, when: str = "after the denoising") -> None:
         if self.resident is not None and self.resident != self.keep:
             self._release(self.resident, when)
-        self.resident = None if self.resident != self.keep else self.keep
+            self.resident = None
 
     def after_step(self, step: int) -> None:
         self.step = step

@@ -10,7 +10,6 @@ back each time), served by ONNX Runtime or as TensorRT plans: one pair of graphs
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
