@@ -70,12 +70,17 @@ def output_names(values: dict[str, Any]) -> list[str]:
     return [video, "seed_used", "stage_seconds"]
 
 
-def unpack(result) -> dict[str, Any]:
-    """video (frames or MP4 bytes), seed and the server's per-stage seconds from an InferResult of either protocol."""
-    out = {
+def unpack_metadata(result) -> dict[str, Any]:
+    """Seed and the server's per-stage seconds from an InferResult of either protocol."""
+    return {
         "seed": int(result.as_numpy("seed_used")[0]),
         "stage_seconds": json.loads(result.as_numpy("stage_seconds")[0]),
     }
+
+
+def unpack(result) -> dict[str, Any]:
+    """video (frames or MP4 bytes), seed and the server's per-stage seconds from an InferResult of either protocol."""
+    out = unpack_metadata(result)
     mp4 = result.as_numpy("video_mp4")
     if mp4 is not None:
         out["video_mp4"] = bytes(mp4[0])

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from .common import MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack
+from .common import (MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack,
+                     unpack_metadata)
 
 STREAM_MODEL = "wan22_t2v_stream"
 
@@ -93,15 +94,13 @@ class VideoSharedMemory:
         size = video_bytes(client, values, model)
         if size > self.size:
             raise ValueError(f"the video needs {size} bytes, the shared-memory region has {self.size}")
-        video = grpcclient.InferRequestedOutput("video")
-        video.set_shared_memory(self.name, size)
-        outputs = [video] + [grpcclient.InferRequestedOutput(n) for n in ("seed_used", "stage_seconds")]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
+        for output in outputs:
+            if output.name() == "video":
+                output.set_shared_memory(self.name, size)
         result = client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout)
-        return {
-            "seed": int(result.as_numpy("seed_used")[0]),
-            "stage_seconds": json.loads(result.as_numpy("stage_seconds")[0]),
-            "video": self._shm.get_contents_as_numpy(self._region, np.uint8, list(result.get_output("video").shape)).copy(),
-        }
+        shape = list(result.get_output("video").shape)
+        return {**unpack_metadata(result), "video": self._shm.get_contents_as_numpy(self._region, np.uint8, shape).copy()}
 
 
 def generate_stream(
