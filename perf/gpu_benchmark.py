@@ -76,6 +76,12 @@ VARIANTS: dict[str, dict[str, str]] = {
     "compile_lowmem": {"label": "Triton BF16 + compile, low memory", "compile": "regional", "quantization": "none",
                        "vae_cudnn_benchmark": "0", "low_memory": "1"},
 }
+
+
+def is_low_memory(spec: dict[str, str]) -> bool:
+    return spec.get("low_memory", "0") == "1"
+
+
 EXPERTS = ("transformer_high_noise", "transformer_low_noise")
 COMPONENT_MODELS = ("text_encoder", *EXPERTS, "vae_decoder")
 DEFAULT_PROMPT = (
@@ -266,7 +272,7 @@ def export_variant(checkpoint: Path, repo: Path, spec: dict[str, str], args) -> 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(model_py.read_text())
     opts = ExportOptions(engine="torch", device=args.device, precision=args.precision,
-                         low_memory=spec.get("low_memory", "0") == "1", compile=spec["compile"],
+                         low_memory=is_low_memory(spec), compile=spec["compile"],
                          quantization=spec["quantization"], attention=spec.get("attention", "sdpa"))
     export_repository(checkpoint, repo, opts, log=lambda _: None)
     seed = args.weights_seed
@@ -375,7 +381,7 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args, baselin
             # Parity probes on the baseline's own first-step inputs (without a baseline: none).
             result["parity"] = {}
             if args.baseline:
-                run_parity_probes(url, args, result, low_memory=spec.get("low_memory", "0") == "1")
+                run_parity_probes(url, args, result, low_memory=is_low_memory(spec))
 
             with grpcclient.InferenceServerClient(url) as client:
                 before = read_stats_after(client, 1)  # the warm-up request's statistics are in
@@ -808,7 +814,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def estimate_s(spec: dict[str, str], results: dict[str, Any]) -> float:
     base = results.get("baseline", {}).get("e2e_s", 60.0)
     compile_s = {"none": 0.0, "regional": 150.0}[spec["compile"]] + (150.0 if spec["quantization"] != "none" else 0)
-    swap_s = 60.0 if spec.get("low_memory", "0") == "1" else 0.0  # host copies at start, a few swaps
+    swap_s = 60.0 if is_low_memory(spec) else 0.0  # host copies at start, a few swaps
     return 60.0 + 0.5 * base + base + compile_s + swap_s
 
 
