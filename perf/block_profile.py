@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from perf.fp16_probe import a14b_blocks_480p
+from perf.fp16_probe import A14B, a14b_blocks_480p
 from perf.gpu_baseline import matmul_tflops
+from wan22_triton.fast_path import block_flops, optimize_transformer
 
-TOKENS, TEXT, DIM, FFN = 32760, 512, 5120, 13824
+TOKENS, TEXT = 32760, 512  # a14b_blocks_480p: 21 x 30 x 52 patches, 512 text tokens
 
 
 def category(name: str) -> str:
@@ -36,15 +37,11 @@ def category(name: str) -> str:
 
 
 def flops(layers: int) -> dict[str, float]:
-    per_layer_gemm = 2 * 2 * (4 * TOKENS * DIM * DIM + 2 * TOKENS * DIM * DIM + 2 * TEXT * DIM * DIM
-                              + 2 * TOKENS * DIM * FFN)  # batch 2: self qkvo, cross q/o, cross kv, FFN
-    per_layer_attention = 2 * 2 * 2 * TOKENS * TOKENS * DIM + 2 * 2 * 2 * TOKENS * TEXT * DIM
-    return {"gemm": layers * per_layer_gemm, "attention": layers * per_layer_attention}
+    """GEMM and attention FLOPs of `layers` A14B blocks at batch 2 (CFG), a14b_blocks_480p's workload."""
+    return {k: 2 * layers * v for k, v in block_flops(A14B, TOKENS, TEXT).items()}
 
 
 def profile_mode(mode: str, attention: str, layers: int) -> dict:
-    from wan22_triton.fast_path import optimize_transformer
-
     model, inputs = a14b_blocks_480p(layers, seed=0)
     optimize_transformer(model, attention=attention)
     model.compile_repeated_blocks(fullgraph=True, mode=None if mode == "default" else mode)

@@ -170,6 +170,21 @@ def optimize_transformer(
     return model
 
 
+def block_flops(config: dict, tokens: int, text_len: int) -> dict[str, int]:
+    """Matmul FLOPs of one transformer block for one batch item: `gemm` (projections, feed-forward) and
+    `attention` (the scores and weighted sums of self- and cross-attention)."""
+    d, ffn = int(config["num_attention_heads"]) * int(config["attention_head_dim"]), int(config["ffn_dim"])
+    return {
+        "gemm": (
+            4 * 2 * tokens * d * d  # self-attention q, k, v, o
+            + 2 * 2 * tokens * d * d  # cross-attention q, o
+            + 2 * 2 * text_len * d * d  # cross-attention k, v
+            + 2 * 2 * tokens * d * ffn  # feed-forward
+        ),
+        "attention": 2 * 2 * tokens * tokens * d + 2 * 2 * tokens * text_len * d,
+    }
+
+
 def transformer_step_flops(config: dict, latent_shape: tuple[int, int, int], text_len: int, batch: int = 2) -> float:
     """Matmul FLOPs of one WanTransformer3DModel forward (projections, attention, FFN) over `batch` items.
 
@@ -180,15 +195,8 @@ def transformer_step_flops(config: dict, latent_shape: tuple[int, int, int], tex
     pt, ph, pw = (int(p) for p in config["patch_size"])
     f, h, w = latent_shape
     tokens = (f // pt) * (h // ph) * (w // pw)
-    ffn, layers, text_dim = int(config["ffn_dim"]), int(config["num_layers"]), int(config["text_dim"])
-    per_layer = (
-        4 * 2 * tokens * d * d  # self-attention q, k, v, o
-        + 2 * 2 * tokens * tokens * d  # self-attention scores and weighted sum
-        + 2 * 2 * tokens * d * d  # cross-attention q, o
-        + 2 * 2 * text_len * d * d  # cross-attention k, v
-        + 2 * 2 * tokens * text_len * d  # cross-attention scores and weighted sum
-        + 2 * 2 * tokens * d * ffn  # feed-forward
-    )
+    layers, text_dim = int(config["num_layers"]), int(config["text_dim"])
+    per_layer = sum(block_flops(config, tokens, text_len).values())
     embed = 2 * tokens * (int(config["in_channels"]) * pt * ph * pw) * d + 2 * text_len * (text_dim * d + d * d)
     head = 2 * tokens * d * int(config["out_channels"]) * pt * ph * pw
     return float(batch * (layers * per_layer + embed + head))
