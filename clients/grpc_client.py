@@ -86,9 +86,24 @@ class VideoSharedMemory:
     def __exit__(self, *exc) -> None:
         try:
             with grpcclient.InferenceServerClient(self.url) as client:
-                client.unregister_system_shared_memory(self.name)
+                self._unregister(client)
         finally:
             self._shm.destroy_shared_memory_region(self._region)
+
+    def _unregister(self, client, timeout_s: float = 10.0) -> None:
+        """The server lets go of a response's output buffer only after sending it: right after a request the
+        region may still be "in use" for a moment (seen once in CI), so that refusal is retried until it passes."""
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.unregister_system_shared_memory(self.name)
+                return
+            except InferenceServerException as e:
+                if "currently in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def generate(self, client, values: dict[str, Any], model: str, timeout: float | None) -> dict[str, Any]:
         size = video_bytes(client, values, model)
