@@ -10,7 +10,8 @@ import pytest
 
 from export.repository import ExportOptions, orchestrator_parameters
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.pipeline import RequestError, expert_for_timestep, validate_request
+from wan22_triton.errors import RequestError
+from wan22_triton.pipeline import expert_for_timestep, validate_request
 from wan22_triton.triton_models.orchestrator import pipeline_config_from_parameters
 
 

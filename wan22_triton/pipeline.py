@@ -19,16 +19,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from .errors import Cancelled, RequestError
 
 OUTPUT_FORMATS = ("frames", "mp4")
-
-
-class RequestError(ValueError):
-    """Bad request input; served as Triton INVALID_ARG."""
-
-
-class Cancelled(RuntimeError):
-    """The client went away; served as Triton CANCELLED."""
 
 
 @dataclass(frozen=True)

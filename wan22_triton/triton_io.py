@@ -49,7 +49,7 @@ def response(outputs: Mapping[str, Any]):
 
 def error_response(exc: BaseException):
     """INVALID_ARG for bad input, CANCELLED for a cancelled request, INTERNAL for anything else."""
-    from .pipeline import Cancelled, RequestError
+    from .errors import Cancelled, RequestError
 
     pb = pb_utils()
     if isinstance(exc, RequestError):
@@ -110,7 +110,7 @@ def bls_infer(
 
 def execute_each(requests, handle, logger) -> list:
     """Run `handle(request) -> response` per request; an exception becomes that request's error response."""
-    from .pipeline import Cancelled, RequestError
+    from .errors import Cancelled, RequestError
 
     responses = []
     for request in requests:

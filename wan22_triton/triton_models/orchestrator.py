@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import offload, triton_io
 from ..components import TEXT_ENCODER, VAE_DECODER
-from ..pipeline import Cancelled, ExpertSwitch, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
+from ..errors import Cancelled
+from ..pipeline import ExpertSwitch, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import triton_io
-from ..pipeline import RequestError
+from ..errors import RequestError
 from .base import ComponentModel
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .. import fast_path, offload, triton_io
 from ..engines import OnnxRunner, torch_dtype
-from ..pipeline import RequestError
+from ..errors import RequestError
 from .base import ComponentModel
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
