@@ -68,6 +68,4 @@ docker-serve:
 	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
 
 clean:
-	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache .$(REPOSITORY).tensorrt
-	rm -rf $(REPOSITORY)/vae_decoder_first_frame $(REPOSITORY)/vae_decoder_step
-	find $(REPOSITORY) -mindepth 1 -maxdepth 1 -type d -exec sh -c 'rm -f "$$1/config.pbtxt"; find "$$1/1" -mindepth 1 -maxdepth 1 ! -name model.py -exec rm -rf {} +' _ {} \;
+	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache .$(REPOSITORY).tensorrt $(REPOSITORY)

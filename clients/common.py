@@ -8,21 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from wan22_triton import components
+from wan22_triton.manifest import Manifest
+
 MODEL = "wan22_t2v"
-# Request inputs: flag name -> (Triton dtype, numpy dtype). Absent flags are left to the server's defaults.
-REQUEST_INPUTS = {
-    "prompt": ("BYTES", np.object_),
-    "negative_prompt": ("BYTES", np.object_),
-    "num_frames": ("INT32", np.int32),
-    "height": ("INT32", np.int32),
-    "width": ("INT32", np.int32),
-    "num_inference_steps": ("INT32", np.int32),
-    "guidance_scale": ("FP32", np.float32),
-    "guidance_scale_2": ("FP32", np.float32),
-    "flow_shift": ("FP32", np.float32),
-    "seed": ("INT64", np.int64),
-    "output_format": ("BYTES", np.object_),  # frames (raw uint8 tensor) or mp4 (encoded on the server)
-}
+# Request inputs: name -> (Triton dtype, numpy dtype), from the contract's one declaration. Absent flags are left
+# to the server's defaults.
+REQUEST_INPUTS = {t.name: (t.wire_dtype, np.dtype(t.dtype).type) for t in components.REQUEST_INPUTS}
 
 
 def parse_args(default_url: str, description: str, streaming: bool = False) -> argparse.Namespace:
@@ -62,7 +54,8 @@ def request_arrays(values: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
 
 
 def model_fps(config: dict[str, Any]) -> float:
-    return float(json.loads(config["parameters"]["fps"]["string_value"]))
+    """The checkpoint's fps, from the manifest in the model's config (Triton's JSON form)."""
+    return float(Manifest.from_model_config(config).checkpoint.generation.fps)
 
 
 def output_names(values: dict[str, Any]) -> list[str]:

@@ -6,30 +6,52 @@ import argparse
 import dataclasses
 import time
 
-from .repository import ENGINES, ExportOptions, export_repository
+from wan22_triton.fast_path import ATTENTIONS, COMPILE_MODES, QUANTIZATIONS
+from wan22_triton.manifest import ENGINES, PRECISIONS, Limits, SpeedOptions
+
+from .options import DEVICES, ExportOptions
+from .repository import export_repository
+
+HELP = {
+    "device": "instance kind of the component models",
+    "shape_spec": "ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)",
+    "compile": "ENGINE=torch experts",
+    "quantization": "ENGINE=torch experts on a GPU",
+    "attention": "ENGINE=torch experts on a GPU",
+    "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",
+}
+CHOICES = {"engine": ENGINES, "device": DEVICES, "precision": PRECISIONS, "compile": COMPILE_MODES,
+           "quantization": QUANTIZATIONS, "attention": ATTENTIONS}
+BENCHMARK_ONLY = ("random_weights_seed", "vae_cudnn_benchmark")  # set by perf/, not a user's choice
+
+
+def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
+    """One flag per field of an options dataclass, typed by its default."""
+    for field in dataclasses.fields(options):
+        if dataclasses.is_dataclass(field.default_factory) or field.name in BENCHMARK_ONLY:
+            continue
+        flag, default = f"--{field.name.replace('_', '-')}", getattr(options(), field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=HELP.get(field.name))
+        elif field.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[field.name], default=default, help=HELP.get(field.name))
+        else:
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default,
+                                help=HELP.get(field.name))
+
+
+def _pick(options: type, args: argparse.Namespace):
+    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="Wan2.2 T2V diffusers checkpoint directory")
     parser.add_argument("--repository", default="model_repository", help="model repository to write")
-    parser.add_argument("--engine", choices=ENGINES, default="torch")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of the component models")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--shape-spec", default=None, help="ENGINE=tensorrt: JSON of video sizes (export/shape_spec.json)")
-    parser.add_argument("--compile", default="none", help="ENGINE=torch experts: none | regional")
-    parser.add_argument("--quantization", default="none", help="ENGINE=torch experts on a GPU: none | fp8_rowwise")
-    parser.add_argument("--attention", default="sdpa", help="ENGINE=torch experts on a GPU: sdpa | fp8_cudnn | flash_attn_4")
-    for field in dataclasses.fields(ExportOptions):
-        flag = f"--{field.name.replace('_', '-')}"
-        if field.name in ("engine", "device", "precision", "shape_spec", "compile", "quantization", "attention"):
-            continue
-        if isinstance(field.default, bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            parser.add_argument(flag, type=int, default=field.default)
+    for options in (ExportOptions, Limits, SpeedOptions):
+        _add_flags(parser, options)
     args = parser.parse_args(argv)
-    opts = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
+    opts = dataclasses.replace(_pick(ExportOptions, args), limits=_pick(Limits, args), speed=_pick(SpeedOptions, args))
     start = time.perf_counter()
     export_repository(args.checkpoint, args.repository, opts)
     print(f"export done in {time.perf_counter() - start:.1f}s -> {args.repository}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from wan22_triton.components import ComponentSpec, Dim, TensorSpec
+from wan22_triton.manifest import MANIFEST_PARAMETER, Manifest
 
 
 def _dims(tensor: TensorSpec, batched: bool) -> list[int]:
@@ -65,3 +67,9 @@ def to_pbtxt(config: mc.ModelConfig) -> str:
 
 def parse_pbtxt(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def read_manifest(model_dir: str | Path) -> Manifest:
+    """The manifest the export wrote into `<model_dir>/config.pbtxt`."""
+    config = parse_pbtxt((Path(model_dir) / "config.pbtxt").read_text())
+    return Manifest.from_json(config.parameters[MANIFEST_PARAMETER].string_value)

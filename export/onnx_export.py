@@ -42,6 +42,7 @@ from torch import nn
 from wan22_triton import components
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import CacheEntry, ComponentSpec
+from wan22_triton.self_attention import WanAttnProcessor
 from wan22_triton.vae_frames import (  # noqa: F401  (load_cache_layout re-exported for the export's users)
     FirstFrameDecoder,
     StepDecoder,
@@ -215,47 +216,28 @@ def load_vae(folder: str | Path) -> nn.Module:
 # --------------------------------------------------------------------------------------------- transformer
 
 
-def _apply_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """diffusers' Wan `apply_rotary_emb`, with the interleave as stack+flatten instead of two strided in-place writes
-    (which export as ScatterND, a fusion barrier for TensorRT). Same arithmetic, same result bit for bit."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` on (B, S, H, D) tensors; a 2-D mask is a (B, key tokens) padding mask."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        attention_mask = attention_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask,
+        dropout_p=0.0, is_causal=False,
+    )
+    return out.transpose(1, 2)
 
 
-class ExportWanAttnProcessor:
+class ExportWanAttnProcessor(WanAttnProcessor):
     """diffusers' `WanAttnProcessor` for text-to-video (no image K/V), attention as `F.scaled_dot_product_attention`.
 
     diffusers' processor goes through `dispatch_attention_fn`, whose backend registry is process-wide state (a
     user's `attention_backend("flash")` would leak into the graph); here it is always SDPA, the op TensorRT fuses.
+    RoPE is `self_attention.rope` (no ScatterND) rounded back to the model's dtype: diffusers' result bit for bit.
     """
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
-                 rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-        if attn.add_k_proj is not None:
-            raise NotImplementedError("image-conditioned (I2V) attention is not exported; Wan2.2 T2V has none")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states  # self-attention: None
-        query, key, value = _get_qkv_projections(attn, hidden_states, context)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        if rotary_emb is not None:
-            query = _apply_rope(query, *rotary_emb)
-            key = _apply_rope(key, *rotary_emb)
-        if attention_mask is not None and attention_mask.ndim == 2:
-            attention_mask = attention_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask,
-            dropout_p=0.0, is_causal=False,
-        )
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+    def __init__(self) -> None:
+        super().__init__(sdpa)
 
 
 @contextlib.contextmanager

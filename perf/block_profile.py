@@ -18,9 +18,11 @@ import time
 
 import torch
 
+from perf.flops import block_flops
 from perf.fp16_probe import A14B, a14b_blocks_480p
 from perf.gpu_baseline import matmul_tflops
-from wan22_triton.fast_path import block_flops, optimize_transformer
+from wan22_triton.fast_path import optimize_transformer
+from wan22_triton.manifest import SpeedOptions
 
 TOKENS, TEXT = 32760, 512  # a14b_blocks_480p: 21 x 30 x 52 patches, 512 text tokens
 
@@ -43,7 +45,7 @@ def flops(layers: int) -> dict[str, float]:
 
 def profile_mode(mode: str, attention: str, layers: int) -> dict:
     model, inputs = a14b_blocks_480p(layers, seed=0)
-    optimize_transformer(model, attention=attention)
+    optimize_transformer(model, SpeedOptions(attention=attention))
     model.compile_repeated_blocks(fullgraph=True, mode=None if mode == "default" else mode)
     with torch.inference_mode():
         t0 = time.perf_counter()

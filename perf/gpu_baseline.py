@@ -1,7 +1,7 @@
 """The reference side of the GPU benchmark: diffusers' WanPipeline in BF16, eager, in its own process.
 
 Stock `diffusers.WanPipeline` (default attention, no offload, no compile), whole pipeline in BF16 (VAE too), the
-components built with `wan22_triton.fast_path.random_component` from a configs-only checkpoint: the same function
+components built with `wan22_triton.random_weights.random_component` from a configs-only checkpoint: the same function
 and seeds the Triton models use, so both sides hold identical random weights. It runs a warm-up call (one step,
 which also records the first step's transformer inputs and noise predictions, cond and uncond, for the parity
 check), then the measured call, and writes a JSON summary, the uint8 frames and the parity tensors.
@@ -105,7 +105,7 @@ class Timings:
 def build_pipeline(checkpoint: Path, seed: int, dtype: torch.dtype, device: str):
     from diffusers import WanPipeline
 
-    from wan22_triton.fast_path import component_seed, random_component
+    from wan22_triton.random_weights import component_seed, random_component
 
     kinds = {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer", "vae": "vae"}
     parts = {

@@ -1,11 +1,11 @@
 """A configs-only diffusers checkpoint of Wan2.2-T2V-A14B: the real architecture, no weight files.
 
-The GPU benchmark builds every component from these configs with random weights (`wan22_triton.fast_path`,
-`random_init_seed`), on the GPU, identically in the diffusers baseline and in each Triton model process. Configs
-(from the published Wan-AI/Wan2.2-T2V-A14B-Diffusers checkpoint): two WanTransformer3DModel experts (dim 5120 =
-40 heads x 128, FFN 13824, 40 layers, 16 in/out channels, text_dim 4096, patch 1x2x2, RMS qk-norm across heads,
-cross-attention norm, freq_dim 256, RoPE max length 1024, eps 1e-6; about 14.3B parameters each), UMT5-XXL encoder
-(d_model 4096, d_ff 10240, 24 layers, 64 heads x 64, vocab 256384, gated GELU), the Wan2.1 VAE (base_dim 96,
+The GPU benchmark builds every component from these configs with random weights (`wan22_triton.random_weights`, the
+export's `random_weights_seed`), on the GPU, identically in the diffusers baseline and in each Triton model process.
+Configs (from the published Wan-AI/Wan2.2-T2V-A14B-Diffusers checkpoint): two WanTransformer3DModel experts (dim
+5120 = 40 heads x 128, FFN 13824, 40 layers, 16 in/out channels, text_dim 4096, patch 1x2x2, RMS qk-norm across
+heads, cross-attention norm, freq_dim 256, RoPE max length 1024, eps 1e-6; about 14.3B parameters each), UMT5-XXL
+encoder (d_model 4096, d_ff 10240, 24 layers, 64 heads x 64, vocab 256384, gated GELU), the Wan2.1 VAE (base_dim 96,
 z_dim 16, dim_mult 1,2,4,4, 2 res blocks, temporal downsampling F,T,T) with the real latent statistics, UniPC flow
 scheduler (shift 3), boundary_ratio 0.875. The tokenizer is the tiny checkpoint's (generated in code, ids < 1100,
 all valid for the 256384-entry embedding).

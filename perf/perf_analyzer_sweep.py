@@ -250,7 +250,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
-    served = [C.TEXT_ENCODER, *(C.EXPERT_MODELS[e] for e in info.expert_names), C.VAE_DECODER]
+    served = [C.TEXT_ENCODER, *C.expert_models(info), C.VAE_DECODER]
     models = [m.strip() for m in args.models.split(",")] if args.models else [C.ORCHESTRATOR, *served]
     unknown = set(models) - {C.ORCHESTRATOR, *served}
     if unknown:
@@ -303,15 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
             repo = args.repository or Path(tmp)
-            for model_py in (ROOT / "model_repository").glob("*/1/model.py"):  # the tracked model code
-                target = repo / model_py.relative_to(ROOT / "model_repository")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.resolve() != model_py.resolve():
-                    shutil.copy2(model_py, target)
             opts = ExportOptions(engine=args.engine, device=args.device, precision=args.precision,
                                  orchestrator_instances=args.concurrency)
             export_repository(args.checkpoint, repo, opts)
-            # Load what this export configured, not every folder with a tracked model.py (other engines' models).
+            # Load what this export configured, not every folder of a reused repository (other engines' models).
             load = [f"--load-model={d.name}" for d in sorted(repo.iterdir()) if (d / "config.pbtxt").is_file()]
             extra = ["--model-control-mode=explicit", *load]
             with TritonServer(repo, log_file=out / "tritonserver.log", extra_args=extra) as server:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perf.gpu_benchmark.quality import psnr  # noqa: F401 (the tests import it from here)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,15 +26,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 def _serve(tmp_path_factory, checkpoint: Path, engine: str):
     from export.repository import ExportOptions, export_repository
+    from wan22_triton.manifest import Limits
     from wan22_triton.server import TritonServer
 
     repo = tmp_path_factory.mktemp(f"repo-{engine}")
-    # A copy of the tracked model code, so each engine's repository is self-contained.
-    for model_py in (ROOT / "model_repository").glob("*/1/model.py"):
-        target = repo / model_py.relative_to(ROOT / "model_repository")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(model_py.read_text())
-    export_repository(checkpoint, repo, ExportOptions(engine=engine, max_num_frames=33, max_size=256, max_inference_steps=50, orchestrator_instances=2), log=lambda _: None)
+    limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
+    export_repository(checkpoint, repo, ExportOptions(engine=engine, limits=limits, orchestrator_instances=2),
+                      log=lambda _: None)
     server = TritonServer(repo, log_file=repo / "tritonserver.log")
     server.start()
     return server
@@ -68,8 +68,3 @@ def run_diffusers(pipe, request: dict) -> np.ndarray:
     kwargs = {k: v for k, v in request.items() if k not in ("seed", "flow_shift")}
     frames = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request["seed"]), output_type="np").frames[0]
     return np.round(frames * 255).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

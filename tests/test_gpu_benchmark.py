@@ -15,10 +15,10 @@ import pytest
 
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory):
-    from perf import gpu_benchmark
+    from perf.gpu_benchmark.__main__ import main
 
     out, work = tmp_path_factory.mktemp("bench-out"), tmp_path_factory.mktemp("bench-work")
-    gpu_benchmark.main([
+    main([
         "--device", "cpu", "--preset", "tiny", "--height", "32", "--width", "48", "--num-frames", "9",
         "--steps", "8", "--variants", "bf16", "--measured-requests", "2", "--server-arg=--log-verbose=0",
         "--out-dir", str(out), "--workdir", str(work),
@@ -63,3 +63,25 @@ def test_benchmark_reports_every_request_and_its_files(benchmark):
     for name in ("results.json", "table.md", "gpu_benchmark.png"):
         assert (out / name).stat().st_size > 0
     assert "Triton BF16 eager" in (out / "table.md").read_text()
+
+
+def test_swaps_come_from_the_servers_events():
+    from perf.gpu_benchmark.stats import count_steps, swaps
+
+    high = "transformer_high_noise"
+    found = [
+        {"event": "generation_lock_waited", "seconds": 0.0},
+        {"event": "weights_loaded", "model": "text_encoder", "gb": 11.4, "seconds": 0.2},
+        {"event": "weights_released", "model": "text_encoder", "seconds": 0.01},
+        {"event": "weights_loaded", "model": high, "gb": 28.6, "seconds": 0.5},
+        {"event": "weights_released", "model": high, "seconds": 0.02},
+        {"event": "expert_released", "expert": high, "after_step": 3, "when": "before step 4", "seconds": 0.03},
+    ]
+    result = {"swaps": swaps(found), "models": {high: {"count": 4, "compute_infer_s": 3.52}}}
+    assert result["swaps"] == {
+        "text_encoder": {"load_s": [0.2], "release_s": [0.01], "gb": 11.4},
+        high: {"load_s": [0.5], "release_s": [0.02], "gb": 28.6},
+        "orchestrator_release_calls": [{"expert": high, "after_step": 3, "round_trip_s": 0.03}],
+    }
+    count_steps(result)  # the release-only request is no step; the step time without the swap
+    assert result["steps"][high] == 3 and result["step_s_without_swaps"][high] == pytest.approx(1.0)

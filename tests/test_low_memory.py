@@ -3,12 +3,12 @@
 Against a real tritonserver on the CPU (the weight movement is the same code as on a GPU, with a second host
 buffer standing in for the device one): the video equals the normal mode's for the same seed, and the
 orchestrator releases each expert exactly at the switch (high -> low) and after the last step, whatever the
-request (normal, cancelled, concurrent). The plain-Python part of the switch is checked without a server.
+request (normal, cancelled, concurrent), as the server's events (wan22_triton.events) record it. The plain-Python
+part of the switch and the events file are checked without a server.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,75 +19,79 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from wan22_triton.pipeline import ExpertSwitch
-
-from .conftest import ROOT
+from wan22_triton import events
+from wan22_triton.offload import ExpertSwitch
 
 HIGH, LOW = "transformer_high_noise", "transformer_low_noise"
 REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width=48, num_inference_steps=6, seed=21)
-RELEASED = re.compile(r"low-memory: released (\S+) after step (\d+), ([^\"]*?), in [\d.]+s")
-MODEL_EVENT = re.compile(r"offload (\S+): (load|release) #\d+")
 
 
 @pytest.fixture(scope="module")
 def low_memory_server(tmp_path_factory, tiny_checkpoint):
     from export.repository import ExportOptions, export_repository
+    from wan22_triton.manifest import Limits
     from wan22_triton.server import TritonServer
 
     repo = tmp_path_factory.mktemp("repo-low-memory")
-    for model_py in (ROOT / "model_repository").glob("*/1/model.py"):
-        target = repo / model_py.relative_to(ROOT / "model_repository")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(model_py.read_text())
-    opts = ExportOptions(engine="torch", max_num_frames=33, max_size=256, max_inference_steps=50,
+    opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),
                          orchestrator_instances=2, low_memory=True)
     export_repository(tiny_checkpoint, repo, opts, log=lambda _: None)
-    server = TritonServer(repo, log_file=repo / "tritonserver.log")
+    server = TritonServer(repo, log_file=repo / "tritonserver.log",
+                          env={events.EVENTS_FILE_ENV: str(repo.parent / f"{repo.name}-events.jsonl")})
     server.start()
     yield server
     server.stop()
 
 
-def _log_since(path: Path, offset: int, wait_for: int = 0, timeout: float = 10.0) -> str:
-    """Server log text after `offset`; waits until it holds `wait_for` model load/release lines (they come from
-    other processes and may land after the response)."""
+def _events_file(server) -> Path:
+    return Path(server.env[events.EVENTS_FILE_ENV])
+
+
+def _events_since(server, offset: int, until=lambda _: True, timeout: float = 10.0) -> list[dict]:
+    """The server's events after byte `offset`, once `until(events)` holds (or `timeout` passed). Every model writes
+    its events before it answers, so a request's are in when its response is; a cancelled request's clean-up is not."""
     deadline = time.monotonic() + timeout
     while True:
-        text = path.read_bytes()[offset:].decode(errors="replace")
-        if len(MODEL_EVENT.findall(text)) >= wait_for or time.monotonic() > deadline:
-            return text
+        found = events.read_events(_events_file(server), offset)
+        if until(found) or time.monotonic() > deadline:
+            return found
 
 
-def _events(text: str, model: str) -> list[str]:
-    return [kind for name, kind in MODEL_EVENT.findall(text) if name == model]
+def _weight_moves(found: list[dict], model: str) -> list[str]:
+    """One model's loads and releases, in order."""
+    kinds = {"weights_loaded": "load", "weights_released": "release"}
+    return [kinds[e["event"]] for e in found if e["event"] in kinds and e["model"] == model]
+
+
+def _expert_releases(found: list[dict]) -> list[dict]:
+    return [e for e in found if e["event"] == "expert_released"]
 
 
 def test_export_writes_the_offload_contract(low_memory_server):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from export.model_config import parse_pbtxt
+    from export.model_config import parse_pbtxt, read_manifest
 
     repo = Path(low_memory_server.model_repository)
     for model in (HIGH, LOW):
         config = parse_pbtxt((repo / model / "config.pbtxt").read_text())
-        assert config.parameters["offload"].string_value == "cpu"
+        assert read_manifest(repo / model).low_memory
         inputs = {i.name: i for i in config.input}
         assert set(inputs) == {"hidden_states", "timestep", "encoder_hidden_states", "release"}
         assert all(i.optional for i in inputs.values())
         assert inputs["release"].data_type == mc.DataType.Value("TYPE_BOOL")
-    assert parse_pbtxt((repo / "text_encoder" / "config.pbtxt").read_text()).parameters["offload"].string_value == "cpu"
-    assert parse_pbtxt((repo / "wan22_t2v" / "config.pbtxt").read_text()).parameters["low_memory"].string_value == "true"
+    assert read_manifest(repo / "text_encoder").low_memory and read_manifest(repo / "wan22_t2v").low_memory
 
 
 def test_normal_export_is_unchanged(tiny_checkpoint, tmp_path):
-    from export.model_config import parse_pbtxt
+    from export.model_config import parse_pbtxt, read_manifest
     from export.repository import ExportOptions, export_repository
 
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(engine="torch"), log=lambda _: None)
     config = parse_pbtxt((tmp_path / HIGH / "config.pbtxt").read_text())
     assert [i.name for i in config.input] == ["hidden_states", "timestep", "encoder_hidden_states"]
-    assert not any(i.optional for i in config.input) and "offload" not in config.parameters
-    assert "low_memory" not in parse_pbtxt((tmp_path / "wan22_t2v" / "config.pbtxt").read_text()).parameters
+    assert not any(i.optional for i in config.input) and not read_manifest(tmp_path / HIGH).low_memory
+    assert not read_manifest(tmp_path / "wan22_t2v").low_memory
 
 
 def test_low_memory_needs_the_torch_engine(tiny_checkpoint, tmp_path):
@@ -98,26 +102,25 @@ def test_low_memory_needs_the_torch_engine(tiny_checkpoint, tmp_path):
 
 
 def test_same_video_as_normal_mode_and_release_at_the_switch(low_memory_server, torch_server):
-    log = low_memory_server.log_file
-    offset = log.stat().st_size
+    offset = events.end_offset(_events_file(low_memory_server))
     out = grpc_client.generate(low_memory_server.grpc_url, REQUEST)
     normal = grpc_client.generate(torch_server.grpc_url, REQUEST)
     assert np.array_equal(out["video"], normal["video"])
 
-    text = _log_since(log, offset, wait_for=6)
+    found = _events_since(low_memory_server, offset)
     # The orchestrator released the high-noise expert after its last step, before the first low-noise step, and
     # the low-noise expert after the last step (so the VAE and the next request find neither on the device).
     experts = _step_experts(low_memory_server, REQUEST)
     switch = experts.index(LOW)
     assert 0 < switch < len(experts) and experts[switch:] == [LOW] * (len(experts) - switch)
-    released = [(m.group(1), int(m.group(2)), m.group(3)) for m in RELEASED.finditer(text)]
+    released = [(e["expert"], e["after_step"], e["when"]) for e in _expert_releases(found)]
     assert released[:2] == [
         (HIGH, switch, f"before step {switch + 1} ({LOW})"),
         (LOW, len(experts), "after the denoising"),
     ]
     # Each model moved its weights once each way: load on first work, release when told (text encoder: per request).
     for model in (HIGH, LOW, "text_encoder"):
-        assert _events(text, model) == ["load", "release"], model
+        assert _weight_moves(found, model) == ["load", "release"], model
 
 
 def _step_experts(server, request: dict) -> list[str]:
@@ -150,41 +153,38 @@ def test_release_request_alone_and_missing_inputs(low_memory_server):
 
 
 def test_cancelled_request_releases_its_expert_and_the_next_is_unchanged(low_memory_server):
-    log = low_memory_server.log_file
     solo = grpc_client.generate(low_memory_server.grpc_url, REQUEST)["video"]
     experts = _step_experts(low_memory_server, {**REQUEST, "num_inference_steps": 40})
     cancel_after = experts.index(LOW) + 2  # mid-way through the low-noise steps
-    offset = log.stat().st_size
+    offset = events.end_offset(_events_file(low_memory_server))
     with pytest.raises(InferenceServerException) as err:
         grpc_client.generate_stream(low_memory_server.grpc_url, {**REQUEST, "num_inference_steps": 40},
                                     cancel_after_steps=cancel_after)
     assert err.value.status() == "StatusCode.CANCELLED"
-    deadline = time.monotonic() + 30
-    while "request cancelled by the client" not in _log_since(log, offset) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    text = _log_since(log, offset, wait_for=6)
-    released = [(m.group(1), m.group(3)) for m in RELEASED.finditer(text)]
+    # The orchestrator notices the cancellation at its next step and releases the expert on its way out.
+    found = _events_since(low_memory_server, offset, timeout=30,
+                          until=lambda found: any(e["when"] == "request stopped" for e in _expert_releases(found)))
+    released = [(e["expert"], e["when"]) for e in _expert_releases(found)]
     assert released == [(HIGH, f"before step {experts.index(LOW) + 1} ({LOW})"), (LOW, "request stopped")]
-    assert _events(text, LOW)[-1] == "release"
+    assert _weight_moves(found, LOW)[-1] == "release"
     assert np.array_equal(grpc_client.generate(low_memory_server.grpc_url, REQUEST)["video"], solo)
 
 
 def test_concurrent_requests_take_turns_and_equal_their_solo_results(low_memory_server):
     requests = [{**REQUEST, "seed": seed, "num_inference_steps": 3} for seed in (1, 2, 3)]
     solo = [grpc_client.generate(low_memory_server.grpc_url, r)["video"] for r in requests]
-    log = low_memory_server.log_file
-    offset = log.stat().st_size
+    offset = events.end_offset(_events_file(low_memory_server))
     with ThreadPoolExecutor(max_workers=3) as pool:  # wan22_t2v has 2 instances: at least two run side by side
         together = list(pool.map(lambda r: grpc_client.generate(low_memory_server.grpc_url, r)["video"], requests))
     for a, b in zip(solo, together):
         assert np.array_equal(a, b)
-    text = _log_since(log, offset, wait_for=18)
+    found = _events_since(low_memory_server, offset)
     # One generation at a time (both instances were busy: one waited for the other's lock), and in each expert's
-    # own log one load and one release per request.
-    assert "low-memory: waited" in text
+    # own process one load and one release per request.
+    assert any(e["seconds"] > 0.001 for e in found if e["event"] == "generation_lock_waited")
     for model in (HIGH, LOW):
-        events = _events(text, model)
-        assert events == ["load", "release"] * 3, (model, events)
+        moves = _weight_moves(found, model)
+        assert moves == ["load", "release"] * 3, (model, moves)
 
 
 def _hold_lock(path: str, held, seconds: float) -> None:
@@ -246,3 +246,31 @@ def test_expert_switch_keeps_the_first_expert_and_frees_it_for_another():
     assert calls == [HIGH]
     starts_low.settle()
     assert calls == [HIGH, LOW]
+
+
+def _emit_many(count: int, size: int) -> None:
+    for i in range(count):
+        events.emit("probe", index=i, payload="x" * size)
+
+
+def test_events_of_several_processes_stay_whole_lines(tmp_path, monkeypatch):
+    import multiprocessing
+
+    path = tmp_path / "events.jsonl"
+    monkeypatch.delenv(events.EVENTS_FILE_ENV, raising=False)
+    events.emit("nowhere")  # unset: nothing written
+    monkeypatch.setenv(events.EVENTS_FILE_ENV, str(path))
+    events.emit("first", value=1)
+    offset = events.end_offset(path)
+    writers = [multiprocessing.get_context("fork").Process(target=_emit_many, args=(200, 8000)) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    found = events.read_events(path, offset)  # lines longer than a pipe's atomic write, from 4 processes at once
+    assert len(found) == 800 and len({e["pid"] for e in found}) == 4
+    for pid in {e["pid"] for e in found}:
+        assert [e["index"] for e in found if e["pid"] == pid] == list(range(200))
+    [first] = events.read_events(path, 0)[:1]
+    assert first["event"] == "first" and first["value"] == 1 and first["pid"] > 0 and first["time"] > 0
+    assert events.read_events(tmp_path / "missing.jsonl") == [] and events.end_offset(tmp_path / "missing.jsonl") == 0

@@ -56,14 +56,14 @@ def _build_directly() -> SimpleNamespace:
     vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                            temperal_downsample=[False, True, True]).eval()
     info = CheckpointInfo(
-        path="", family="wan2.2-t2v-a14b", expert_names=("transformer", "transformer_2"), boundary_ratio=0.875,
+        path="", family="wan2.2-t2v-a14b", expert_folders=("transformer", "transformer_2"), boundary_ratio=0.875,
         num_train_timesteps=1000, in_channels=16, out_channels=16, patch_size=(1, 2, 2), text_dim=32,
         text_len=int(_pipeline_call_default("max_sequence_length")), z_dim=16,
         vae_scale_factor_temporal=int(vae.config.scale_factor_temporal),
         vae_scale_factor_spatial=int(vae.config.scale_factor_spatial),
         latents_mean=tuple(vae.config.latents_mean), latents_std=tuple(vae.config.latents_std),
         default_height=480, default_width=832, default_num_frames=81,
-        defaults=dict(GENERATION_DEFAULTS["wan2.2-t2v-a14b"]),
+        generation=GENERATION_DEFAULTS["wan2.2-t2v-a14b"],
     )
     return SimpleNamespace(info=info, transformer=transformer, vae=vae)
 
@@ -78,7 +78,7 @@ def tiny(request: pytest.FixtureRequest) -> SimpleNamespace:
     info = read_checkpoint(root)
     return SimpleNamespace(
         info=info,
-        transformer=onnx_export.load_transformer(root / info.expert_names[0]),
+        transformer=onnx_export.load_transformer(root / info.expert_folders[0]),
         vae=onnx_export.load_vae(root / "vae"),
     )
 

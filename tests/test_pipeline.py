@@ -8,17 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from export.repository import ExportOptions, orchestrator_parameters
-from wan22_triton.checkpoint import read_checkpoint
+from export.model_config import read_manifest
+from export.repository import ExportOptions, export_repository
 from wan22_triton.errors import RequestError
 from wan22_triton.pipeline import expert_for_timestep, validate_request
-from wan22_triton.triton_models.orchestrator import pipeline_config_from_parameters
 
 
 @pytest.fixture(scope="module")
-def config(tiny_checkpoint):
-    params = orchestrator_parameters(read_checkpoint(tiny_checkpoint), ExportOptions())
-    return pipeline_config_from_parameters({k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()})
+def config(tiny_checkpoint, tmp_path_factory):
+    """The orchestrator's manifest as the export writes it and the served model reads it back."""
+    repo = tmp_path_factory.mktemp("repo-manifest")
+    export_repository(tiny_checkpoint, repo, ExportOptions(), log=lambda _: None)
+    return read_manifest(repo / "wan22_t2v")
 
 
 def request(**values):
@@ -31,14 +32,15 @@ def test_defaults_come_from_the_checkpoint(config, tiny_checkpoint):
     assert (req.num_inference_steps, req.guidance_scale, req.guidance_scale_2) == (40, 4.0, 3.0)  # A14B family
     scheduler = json.loads((tiny_checkpoint / "scheduler" / "scheduler_config.json").read_text())
     assert req.flow_shift == scheduler["flow_shift"] and req.negative_prompt == ""
-    assert config.latent_channels == 16 and config.vae_scale_factor_temporal == 4 and config.spatial_multiple == 16
+    info = config.checkpoint
+    assert info.in_channels == 16 and info.vae_scale_factor_temporal == 4 and info.spatial_multiple == 16
 
 
 def test_boundary_switches_experts_at_boundary_ratio_times_train_steps(config):
-    boundary = config.boundary_ratio * config.scheduler_config["num_train_timesteps"]  # 875
+    boundary = config.checkpoint.boundary_ratio * config.checkpoint.scheduler_config["num_train_timesteps"]  # 875
     assert expert_for_timestep(boundary, config) == ("transformer_high_noise", "guidance_scale")
     assert expert_for_timestep(boundary - 1, config) == ("transformer_low_noise", "guidance_scale_2")
-    single = dataclasses.replace(config, boundary_ratio=None)
+    single = dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, boundary_ratio=None))
     assert expert_for_timestep(0, single)[0] == "transformer_high_noise"
 
 

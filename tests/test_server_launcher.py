@@ -131,6 +131,19 @@ def test_python_backend_runs_in_this_environment(server):
         assert set(launcher.PYTHON_BACKEND_FILES) <= set(os.listdir(Path(backend_dir) / "python"))
 
 
+def test_extra_environment_reaches_the_model_processes(tmp_path):
+    seen, first = tmp_path / "seen.txt", tmp_path / "bin"
+    first.mkdir()
+    init = f'import os; open(r"{seen}", "w").write(os.environ["WAN22_TEST_VALUE"] + "\\n" + os.environ["PATH"])'
+    repo = write_repository(tmp_path / "repo", init=init)
+    with TritonServer(repo, log_file=tmp_path / "server.log", env={"WAN22_TEST_VALUE": "from-the-launcher"},
+                      path_first=[str(first)]):
+        value, path = seen.read_text().split("\n")
+    assert value == "from-the-launcher"
+    # the extra directory first, then this interpreter's (whose python3 runs the stub when the first has none)
+    assert path.split(os.pathsep)[:2] == [str(first), str(Path(sys.executable).parent)]
+
+
 def test_server_stops_cleanly(tmp_path):
     srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log").start()
     pid, ports = srv.pid, (srv.http_port, srv.grpc_port)

@@ -1,6 +1,6 @@
-"""TensorRT engines (export/tensorrt_build.py).
+"""TensorRT engines (export/onnx_precision.py, export/tensorrt_engine.py, export/tensorrt_build.py).
 
-Everywhere: the module type-checks with `mypy --strict` against tensorrt-stubs (and mypy rejects misused TensorRT
+Everywhere: the modules type-check with `mypy --strict` against tensorrt-stubs (and mypy rejects misused TensorRT
 APIs, so the stubs really are in use); every config.pbtxt it writes parses as Triton's ModelConfig and matches the
 component declarations; the FP16 expert graph that TensorRT builds from runs in onnxruntime and matches the FP32
 PyTorch expert. Where `import tensorrt` works on a GPU (docker/Dockerfile.export): tiny plans are built and run.
@@ -24,13 +24,16 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export import onnx_precision as op
 from export import tensorrt_build as tb
+from export.tensorrt_engine import TensorRTEngine, tensorrt_available
 from wan22_triton import components as C
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.components import Dim, ShapeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = "export/tensorrt_build.py"
+MODULES = ("export/onnx_precision.py", "export/tensorrt_engine.py", "export/tensorrt_build.py")
+ENGINE_MODULE = "export/tensorrt_engine.py"  # where the TensorRT API is called
 # FP16 expert vs FP32 PyTorch: max |diff| over max |reference|. FP16 rounds to 2^-11 ~ 4.9e-4 relative; measured
 # on the tiny expert: 7e-4 and 4e-4 at the two shapes below (FP32 ONNX: 3e-6). 5e-3 leaves 7x headroom.
 FP16_TOLERANCE = 5e-3
@@ -100,9 +103,9 @@ def mypy_config(tmp_path_factory) -> Path:
     return config
 
 
-def _mypy(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _mypy(config: Path, cwd: Path, modules: tuple[str, ...] = MODULES) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
-    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), MODULE], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), *modules], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -130,14 +133,14 @@ MISUSES = {
 
 
 def test_mypy_rejects_tensorrt_api_misuse(mypy_config, tmp_path):
-    source = (ROOT / MODULE).read_text()
+    source = (ROOT / ENGINE_MODULE).read_text()
     for good, (bad, _) in MISUSES.items():
         assert good in source, good
         source = source.replace(good, bad, 1)
     shutil.copytree(ROOT / "export", tmp_path / "export", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / MODULE).write_text(source)
+    (tmp_path / ENGINE_MODULE).write_text(source)
     (tmp_path / "wan22_triton").symlink_to(ROOT / "wan22_triton")
-    result = _mypy(mypy_config, tmp_path)
+    result = _mypy(mypy_config, tmp_path, (ENGINE_MODULE,))
     assert result.returncode == 1, result.stdout + result.stderr
     for _, message in MISUSES.values():
         assert message in result.stdout, f"mypy did not report: {message}\n{result.stdout}"
@@ -241,7 +244,7 @@ def expert(tiny_checkpoint, info, tmp_path_factory):
     spec = C.transformer_spec(info, C.TRANSFORMER_HIGH_NOISE)
     fp32 = export_transformer(model, spec, out / "fp32" / "model.onnx")
     fp16 = out / "fp16" / "model.fp16.onnx"
-    report = tb.convert_to_low_precision(fp32, fp16, "fp16")
+    report = op.convert_to_low_precision(fp32, fp16, "fp16")
     return model, spec, fp32, fp16, report
 
 
@@ -284,7 +287,7 @@ def test_fp16_expert_precision_layout(expert):
     _, _, fp32, fp16, report = expert
     model = onnx.load(str(fp16), load_external_data=False)
     graph = model.graph
-    types = tb.tensor_types(onnx.shape_inference.infer_shapes(model))
+    types = op.tensor_types(onnx.shape_inference.infer_shapes(model))
     producer = {o: n for n in graph.node for o in n.output}
 
     def out_type(node: onnx.NodeProto) -> int:
@@ -300,7 +303,7 @@ def test_fp16_expert_precision_layout(expert):
     assert by_op["Sin"] == by_op["Cos"] == {F32}
     assert by_op["Gemm"] == {F32}  # the tiny expert's only Gemms are the time embedding / projection
     assert by_op["MatMul"] == {F16} and by_op["Softmax"] == {F16} and by_op["Conv"] == {F16}
-    assert set(report.fp32_nodes_by_rule) == set(tb.FP32_RULES)
+    assert set(report.fp32_nodes_by_rule) == set(op.FP32_RULES)
     # No FP32 -> FP16 -> FP32 round trips (what onnxconverter_common's block list does to neighbouring FP32 nodes).
     for node in graph.node:
         if node.op_type == "Cast" and node.input[0] in producer and producer[node.input[0]].op_type == "Cast":
@@ -317,7 +320,7 @@ def test_fp16_expert_precision_layout(expert):
     fp32_weights = sum(int(next(e.value for e in i.external_data if e.key == "length")) if i.external_data
                        else len(i.raw_data) for i in graph.initializer if i.data_type == F32)
     assert report.fp32_weight_bytes == fp32_weights > 0
-    assert tb.graph_precision(fp16) == "fp16" and tb.graph_precision(fp32) == "fp32"
+    assert op.graph_precision(fp16) == "fp16" and op.graph_precision(fp32) == "fp32"
     # One external data file, next to the graph.
     locations = {e.value for i in graph.initializer for e in i.external_data if e.key == "location"}
     assert locations == {fp16.name + ".data"}
@@ -326,37 +329,37 @@ def test_fp16_expert_precision_layout(expert):
 def test_bf16_expert_is_type_consistent(expert, tmp_path):
     _, _, fp32, _, _ = expert
     out = tmp_path / "model.bf16.onnx"
-    report = tb.convert_to_low_precision(fp32, out, "bf16")  # runs onnx's strict type check itself
+    report = op.convert_to_low_precision(fp32, out, "bf16")  # runs onnx's strict type check itself
     model = onnx.load(str(out), load_external_data=False)
     kinds = {i.data_type for i in model.graph.initializer}
     assert onnx.TensorProto.BFLOAT16 in kinds and onnx.TensorProto.FLOAT16 not in kinds
-    assert report.initializers_converted > 0 and tb.graph_precision(out) == "bf16"
+    assert report.initializers_converted > 0 and op.graph_precision(out) == "bf16"
     # ONNX Conv has no bfloat16 before opset 22: the patch embedding stays FP32 rather than making an invalid graph.
-    assert report.fp32_nodes_by_rule.get(tb.NO_LOW_PRECISION_SCHEMA) == 1 and report.fp32_ops.get("Conv") == 1
+    assert report.fp32_nodes_by_rule.get(op.NO_LOW_PRECISION_SCHEMA) == 1 and report.fp32_ops.get("Conv") == 1
 
 
 def test_bf16_rounding():
     values = np.array([1.0, -2.5, 3.14159265, 1e-20, 65504.0, 1e30, np.inf, -np.inf], dtype=np.float32)
-    raw, clamped = tb._to_low(values, onnx.TensorProto.BFLOAT16)
+    raw, clamped = op._to_low(values, onnx.TensorProto.BFLOAT16)
     back = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     assert clamped == 0
     np.testing.assert_allclose(back, values, rtol=2 ** -8)
-    assert np.isnan((np.frombuffer(tb._to_low(np.array([np.nan], np.float32), onnx.TensorProto.BFLOAT16)[0],
+    assert np.isnan((np.frombuffer(op._to_low(np.array([np.nan], np.float32), onnx.TensorProto.BFLOAT16)[0],
                                    dtype="<u2").astype(np.uint32) << 16).view(np.float32)).all()
-    raw, clamped = tb._to_low(np.array([1e5, -7e4, 1.0, np.inf], np.float32), onnx.TensorProto.FLOAT16)
+    raw, clamped = op._to_low(np.array([1e5, -7e4, 1.0, np.inf], np.float32), onnx.TensorProto.FLOAT16)
     assert clamped == 2 and list(np.frombuffer(raw, "<f2")) == [65504.0, -65504.0, 1.0, np.inf]
 
 
 def test_build_engine_refuses_a_graph_of_another_precision(expert, tmp_path):
     _, spec, fp32, _, _ = expert
     with pytest.raises(ValueError, match="is a fp32 graph, asked for fp16"):
-        tb.build_engine(fp32, tmp_path / "model.plan", spec, [], "fp16")
+        TensorRTEngine(tmp_path / "model.plan").build(fp32, spec, [], "fp16")
 
 
 def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
     """Without TensorRT: the repository walk finds the ONNX expert, converts it to FP16 in the work dir, and stops at
     the builder with a message saying where plans are built."""
-    if tb.tensorrt_available():
+    if tensorrt_available():
         pytest.skip("TensorRT is importable: test_tiny_plans_build_and_run covers the whole build")
     from wan22_triton.vae_frames import save_cache_layout
 
@@ -371,7 +374,7 @@ def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
     with pytest.raises(RuntimeError, match="docker/Dockerfile.export"):
         tb.build_repository_engines(repo, info, precision="fp16", work_dir=tmp_path / "work", log=lambda _: None)
     converted = tmp_path / "work" / C.TRANSFORMER_HIGH_NOISE / "model.fp16.onnx"
-    assert tb.graph_precision(converted) == "fp16"
+    assert op.graph_precision(converted) == "fp16"
     assert (version / "model.onnx").is_file()  # nothing removed before a plan exists
 
 
@@ -380,7 +383,7 @@ def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
 
 def _tensorrt_gpu() -> str | None:
     """Why the TensorRT tests cannot run here, or None when they can."""
-    if not tb.tensorrt_available():
+    if not tensorrt_available():
         return ("TensorRT's Python package is not importable (only tensorrt-stubs is installed); these tests run "
                 "inside docker/Dockerfile.export on a GPU")
     import torch
@@ -409,13 +412,16 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
                           "vae_decoder_step"}
     for name, meta in built.items():
         plan = repo / name / "1" / "model.plan"
-        assert plan.is_file() and json.loads(tb.plan_info_path(plan).read_text()) == meta
+        assert plan.is_file() and json.loads(TensorRTEngine(plan).info_path.read_text()) == meta
         assert meta["tensorrt_version"] and meta["strongly_typed"] and meta["build_seconds"] > 0
         assert meta["precision"] == ("fp16" if name.startswith("transformer") else "fp32")
         assert len(meta["profiles"]) == 2
         assert text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig()).platform == "tensorrt_plan"
     assert not (repo / "transformer_high_noise" / "1" / "model.onnx").exists()
     assert (tmp_path / "work" / "timing.cache").stat().st_size > 0
+
+    # Each plan deserialized once; the expert loop below switches between its two profiles.
+    engines = {name: TensorRTEngine(repo / name / "1" / "model.plan").load() for name in built}
 
     # Experts: the FP16 plan vs the FP32 PyTorch expert, at both profile shapes and both batch sizes.
     from export.onnx_export import load_transformer, load_vae
@@ -427,7 +433,7 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
             _, frames, lh, lw = info.latent_shape(5, h, w)
             inputs = spec.sample_inputs({"batch": batch, "latent_frames": frames, "latent_height": lh,
                                          "latent_width": lw}, seed=2)
-            got = tb.run_engine(repo / name / "1" / "model.plan", inputs)["noise_pred"]
+            got = engines[name].run(inputs)["noise_pred"]
             reference = _torch_reference(model, inputs)
             assert float(np.abs(got - reference).max()) / float(np.abs(reference).max()) < 2 * FP16_TOLERANCE
 
@@ -437,10 +443,8 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
     vae = load_vae(tiny_checkpoint / "vae")
     layout = load_cache_layout(repo / "vae_decoder" / "1")
     first_spec, step_spec = C.vae_decoder_frame_specs(info, layout)
-    run_first, run_step = named_runners(
-        lambda feeds: tb.run_engine(repo / first_spec.name / "1" / "model.plan", feeds),
-        lambda feeds: tb.run_engine(repo / step_spec.name / "1" / "model.plan", feeds),
-        first_spec, step_spec)
+    run_first, run_step = named_runners(engines[first_spec.name].run, engines[step_spec.name].run,
+                                        first_spec, step_spec)
     latents = np.random.default_rng(3).standard_normal((1, info.z_dim, 3, 8, 4)).astype(np.float32)
     got = decode_with_frame_graphs(run_first, run_step, latents)
     reference = decode_with_frame_graphs(*torch_runners(vae, layout), torch.from_numpy(latents)).numpy()
@@ -476,7 +480,7 @@ def test_converter_handles_constants_casts_and_shared_weights(tmp_path):
                               [helper.make_tensor_value_info("out", TP.FLOAT, ["n", 4])], initializer=inits)
     src = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
-    report = tb.convert_to_low_precision(src, tmp_path / "g16.onnx", "fp16", fp32_inputs=())
+    report = op.convert_to_low_precision(src, tmp_path / "g16.onnx", "fp16", fp32_inputs=())
     assert report.fp32_nodes_by_rule == {"layer_norm": 1, "propagated": 1}
     x = rng.standard_normal((3, 4)).astype(np.float32)
     feeds = {"x": x, "k": np.array([3], np.int64)}

@@ -3,31 +3,49 @@
 Nothing here is hard-coded to one checkpoint: channels, patch size, scale factors, text length, boundary and
 the VAE's latent statistics all come from the files under the checkpoint directory. The only values a diffusers
 checkpoint does not carry are the generation defaults the Wan authors publish per model family (guidance scales,
-steps, fps); those live in `GENERATION_DEFAULTS`, keyed by family, and every one of them can be overridden at export.
+steps, fps); those live in `GENERATION_DEFAULTS`, keyed by family (`read_checkpoint` can override them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Published sampling defaults of the Wan2.2 families (Wan-Video/Wan2.2 `wan/configs`). A diffusers checkpoint does
-# not store them, so they are picked by the family the checkpoint's configs identify.
-GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "wan2.2-t2v-a14b": {
-        "num_inference_steps": 40,
-        "guidance_scale": 4.0,
-        "guidance_scale_2": 3.0,
-        "fps": 16,
-    },
-    "wan2.1-t2v": {"num_inference_steps": 50, "guidance_scale": 5.0, "guidance_scale_2": 5.0, "fps": 16},
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Sampling defaults the Wan authors publish per model family; a diffusers checkpoint does not store them."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    guidance_scale_2: float
+    fps: int
+
+
+# Published sampling defaults of the Wan2.2 families (Wan-Video/Wan2.2 `wan/configs`), picked by the family the
+# checkpoint's configs identify.
+GENERATION_DEFAULTS: dict[str, GenerationDefaults] = {
+    "wan2.2-t2v-a14b": GenerationDefaults(num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, fps=16),
+    "wan2.1-t2v": GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=16),
 }
 
 
-INFO_FILE = "checkpoint_info.json"
+@dataclass(frozen=True)
+class RequestSettings:
+    """A request's optional inputs; the checkpoint's `request_defaults` fill those a request leaves out."""
+
+    negative_prompt: str
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float
+    guidance_scale_2: float
+    flow_shift: float
+    output_format: str = "frames"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -54,11 +72,14 @@ def _vae_config_value(vae_config: dict[str, Any], name: str) -> Any:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """Shapes, factors and defaults of one checkpoint, everything the export and the serving configs need."""
+    """Shapes, factors and defaults of one checkpoint, everything the export and the served models need.
+
+    The export reads it once and hands it to every served model inside its manifest (wan22_triton.manifest).
+    """
 
     path: str
     family: str
-    expert_names: tuple[str, ...]  # diffusers sub-folders: ("transformer", "transformer_2")
+    expert_folders: tuple[str, ...]  # diffusers sub-folders, high-noise first: ("transformer", "transformer_2")
     boundary_ratio: float | None
     num_train_timesteps: int
     in_channels: int
@@ -74,12 +95,33 @@ class CheckpointInfo:
     default_height: int
     default_width: int
     default_num_frames: int
-    defaults: dict[str, Any] = field(default_factory=dict)  # steps, guidance scales, fps
+    generation: GenerationDefaults
+    scheduler_config: dict[str, Any] = field(default_factory=dict)  # the checkpoint's scheduler_config.json
 
     @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: VAE downsampling times the transformer's patch."""
         return self.vae_scale_factor_spatial * max(self.patch_size[1], self.patch_size[2])
+
+    @property
+    def boundary_timestep(self) -> float | None:
+        """Timesteps at or above this go to the high-noise expert (WanPipeline's rule); None: one expert."""
+        if self.boundary_ratio is None or len(self.expert_folders) == 1:
+            return None
+        return self.boundary_ratio * self.num_train_timesteps
+
+    @property
+    def request_defaults(self) -> RequestSettings:
+        return RequestSettings(
+            negative_prompt="",
+            num_frames=self.default_num_frames,
+            height=self.default_height,
+            width=self.default_width,
+            num_inference_steps=self.generation.num_inference_steps,
+            guidance_scale=self.generation.guidance_scale,
+            guidance_scale_2=self.generation.guidance_scale_2,
+            flow_shift=float(self.scheduler_config.get("flow_shift", 1.0)),
+        )
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(channels, latent frames, latent height, latent width) for a video size, as diffusers computes it."""
@@ -90,20 +132,10 @@ class CheckpointInfo:
             width // self.vae_scale_factor_spatial,
         )
 
-    def save(self, directory: str | Path) -> None:
-        """Written by the export into the version folders of the models that need it at serving time."""
-        (Path(directory) / INFO_FILE).write_text(json.dumps(asdict(self), indent=2))
 
-    @classmethod
-    def load(cls, directory: str | Path) -> CheckpointInfo:
-        data = json.loads((Path(directory) / INFO_FILE).read_text())
-        for key in ("expert_names", "patch_size", "latents_mean", "latents_std"):
-            data[key] = tuple(data[key])
-        return cls(**data)
-
-
-def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> CheckpointInfo:
-    """Read a Wan2.2 T2V diffusers checkpoint directory (the tiny embedded one or a real local one)."""
+def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
+    """Read a Wan2.2 T2V diffusers checkpoint directory (the tiny embedded one or a real local one); `generation`
+    overrides the family's published defaults (GenerationDefaults fields)."""
     root = Path(path)
     index_path = root / "model_index.json"
     if not index_path.is_file():
@@ -114,19 +146,17 @@ def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -
     if index.get("expand_timesteps"):
         raise ValueError(f"{root}: expand_timesteps (Wan2.2 TI2V) checkpoints are not supported, only T2V")
 
-    expert_names = tuple(name for name in ("transformer", "transformer_2") if index.get(name, [None])[0] is not None)
-    transformer = _read_json(root / expert_names[0] / "config.json")
+    expert_folders = tuple(name for name in ("transformer", "transformer_2") if index.get(name, [None])[0] is not None)
+    transformer = _read_json(root / expert_folders[0] / "config.json")
     vae = _read_json(root / "vae" / "config.json")
     text_encoder = _read_json(root / "text_encoder" / "config.json")
     scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
 
-    family = "wan2.2-t2v-a14b" if len(expert_names) == 2 else "wan2.1-t2v"
-    defaults = dict(GENERATION_DEFAULTS[family])
-    defaults.update(overrides or {})
+    family = "wan2.2-t2v-a14b" if len(expert_folders) == 2 else "wan2.1-t2v"
     return CheckpointInfo(
         path=str(root.resolve()),
         family=family,
-        expert_names=expert_names,
+        expert_folders=expert_folders,
         boundary_ratio=index.get("boundary_ratio"),
         num_train_timesteps=int(scheduler["num_train_timesteps"]),
         in_channels=int(transformer["in_channels"]),
@@ -142,5 +172,6 @@ def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -
         default_height=int(_pipeline_call_default("height")),
         default_width=int(_pipeline_call_default("width")),
         default_num_frames=int(_pipeline_call_default("num_frames")),
-        defaults=defaults,
+        generation=dataclasses.replace(GENERATION_DEFAULTS[family], **generation),
+        scheduler_config=scheduler,
     )

@@ -30,6 +30,11 @@ ORCHESTRATOR_STREAM = "wan22_t2v_stream"  # decoupled: per-step progress, then t
 EXPERT_MODELS = {"transformer": TRANSFORMER_HIGH_NOISE, "transformer_2": TRANSFORMER_LOW_NOISE}
 
 
+def expert_models(info: CheckpointInfo) -> tuple[str, ...]:
+    """The served expert models of a checkpoint, high-noise first."""
+    return tuple(EXPERT_MODELS[folder] for folder in info.expert_folders)
+
+
 @dataclass(frozen=True)
 class Dim:
     """A dynamic dimension: `factor` times the value of `symbol`."""
@@ -59,7 +64,13 @@ class TensorSpec:
 
     @property
     def triton_dtype(self) -> str:
+        """The config's name (TYPE_ prefix left out): strings are STRING."""
         return TRITON_DTYPES[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        """The inference protocol's name, what clients send: strings are BYTES."""
+        return "BYTES" if self.dtype == "object" else self.triton_dtype
 
 
 @dataclass(frozen=True)
@@ -236,42 +247,41 @@ def vae_decoder_frame_specs(info: CheckpointInfo, caches: Iterable[CacheEntry]) 
     return first, step
 
 
+# The request contract of `wan22_t2v` / `wan22_t2v_stream` (non-batched, every input shape [1]; see README).
+SCALAR = (1,)
+REQUEST_INPUTS = (
+    TensorSpec("prompt", "object", SCALAR),
+    TensorSpec("negative_prompt", "object", SCALAR),
+    TensorSpec("num_frames", "int32", SCALAR),
+    TensorSpec("height", "int32", SCALAR),
+    TensorSpec("width", "int32", SCALAR),
+    TensorSpec("num_inference_steps", "int32", SCALAR),
+    TensorSpec("guidance_scale", "float32", SCALAR),
+    TensorSpec("guidance_scale_2", "float32", SCALAR),
+    TensorSpec("flow_shift", "float32", SCALAR),
+    TensorSpec("seed", "int64", SCALAR),
+    TensorSpec("output_format", "object", SCALAR),  # "frames" (default) or "mp4"
+)
+OPTIONAL_REQUEST_INPUTS = frozenset(t.name for t in REQUEST_INPUTS if t.name != "prompt")
+
+
 def orchestrator_spec(info: CheckpointInfo, stream: bool = False) -> ComponentSpec:
-    """The request contract users call (non-batched, every input shape [1]); see README.
+    """The model users call: `REQUEST_INPUTS` in, the video and what produced it out.
 
     The streaming variant takes the same inputs and adds `progress` (JSON per step) to its responses.
     """
-    scalar = (1,)
-    progress = (TensorSpec("progress", "object", scalar),) if stream else ()
+    progress = (TensorSpec("progress", "object", SCALAR),) if stream else ()
     return ComponentSpec(
         name=ORCHESTRATOR_STREAM if stream else ORCHESTRATOR,
-        inputs=(
-            TensorSpec("prompt", "object", scalar),
-            TensorSpec("negative_prompt", "object", scalar),
-            TensorSpec("num_frames", "int32", scalar),
-            TensorSpec("height", "int32", scalar),
-            TensorSpec("width", "int32", scalar),
-            TensorSpec("num_inference_steps", "int32", scalar),
-            TensorSpec("guidance_scale", "float32", scalar),
-            TensorSpec("guidance_scale_2", "float32", scalar),
-            TensorSpec("flow_shift", "float32", scalar),
-            TensorSpec("seed", "int64", scalar),
-            TensorSpec("output_format", "object", scalar),  # "frames" (default) or "mp4"
-        ),
+        inputs=REQUEST_INPUTS,
         outputs=(
             *progress,
             TensorSpec("video", "uint8", (Dim("video_frames"), Dim("height"), Dim("width"), 3)),
-            TensorSpec("video_mp4", "object", scalar),
-            TensorSpec("seed_used", "int64", scalar),
+            TensorSpec("video_mp4", "object", SCALAR),
+            TensorSpec("seed_used", "int64", SCALAR),
             TensorSpec("step_timesteps", "float32", (Dim("steps"),)),
             TensorSpec("step_experts", "object", (Dim("steps"),)),
-            TensorSpec("stage_seconds", "object", scalar),  # JSON {stage: seconds}
+            TensorSpec("stage_seconds", "object", SCALAR),  # JSON {stage: seconds}
         ),
         max_batch_size=0,
     )
-
-
-OPTIONAL_REQUEST_INPUTS = frozenset(
-    {"negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale", "guidance_scale_2",
-     "flow_shift", "seed", "output_format"}
-)

@@ -8,6 +8,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+ONNX_GRAPH = "model.onnx"  # a served ONNX graph in its version folder (weights beside it: <name>.data)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

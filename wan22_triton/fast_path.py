@@ -1,20 +1,13 @@
-"""GPU serving options of the `torch` engine, and random-weight components for benchmarks.
+"""GPU speed options of the `torch` engine's experts (the manifest's `speed`: wan22_triton.manifest.SpeedOptions).
 
-Two things live here, both read from model-config parameters by the component models and never used on the
-normal path (absent parameters mean: load the checkpoint's weights, run the diffusers module eagerly):
+The defaults run the diffusers module eagerly, as loaded; the options:
 
-* ``random_init_seed`` (benchmark seam). A configs-only checkpoint (no weight files) plus this parameter builds
-  the component from its config directly on the model's device, in the serving dtype, with weights drawn from
-  ``torch.manual_seed(seed)`` by the modules' own initialisers. `random_component` is the one function that does
-  it, and the benchmark's diffusers baseline calls the same function with the same seeds (`component_seed`), so
-  both sides hold bit-identical weights without writing ~70 GB of random safetensors. It mirrors
-  ``from_pretrained(torch_dtype=...)``: parameters under a class's ``_keep_in_fp32_modules`` stay float32.
-* ``quantization`` / ``compile`` (speed). `optimize_transformer` applies, in this order: torchao FP8 dynamic
+* ``quantization`` / ``compile``. `optimize_transformer` applies, in this order: torchao FP8 dynamic
   quantization of the transformer blocks' Linear layers (``fp8_rowwise``: float8 e4m3 weights and activations,
   one scale per row, ``torch._scaled_mm``), then regional compilation (``regional``: diffusers'
   ``compile_repeated_blocks``, one compiled graph reused by all 40 identical blocks, so the compile cost is one
   block's). Both need a CUDA device (FP8 needs compute capability >= 8.9).
-* ``attention`` (speed), the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
+* ``attention``, the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
   compiling so the compiled block fuses the work around it: ``sdpa`` (diffusers' processor, PyTorch's SDPA),
   ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.fp8_attention, `nvidia-cudnn-frontend`) or
   ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.flash_attention, `flash-attn-4`).
@@ -24,71 +17,17 @@ normal path (absent parameters mean: load the checkpoint's weights, run the diff
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
-# Seed of each component, offset from the benchmark's base seed (one per diffusers sub-folder).
-SEED_OFFSETS = {"text_encoder": 1, "transformer": 2, "transformer_2": 3, "vae": 4}
+from .manifest import SpeedOptions
+
 COMPILE_MODES = ("none", "regional")
 QUANTIZATIONS = ("none", "fp8_rowwise")
 ATTENTIONS = ("sdpa", "fp8_cudnn", "flash_attn_4")
-
-
-def component_seed(base_seed: int, folder: str) -> int:
-    """The seed of one component (diffusers sub-folder name) for a benchmark's base seed."""
-    return int(base_seed) + SEED_OFFSETS[folder]
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def _keep_in_fp32(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Float32 for the parameters `from_pretrained(torch_dtype=dtype)` keeps in float32 (diffusers' rule)."""
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    if not keep or dtype == torch.float32 or not hasattr(model, "register_to_config"):  # diffusers models only
-        return
-    for name, param in model.named_parameters():
-        if any(k in name.split(".") for k in keep):
-            param.data = param.data.float()
-
-
-def random_component(kind: str, folder: str | Path, seed: int, dtype: torch.dtype, device: str | torch.device):
-    """A checkpoint component built from `folder`'s config alone, random weights from `seed`, on `device`.
-
-    kind: "transformer" (WanTransformer3DModel), "text_encoder" (UMT5EncoderModel) or "vae" (AutoencoderKLWan).
-    Deterministic: the same arguments give bit-identical weights in any process (same torch build and device).
-    """
-    folder = Path(folder)
-    torch.manual_seed(int(seed))  # seeds the CPU and every CUDA generator
-    with torch.device(device), _default_dtype(dtype), torch.no_grad():
-        if kind == "transformer":
-            from diffusers import WanTransformer3DModel
-
-            model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
-        elif kind == "vae":
-            from diffusers import AutoencoderKLWan
-
-            model = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder))
-        elif kind == "text_encoder":
-            from transformers import UMT5Config, UMT5EncoderModel
-
-            model = UMT5EncoderModel._from_config(UMT5Config.from_pretrained(folder), dtype=dtype)
-        else:
-            raise ValueError(f"unknown component kind {kind!r}")
-        _keep_in_fp32(model, dtype)
-    return model.eval()
 
 
 def _utf8_locale() -> None:
@@ -107,6 +46,14 @@ def _utf8_locale() -> None:
             return
         except locale.Error:
             continue
+
+
+def check_speed_options(speed: SpeedOptions) -> None:
+    """Each option one of its known values (ValueError naming the option otherwise)."""
+    allowed = {"compile": COMPILE_MODES, "quantization": QUANTIZATIONS, "attention": ATTENTIONS}
+    for name, values in allowed.items():
+        if getattr(speed, name) not in values:
+            raise ValueError(f"{name} must be one of {values}, got {getattr(speed, name)!r}")
 
 
 # The oldest GPU (compute capability) each option's kernels run on.
@@ -129,19 +76,11 @@ def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
 
 
 def optimize_transformer(
-    model: torch.nn.Module,
-    compile: str = "none",
-    quantization: str = "none",
-    attention: str = "sdpa",
-    log: Callable[[str], None] = print,
+    model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print
 ) -> torch.nn.Module:
     """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model."""
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    compile, quantization, attention = speed.compile, speed.quantization, speed.attention
+    check_speed_options(speed)
     for option in (quantization, attention):
         if option in MIN_CAPABILITY:
             _require_gpu(option)
@@ -168,35 +107,3 @@ def optimize_transformer(
         model.compile_repeated_blocks(fullgraph=True)
         log(f"compile: regional (compile_repeated_blocks, fullgraph), on the first request ({sys.executable})")
     return model
-
-
-def block_flops(config: dict, tokens: int, text_len: int) -> dict[str, int]:
-    """Matmul FLOPs of one transformer block for one batch item: `gemm` (projections, feed-forward) and
-    `attention` (the scores and weighted sums of self- and cross-attention)."""
-    d, ffn = int(config["num_attention_heads"]) * int(config["attention_head_dim"]), int(config["ffn_dim"])
-    return {
-        "gemm": (
-            4 * 2 * tokens * d * d  # self-attention q, k, v, o
-            + 2 * 2 * tokens * d * d  # cross-attention q, o
-            + 2 * 2 * text_len * d * d  # cross-attention k, v
-            + 2 * 2 * tokens * d * ffn  # feed-forward
-        ),
-        "attention": 2 * 2 * tokens * tokens * d + 2 * 2 * tokens * text_len * d,
-    }
-
-
-def transformer_step_flops(config: dict, latent_shape: tuple[int, int, int], text_len: int, batch: int = 2) -> float:
-    """Matmul FLOPs of one WanTransformer3DModel forward (projections, attention, FFN) over `batch` items.
-
-    latent_shape: (frames, height, width) of the latents; tokens = their product over the patch size. Elementwise
-    work (norms, RoPE, modulation) is left out: it is well under 1% of the total at video sizes.
-    """
-    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    pt, ph, pw = (int(p) for p in config["patch_size"])
-    f, h, w = latent_shape
-    tokens = (f // pt) * (h // ph) * (w // pw)
-    layers, text_dim = int(config["num_layers"]), int(config["text_dim"])
-    per_layer = sum(block_flops(config, tokens, text_len).values())
-    embed = 2 * tokens * (int(config["in_channels"]) * pt * ph * pw) * d + 2 * text_len * (text_dim * d + d * d)
-    head = 2 * tokens * d * int(config["out_channels"]) * pt * ph * pw
-    return float(batch * (layers * per_layer + embed + head))

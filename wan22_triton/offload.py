@@ -1,11 +1,11 @@
-"""Low-memory serving (`export --low-memory 1`): weights that live in page-locked host memory between uses.
+"""Low-memory serving (`export --low-memory`): weights that live in page-locked host memory between uses.
 
-A model exported with the config parameter ``offload: "cpu"`` (both experts and the text encoder) keeps one
+A model whose manifest says ``low_memory`` (both experts and the text encoder) keeps one
 `HostWeights` copy of its parameters and buffers in host memory and has them on the GPU only while it works:
 
 * the experts load on their first request and go back when the orchestrator tells them (optional input
   ``release``), which it does when the request moves on to the other expert (high -> low at the boundary) and
-  after the last step (pipeline.ExpertSwitch): at most one expert is ever on the GPU;
+  after the last step (`ExpertSwitch`, the orchestrator's side): at most one expert is ever on the GPU;
 * the text encoder loads at the start of each request and releases at its end.
 
 Host side: one flat buffer per model, page-locked with ``cudaHostRegister`` (exact size: PyTorch's pinned-memory
@@ -22,6 +22,9 @@ On a CPU instance (tests) the "device" copy is a second host buffer: the same co
 components on the GPU before they go to host memory (benchmark seam: only one at a time on the GPU), and (b) the
 generations of all orchestrator instances (both the unary and the streaming model), so that concurrent requests
 never hold both experts on the GPU.
+
+Each load and release (and each release the orchestrator asks for) is logged for people and written as an event
+(wan22_triton.events) for tests and the GPU benchmark.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from typing import Callable
 
 import torch
 
-OFFLOAD_MODES = ("none", "cpu")
+from . import events
+
 _ALIGN = 512  # bytes; every view starts aligned (dtype views, vectorised kernels, Inductor's alignment guard)
 
 
@@ -130,6 +134,7 @@ class HostWeights:
         seconds = time.perf_counter() - t0
         self.loads += 1
         self.load_seconds.append(seconds)
+        events.emit("weights_loaded", model=self.name, gb=_gb(self.nbytes), seconds=seconds)
         self.log(
             f"offload {self.name}: load #{self.loads}: {_gb(self.nbytes):.2f} GB -> {self.device} in {seconds:.3f}s "
             f"({_gb(self.nbytes) / max(seconds, 1e-9):.1f} GB/s){self._memory()}"
@@ -148,10 +153,10 @@ class HostWeights:
         self.device_buffer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        seconds = time.perf_counter() - t0
         self.releases += 1
-        self.log(
-            f"offload {self.name}: release #{self.releases} in {time.perf_counter() - t0:.3f}s{self._memory()}"
-        )
+        events.emit("weights_released", model=self.name, seconds=seconds)
+        self.log(f"offload {self.name}: release #{self.releases} in {seconds:.3f}s{self._memory()}")
 
     def _memory(self) -> str:
         if self.device.type != "cuda":
@@ -159,6 +164,52 @@ class HostWeights:
         return (f"; this process: {_gb(torch.cuda.memory_allocated(self.device)):.2f} GB allocated, "
                 f"{_gb(torch.cuda.memory_reserved(self.device)):.2f} GB reserved, "
                 f"peak {_gb(torch.cuda.max_memory_allocated(self.device)):.2f} GB")
+
+
+class ExpertSwitch:
+    """Low-memory mode, the orchestrator's side: at most one expert's weights on the GPU. One per request.
+
+    The pipeline calls `before_step` before each expert call: when the step goes to another expert than the one
+    that ran last, that one is told to release its weights first (high -> low at the boundary). `settle` runs after
+    the last step, and must run when a request stops early (the orchestrator's `finally`): it releases the resident
+    expert unless it is `keep`, the expert every request starts with. Between requests, therefore, at most `keep`
+    is on the GPU (for A14B: neither, every request ends on the low-noise expert), and at the start of a request
+    `keep` counts as possibly resident. `release(model)` does the call; `log(message)` reports each release.
+    """
+
+    def __init__(self, release: Callable[[str], None], keep: str | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.release = release
+        self.keep = keep
+        self.log = log
+        self.resident: str | None = keep
+        self.step = 0  # steps done so far
+        self.released: list[tuple[str, int]] = []  # (expert, steps done when it was released)
+        self.release_seconds = 0.0
+
+    def before_step(self, expert: str, step: int) -> None:
+        self.step = step
+        if self.resident is not None and self.resident != expert:
+            self._release(self.resident, f"before step {step + 1} ({expert})")
+        self.resident = expert
+
+    def settle(self, when: str = "after the denoising") -> None:
+        if self.resident is not None and self.resident != self.keep:
+            self._release(self.resident, when)
+            self.resident = None
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+
+    def _release(self, expert: str, when: str) -> None:
+        t0 = time.perf_counter()
+        self.release(expert)
+        seconds = time.perf_counter() - t0
+        self.release_seconds += seconds
+        self.released.append((expert, self.step))
+        events.emit("expert_released", expert=expert, after_step=self.step, when=when, seconds=seconds)
+        if self.log is not None:
+            self.log(f"low-memory: released {expert} after step {self.step}, {when}, in {seconds:.3f}s")
 
 
 # --------------------------------------------------------------------------- loading and locks
@@ -214,21 +265,14 @@ class InterProcessLock:
         self.release()
 
 
-def offload_mode(params: dict[str, str]) -> str:
-    mode = params.get("offload", "none") or "none"
-    if mode not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {mode!r}")
-    return mode
-
-
 def load_to_host(component, model_class, kind: str, folder: str) -> tuple[torch.nn.Module, HostWeights]:
     """`component.load_torch(...)` for an offloaded model, its weights ending in host memory (see HostWeights).
 
     Checkpoint weights are read straight into host memory (the GPU is not touched). Random benchmark weights
-    (`random_init_seed`) are built on the instance's device, as in the normal mode (same CUDA generator, same
+    (`random_weights_seed`) are built on the instance's device, as in the normal mode (same CUDA generator, same
     values), one model at a time across the repository (lock), then moved to host memory.
     """
-    if component.params.get("random_init_seed", ""):
+    if component.manifest.random_weights_seed is not None:
         with InterProcessLock(lock_path(component.root.parent, "gpu-staging")):
             module = component.load_torch(model_class, kind, folder)
             return module, HostWeights(module, component.device, component.name, component.logger.log_info)

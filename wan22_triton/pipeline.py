@@ -1,9 +1,11 @@
 """The Wan2.2 T2V request path as plain Python, testable without a server.
 
 `Wan22T2VPipeline` follows diffusers' `WanPipeline.__call__` step by step (same scheduler, expert switch, CFG rule,
-latent de-normalisation), but calls its three components through injected callables: the Triton orchestrator
-passes BLS calls, tests may pass the diffusers modules. Inputs arrive as a dict of numpy arrays (Triton's view of
-a request) and are validated here so that every bad value gets a message naming the field and the rule.
+latent de-normalisation); its `__call__` reads as the numbered steps 1. encode prompts, 2. timesteps, 3. initial
+noise, 4. denoise, 5. de-normalise and decode, each a method of its own. It calls its three components through
+injected callables: the Triton orchestrator passes BLS calls, tests/test_pipeline_diffusers.py passes the
+diffusers modules. Inputs arrive as a dict of numpy arrays (Triton's view of a request) and are validated here
+(`validate_request`) so that every bad value gets a message naming the field and the rule.
 
 The loop's tensors (latents, embeddings, noise, the scheduler's state) live on `device`: the CPU, or the GPU of an
 orchestrator instance placed there, whose BLS calls then hand CUDA tensors to the experts without a host copy.
@@ -14,57 +16,28 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from .checkpoint import RequestSettings
+from .components import expert_models
 from .errors import Cancelled, RequestError
+from .manifest import Manifest
+
+if TYPE_CHECKING:  # the annotation only: the switch belongs to the low-memory mode (offload)
+    from .offload import ExpertSwitch
 
 OUTPUT_FORMATS = ("frames", "mp4")
 
 
-@dataclass(frozen=True)
-class Limits:
-    min_num_frames: int
-    max_num_frames: int
-    min_size: int
-    max_size: int
-    max_inference_steps: int
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest(RequestSettings):
+    """A validated request: every optional input resolved, plus the prompt and the seed."""
 
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Everything the orchestrator needs, written by the export into the model's config parameters."""
-
-    scheduler_config: dict[str, Any]
-    boundary_ratio: float | None
-    expert_names: tuple[str, ...]  # served model names, high-noise first
-    latent_channels: int
-    vae_scale_factor_temporal: int
-    vae_scale_factor_spatial: int
-    spatial_multiple: int
-    latents_mean: tuple[float, ...]
-    latents_std: tuple[float, ...]
-    defaults: dict[str, Any]  # default per optional request input
-    limits: Limits
-    # TensorRT plans serve only the sizes their optimization profiles were built for: (num_frames, height, width)
-    video_sizes: tuple[tuple[int, int, int], ...] | None = None
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
     prompt: str
-    negative_prompt: str
-    num_frames: int
-    height: int
-    width: int
-    num_inference_steps: int
-    guidance_scale: float
-    guidance_scale_2: float
-    flow_shift: float
     seed: int
-    output_format: str = "frames"
 
 
 @dataclass
@@ -85,51 +58,6 @@ class GenerationResult:
     timesteps: list[float] = field(default_factory=list)
     experts: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-class ExpertSwitch:
-    """Low-memory mode: at most one expert's weights on the GPU (see wan22_triton.offload). One per request.
-
-    The pipeline calls `before_step` before each expert call: when the step goes to another expert than the one
-    that ran last, that one is told to release its weights first (high -> low at the boundary). `settle` runs after
-    the last step, and must run when a request stops early (the orchestrator's `finally`): it releases the resident
-    expert unless it is `keep`, the expert every request starts with. Between requests, therefore, at most `keep`
-    is on the GPU (for A14B: neither, every request ends on the low-noise expert), and at the start of a request
-    `keep` counts as possibly resident. `release(model)` does the call; `log(message)` reports each release.
-    """
-
-    def __init__(self, release: Callable[[str], None], keep: str | None = None,
-                 log: Callable[[str], None] | None = None):
-        self.release = release
-        self.keep = keep
-        self.log = log
-        self.resident: str | None = keep
-        self.step = 0  # steps done so far
-        self.released: list[tuple[str, int]] = []  # (expert, steps done when it was released)
-        self.release_seconds = 0.0
-
-    def before_step(self, expert: str, step: int) -> None:
-        self.step = step
-        if self.resident is not None and self.resident != expert:
-            self._release(self.resident, f"before step {step + 1} ({expert})")
-        self.resident = expert
-
-    def settle(self, when: str = "after the denoising") -> None:
-        if self.resident is not None and self.resident != self.keep:
-            self._release(self.resident, when)
-            self.resident = None
-
-    def after_step(self, step: int) -> None:
-        self.step = step
-
-    def _release(self, expert: str, when: str) -> None:
-        t0 = time.perf_counter()
-        self.release(expert)
-        seconds = time.perf_counter() - t0
-        self.release_seconds += seconds
-        self.released.append((expert, self.step))
-        if self.log is not None:
-            self.log(f"low-memory: released {expert} after step {self.step}, {when}, in {seconds:.3f}s")
 
 
 # Components take torch tensors (on the pipeline's device) and may answer with numpy arrays or torch tensors.
@@ -156,40 +84,40 @@ def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: An
     return kind(item)
 
 
-def validate_request(inputs: Mapping[str, np.ndarray], config: PipelineConfig) -> GenerationRequest:
+def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> GenerationRequest:
     """Apply defaults and check every rule; raise RequestError naming the field and the rule."""
-    d, lim = config.defaults, config.limits
+    d, lim, info = manifest.checkpoint.request_defaults, manifest.limits, manifest.checkpoint
     prompt = _scalar(inputs, "prompt", str, None)
     if prompt is None:
         raise RequestError("'prompt' is required")
     req = GenerationRequest(
         prompt=prompt,
-        negative_prompt=_scalar(inputs, "negative_prompt", str, d["negative_prompt"]),
-        num_frames=_scalar(inputs, "num_frames", int, d["num_frames"]),
-        height=_scalar(inputs, "height", int, d["height"]),
-        width=_scalar(inputs, "width", int, d["width"]),
-        num_inference_steps=_scalar(inputs, "num_inference_steps", int, d["num_inference_steps"]),
-        guidance_scale=_scalar(inputs, "guidance_scale", float, d["guidance_scale"]),
-        guidance_scale_2=_scalar(inputs, "guidance_scale_2", float, d["guidance_scale_2"]),
-        flow_shift=_scalar(inputs, "flow_shift", float, d["flow_shift"]),
+        negative_prompt=_scalar(inputs, "negative_prompt", str, d.negative_prompt),
+        num_frames=_scalar(inputs, "num_frames", int, d.num_frames),
+        height=_scalar(inputs, "height", int, d.height),
+        width=_scalar(inputs, "width", int, d.width),
+        num_inference_steps=_scalar(inputs, "num_inference_steps", int, d.num_inference_steps),
+        guidance_scale=_scalar(inputs, "guidance_scale", float, d.guidance_scale),
+        guidance_scale_2=_scalar(inputs, "guidance_scale_2", float, d.guidance_scale_2),
+        flow_shift=_scalar(inputs, "flow_shift", float, d.flow_shift),
         seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
-        output_format=_scalar(inputs, "output_format", str, "frames"),
+        output_format=_scalar(inputs, "output_format", str, d.output_format),
     )
     if req.output_format not in OUTPUT_FORMATS:
         raise RequestError(f"'output_format' must be one of {list(OUTPUT_FORMATS)}, got {req.output_format!r}")
-    k = config.vae_scale_factor_temporal
+    k = info.vae_scale_factor_temporal
     if req.num_frames % k != 1 % k or not lim.min_num_frames <= req.num_frames <= lim.max_num_frames:
         raise RequestError(
             f"'num_frames' must be of the form {k}k+1 within [{lim.min_num_frames}, {lim.max_num_frames}], "
             f"got {req.num_frames}"
         )
-    m = config.spatial_multiple
+    m = info.spatial_multiple
     for name in ("height", "width"):
         value = getattr(req, name)
         if value % m or not lim.min_size <= value <= lim.max_size:
             raise RequestError(f"'{name}' must be a multiple of {m} within [{lim.min_size}, {lim.max_size}], got {value}")
-    if config.video_sizes and (req.num_frames, req.height, req.width) not in config.video_sizes:
-        sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in config.video_sizes)
+    if manifest.video_sizes and (req.num_frames, req.height, req.width) not in manifest.video_sizes:
+        sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in manifest.video_sizes)
         raise RequestError(
             f"'num_frames' x 'height' x 'width' {req.num_frames}x{req.height}x{req.width} has no TensorRT profile here; "
             f"served: {sizes}"
@@ -208,25 +136,23 @@ def validate_request(inputs: Mapping[str, np.ndarray], config: PipelineConfig) -
     return req
 
 
-def expert_for_timestep(t: float, config: PipelineConfig) -> tuple[str, str]:
+def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
     """(served expert, guidance field) for timestep t, as WanPipeline switches experts.
 
     t >= boundary_ratio * num_train_timesteps -> high-noise expert with `guidance_scale`, else low-noise expert
     with `guidance_scale_2`; a checkpoint without a boundary uses its single expert throughout.
     """
-    if config.boundary_ratio is None or len(config.expert_names) == 1:
-        return config.expert_names[0], "guidance_scale"
-    boundary = config.boundary_ratio * config.scheduler_config["num_train_timesteps"]
-    if t >= boundary:
-        return config.expert_names[0], "guidance_scale"
-    return config.expert_names[1], "guidance_scale_2"
+    experts, boundary = expert_models(manifest.checkpoint), manifest.checkpoint.boundary_timestep
+    if boundary is None or t >= boundary:
+        return experts[0], "guidance_scale"
+    return experts[1], "guidance_scale_2"
 
 
-def make_scheduler(config: PipelineConfig, flow_shift: float):
+def make_scheduler(manifest: Manifest, flow_shift: float):
     """A fresh scheduler per request (schedulers are stateful), from the checkpoint's own config."""
     from diffusers import UniPCMultistepScheduler
 
-    return UniPCMultistepScheduler.from_config(config.scheduler_config, flow_shift=flow_shift)
+    return UniPCMultistepScheduler.from_config(manifest.checkpoint.scheduler_config, flow_shift=flow_shift)
 
 
 def frames_to_uint8(video: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -237,18 +163,50 @@ def frames_to_uint8(video: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8)
 
 
+class StageTimer:
+    """Wall-clock seconds per stage of one request: `lap(stage)` closes a stage that began at the previous lap
+    (the first one at the timer's creation)."""
+
+    def __init__(self) -> None:
+        self.start = self._last_lap = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._last_lap
+        self._last_lap = now
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _raise_if_cancelled(is_cancelled: Callable[[], bool] | None) -> None:
+    if is_cancelled is not None and is_cancelled():
+        raise Cancelled("request cancelled by the client")
+
+
+def uses_cfg(req: GenerationRequest) -> bool:
+    """Classifier-free guidance is on when `guidance_scale` > 1, as in diffusers (whatever `guidance_scale_2`)."""
+    return req.guidance_scale > 1.0
+
+
 class Wan22T2VPipeline:
-    """validate -> encode -> prepare latents -> denoise (expert switch, CFG) -> decode to uint8 frames."""
+    """encode -> timesteps -> initial noise -> denoise (expert switch, CFG) -> de-normalise and decode.
+
+    `__call__` runs the steps in WanPipeline's order; each is a method of its own. Stage times (`text_encoder`,
+    `denoise`, `vae_decoder`) go to `GenerationResult.stage_seconds`; a request stops with `Cancelled` at the start
+    of a denoising step or before the decode once `is_cancelled()` says so.
+    """
 
     def __init__(
         self,
-        config: PipelineConfig,
+        manifest: Manifest,
         text_encoder: TextEncoderFn,
         expert: ExpertFn,
         vae_decoder: VaeDecoderFn,
         device: str | torch.device = "cpu",
     ):
-        self.config = config
+        self.manifest = manifest
         self.text_encoder = text_encoder
         self.expert = expert
         self.vae_decoder = vae_decoder
@@ -261,80 +219,111 @@ class Wan22T2VPipeline:
         is_cancelled: Callable[[], bool] | None = None,
         expert_switch: ExpertSwitch | None = None,
     ) -> GenerationResult:
-        cfg, device = self.config, self.device
-        result = GenerationResult(video=np.empty(0, np.uint8), seed=req.seed)
-
-        def on_device(x: Array) -> torch.Tensor:
-            return torch.as_tensor(x).to(device, torch.float32)
-
-        clock = time.perf_counter()
-        start = clock
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            result.stage_seconds[stage] = now - clock
-            clock = now
-
-        def check_cancelled() -> None:
-            if is_cancelled is not None and is_cancelled():
-                raise Cancelled("request cancelled by the client")
+        timer = StageTimer()
+        result = GenerationResult(video=np.empty(0, np.uint8), seed=req.seed, stage_seconds=timer.seconds)
 
         # 1. Encode the prompt (and the negative prompt when CFG is on), as one batch.
-        do_cfg = req.guidance_scale > 1.0
-        prompts = [req.prompt, req.negative_prompt] if do_cfg else [req.prompt]
-        embeds = on_device(self.text_encoder(prompts))
-        lap("text_encoder")
+        embeds = self.encode_prompts(req)
+        timer.lap("text_encoder")
 
         # 2. Timesteps from the checkpoint's scheduler.
-        scheduler = make_scheduler(cfg, req.flow_shift)
-        scheduler.set_timesteps(req.num_inference_steps, device=device)
-        scheduler.set_begin_index(0)
+        scheduler = self.prepare_scheduler(req)
 
-        # 3. Initial noise exactly as diffusers draws it with torch.Generator("cpu").manual_seed(seed).
+        # 3. Initial noise, drawn as diffusers draws it.
+        latents = self.prepare_latents(req)
+
+        # 4. Denoise: each step on the expert of its timestep, with that expert's guidance scale.
+        latents = self.denoise(req, scheduler, latents, embeds, result, timer,
+                               on_step=on_step, is_cancelled=is_cancelled, expert_switch=expert_switch)
+        timer.lap("denoise")
+
+        # 5. Undo the VAE's latent normalisation and decode to uint8 frames.
+        _raise_if_cancelled(is_cancelled)
+        result.video = self.decode(self.denormalize(latents))
+        timer.lap("vae_decoder")
+        return result
+
+    def encode_prompts(self, req: GenerationRequest) -> torch.Tensor:
+        """[1 or 2, text_len, text_dim]: the prompt, then the negative prompt when CFG is on."""
+        prompts = [req.prompt, req.negative_prompt] if uses_cfg(req) else [req.prompt]
+        return self._on_device(self.text_encoder(prompts))
+
+    def prepare_scheduler(self, req: GenerationRequest):
+        """A fresh scheduler (they are stateful) holding the request's timesteps on the pipeline's device."""
+        scheduler = make_scheduler(self.manifest, req.flow_shift)
+        scheduler.set_timesteps(req.num_inference_steps, device=self.device)
+        scheduler.set_begin_index(0)
+        return scheduler
+
+    def prepare_latents(self, req: GenerationRequest) -> torch.Tensor:
+        """[1, z, f, h, w] float32 noise exactly as diffusers draws it with torch.Generator("cpu").manual_seed(seed):
+        on the CPU whatever the device, so every device starts from the same noise."""
         from diffusers.utils.torch_utils import randn_tensor
 
-        latent_frames = (req.num_frames - 1) // cfg.vae_scale_factor_temporal + 1
-        shape = (
-            1,
-            cfg.latent_channels,
-            latent_frames,
-            req.height // cfg.vae_scale_factor_spatial,
-            req.width // cfg.vae_scale_factor_spatial,
-        )
+        shape = (1, *self.manifest.checkpoint.latent_shape(req.num_frames, req.height, req.width))
         generator = torch.Generator("cpu").manual_seed(req.seed)
-        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(self.device)
 
-        # 4. Denoise: each step goes to the expert its timestep belongs to; cond and uncond run as one batch.
-        batch = len(prompts)
+    def denoise(
+        self,
+        req: GenerationRequest,
+        scheduler,
+        latents: torch.Tensor,
+        embeds: torch.Tensor,
+        result: GenerationResult,
+        timer: StageTimer,
+        *,
+        on_step: Callable[[StepInfo], None] | None,
+        is_cancelled: Callable[[], bool] | None,
+        expert_switch: ExpertSwitch | None,
+    ) -> torch.Tensor:
+        """The scheduler's loop; records each step's timestep and expert in `result`, then reports it to `on_step`.
+
+        Low-memory mode: `expert_switch` hears of each step's expert before the call (the other expert leaves the
+        GPU first) and settles after the last step, so that the VAE and the next request's text encoder get the GPU.
+        """
         for i, t in enumerate(scheduler.timesteps):
-            check_cancelled()
-            expert, guidance_field = expert_for_timestep(float(t), cfg)
-            if expert_switch is not None:  # low-memory mode: the other expert leaves the GPU first
+            _raise_if_cancelled(is_cancelled)
+            expert, guidance_field = expert_for_timestep(float(t), self.manifest)
+            if expert_switch is not None:
                 expert_switch.before_step(expert, i)
-            model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
-            timestep = torch.full((batch,), float(t), dtype=torch.float32, device=device)
-            noise = on_device(self.expert(expert, model_input, timestep, embeds))
-            if do_cfg:
-                noise_cond, noise_uncond = noise[0:1], noise[1:2]
-                noise = noise_uncond + getattr(req, guidance_field) * (noise_cond - noise_uncond)
+            guidance_scale = getattr(req, guidance_field) if uses_cfg(req) else None
+            noise = self.predict_noise(expert, latents, t, embeds, guidance_scale)
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             result.timesteps.append(float(t))
             result.experts.append(expert)
             if expert_switch is not None:
                 expert_switch.after_step(i + 1)
             if on_step is not None:
-                on_step(StepInfo(i + 1, req.num_inference_steps, float(t), expert, time.perf_counter() - start))
-        if expert_switch is not None:  # the VAE and the next request's text encoder get the GPU
+                on_step(StepInfo(i + 1, req.num_inference_steps, float(t), expert, timer.elapsed()))
+        if expert_switch is not None:
             expert_switch.settle()
-        lap("denoise")
+        return latents
 
-        # 5. Undo the VAE's latent normalisation (same operations as diffusers), decode to uint8 [F, H, W, 3]
-        #    (the decoder model converts where it runs: frames_to_uint8).
-        check_cancelled()
-        mean = torch.tensor(cfg.latents_mean, device=device).view(1, -1, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std, device=device).view(1, -1, 1, 1, 1)
-        latents = latents / inv_std + mean
-        result.video = torch.as_tensor(self.vae_decoder(latents))[0].cpu().numpy()
-        lap("vae_decoder")
-        return result
+    def predict_noise(self, expert: str, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+                      guidance_scale: float | None) -> torch.Tensor:
+        """One expert call on [cond, uncond] as one batch, combined by CFG with `guidance_scale` (None: CFG off,
+        a batch of one)."""
+        batch = 1 if guidance_scale is None else 2
+        model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
+        timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
+        noise = self._on_device(self.expert(expert, model_input, timestep, embeds))
+        if guidance_scale is None:
+            return noise
+        noise_cond, noise_uncond = noise[0:1], noise[1:2]
+        return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's latent space from the normalised one the experts work in (diffusers' operations)."""
+        info = self.manifest.checkpoint
+        mean = torch.tensor(info.latents_mean, device=self.device).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(info.latents_std, device=self.device).view(1, -1, 1, 1, 1)
+        return latents / inv_std + mean
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 [F, H, W, 3] on the host (the decoder model converts to uint8 where it runs: frames_to_uint8)."""
+        return torch.as_tensor(self.vae_decoder(latents))[0].cpu().numpy()
+
+    def _on_device(self, x: Array) -> torch.Tensor:
+        """A component's answer as float32 on the pipeline's device."""
+        return torch.as_tensor(x).to(self.device, torch.float32)

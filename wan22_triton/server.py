@@ -15,7 +15,8 @@ Two ways to get a ``tritonserver`` binary are supported:
 In both cases the directory of ``sys.executable`` is put first on ``PATH``: the
 Python-backend stub ignores ``PYTHONPATH`` and runs the models with the Python
 environment found first on ``PATH``, so that environment (which needs
-``numpy<2``) must be the one this module runs in.
+``numpy<2``) must be the one this module runs in, or one put before it with
+``TritonServer(path_first=[...])``.
 
 CLI (foreground, replaces the current process; used by ``make serve``)::
 
@@ -46,9 +47,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Mapping, NoReturn, Sequence
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PORT_ENV_VARS = {"http": "HTTP_PORT", "grpc": "GRPC_PORT", "metrics": "METRICS_PORT"}
@@ -322,6 +323,10 @@ class TritonServer:
     waits ``stop_timeout``, then SIGKILLs the process group (the Python-backend
     stubs included) and returns the exit code.
 
+    ``env`` adds to (or overrides) the server's environment, which its model processes inherit (e.g.
+    ``events.EVENTS_FILE_ENV``); ``path_first`` directories go first on its ``PATH``, before this interpreter's
+    (a ``bin/`` whose ``python3`` the Python-backend stubs should run in). ``install.env`` is the result.
+
     ``http_url``/``grpc_url`` are ``host:port`` as tritonclient expects (no scheme);
     ``metrics_url`` is the full ``http://host:port/metrics`` URL.
     """
@@ -340,6 +345,8 @@ class TritonServer:
         stop_timeout: float = 30.0,
         tritonserver: str | None = None,
         host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        path_first: Sequence[str] = (),
     ) -> None:
         self.model_repository = Path(model_repository)
         picked = iter(_free_ports(3))
@@ -353,6 +360,8 @@ class TritonServer:
         self.stop_timeout = stop_timeout
         self.tritonserver = tritonserver
         self.host = host
+        self.env = dict(env or {})
+        self.path_first = [str(p) for p in path_first]
         self.install: TritonInstall | None = None
         self.command: list[str] | None = None
         self.startup_seconds: float | None = None
@@ -387,7 +396,10 @@ class TritonServer:
     def start(self) -> "TritonServer":
         if self.is_running():
             return self
-        self.install = find_tritonserver(self.tritonserver)
+        install = find_tritonserver(self.tritonserver)
+        env = {**install.env, **self.env}
+        _prepend_path("PATH", self.path_first, env)
+        self.install = replace(install, env=env)
         self.command = build_command(
             self.install,
             self.model_repository,

@@ -1,4 +1,4 @@
-"""What every component model does the same way: read its config, pick its device, load weights, answer requests."""
+"""What every component model does the same way: read its manifest, pick its device, load weights, answer requests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from .. import fast_path, triton_io
+from .. import triton_io
 from ..engines import torch_dtype
+from ..manifest import Manifest
 
 
 class ComponentModel:
@@ -18,14 +19,15 @@ class ComponentModel:
     def initialize(self, args):
         self.logger = triton_io.pb_utils().Logger
         self.model_config = json.loads(args["model_config"])
-        self.name = self.model_config["name"]
-        self.params = triton_io.parameters(self.model_config)
+        self.manifest = Manifest.from_model_config(self.model_config)
+        self.name = self.manifest.model
         self.root = Path(args["model_repository"]) / args["model_version"]
         self.device = triton_io.torch_device(args)
-        self.engine = self.params.get("engine", "torch")
+        self.engine = self.manifest.engine
+        self.dtype = torch_dtype(self.manifest.precision)
         self.setup()
-        precision = self.params.get("precision", "fp32")
-        self.logger.log_info(f"{self.name} ready: engine {self.engine}, precision {precision}, {self.device}")
+        self.logger.log_info(f"{self.name} ready: engine {self.engine}, precision {self.manifest.precision}, "
+                             f"{self.device}{', low memory' if self.manifest.low_memory else ''}")
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -37,22 +39,23 @@ class ComponentModel:
         return triton_io.execute_each(requests, self.infer, self.logger)
 
     def load_torch(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
-        """A diffusers/transformers module from `1/<folder>` in the configured precision, on this instance's
-        device; with the benchmark parameter `random_init_seed`, built from the config with random weights."""
-        dtype = torch_dtype(self.params["precision"])
-        seed = self.params.get("random_init_seed", "")
-        if seed:
-            return fast_path.random_component(kind, self.root / folder, int(seed), dtype, self.device)
-        model = model_class.from_pretrained(self.root / folder, torch_dtype=dtype, use_safetensors=True)
+        """A diffusers/transformers module from `1/<folder>` in the manifest's precision, on this instance's device;
+        with the benchmark seam `random_weights_seed`, built from the config with random weights."""
+        seed = self.manifest.random_weights_seed
+        if seed is not None:
+            from ..random_weights import random_component
+
+            return random_component(kind, self.root / folder, seed, self.dtype, self.device)
+        model = model_class.from_pretrained(self.root / folder, torch_dtype=self.dtype, use_safetensors=True)
         return model.to(self.device).eval()
 
     def load_weights(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
-        """`load_torch`, or in low-memory mode (`offload`) the module with its weights in host memory, kept as
-        `self.weights` to load onto the GPU and release around work; `self.weights` is None otherwise."""
+        """`load_torch`, or in low-memory mode the module with its weights in host memory, kept as `self.weights`
+        to load onto the GPU and release around work; `self.weights` is None otherwise."""
         from .. import offload
 
         self.weights: offload.HostWeights | None = None
-        if offload.offload_mode(self.params) == "none":
+        if not self.manifest.low_memory:
             return self.load_torch(model_class, kind, folder)
         model, self.weights = offload.load_to_host(self, model_class, kind, folder)
         return model

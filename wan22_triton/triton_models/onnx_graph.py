@@ -7,14 +7,14 @@ Serves the VAE frame graphs (`vae_decoder_first_frame`, `vae_decoder_step`) for 
 from __future__ import annotations
 
 from .. import triton_io
-from ..engines import OnnxRunner
+from ..engines import ONNX_GRAPH, OnnxRunner
 from .base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):
     def setup(self) -> None:
         self.input_names = [i["name"] for i in self.model_config["input"]]
-        self.runner = OnnxRunner(self.root / "model.onnx", self.device)
+        self.runner = OnnxRunner(self.root / ONNX_GRAPH, self.device)
 
     def infer(self, request):
         return triton_io.response(self.runner(triton_io.request_inputs(request, self.input_names)))

@@ -1,6 +1,6 @@
 """`wan22_t2v`: the BLS orchestrator users call. pb_utils I/O only; the request path is `pipeline.Wan22T2VPipeline`.
 
-Low-memory mode (config parameter `low_memory: "true"`, export `low_memory`): the experts keep their weights in
+Low-memory mode (the manifest's `low_memory`, export `--low-memory`): the experts keep their weights in
 host memory and load them when they get work; this model tells the expert that just became inactive to release
 them (a request with the expert's optional `release` input alone) at the switch and after the last step
 (pipeline.ExpertSwitch), and runs one generation at a time across all orchestrator instances of the repository,
@@ -16,30 +16,12 @@ import time
 
 import numpy as np
 
-from .. import offload, triton_io
-from ..components import TEXT_ENCODER, VAE_DECODER
+from .. import events, offload, triton_io
+from ..components import TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
-from ..pipeline import ExpertSwitch, Limits, PipelineConfig, StepInfo, Wan22T2VPipeline, validate_request
+from ..manifest import Manifest
+from ..pipeline import StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
-
-
-def pipeline_config_from_parameters(params: dict[str, str]) -> PipelineConfig:
-    """Inverse of the export's `orchestrator_parameters`: every value the export derived from the checkpoint."""
-    defaults = {k[len("default_"):]: json.loads(v) for k, v in params.items() if k.startswith("default_")}
-    return PipelineConfig(
-        scheduler_config=json.loads(params["scheduler_config"]),
-        boundary_ratio=json.loads(params["boundary_ratio"]),
-        expert_names=tuple(json.loads(params["expert_models"])),
-        latent_channels=int(params["latent_channels"]),
-        vae_scale_factor_temporal=int(params["vae_scale_factor_temporal"]),
-        vae_scale_factor_spatial=int(params["vae_scale_factor_spatial"]),
-        spatial_multiple=int(params["spatial_multiple"]),
-        latents_mean=tuple(json.loads(params["latents_mean"])),
-        latents_std=tuple(json.loads(params["latents_std"])),
-        defaults=defaults,
-        limits=Limits(**{k: int(params[k]) for k in Limits.__dataclass_fields__}),
-        video_sizes=tuple(tuple(s) for s in json.loads(params["video_sizes"])) if "video_sizes" in params else None,
-    )
 
 
 def bls_text_encoder(prompts: list[str]) -> np.ndarray:
@@ -69,25 +51,24 @@ class TritonPythonModel:
         pb = triton_io.pb_utils()
         self.logger = pb.Logger
         self.model_config = json.loads(args["model_config"])
-        params = triton_io.parameters(self.model_config)
-        self.config = pipeline_config_from_parameters(params)
-        self.fps = float(params["fps"])
-        self.max_request_seconds = float(params.get("max_request_seconds", "0"))
+        self.manifest = Manifest.from_model_config(self.model_config)
+        self.fps = float(self.manifest.checkpoint.generation.fps)
+        self.max_request_seconds = float(self.manifest.limits.max_request_seconds)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
         # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
         device = triton_io.torch_device(args)
         self.pipeline = Wan22T2VPipeline(
-            self.config, bls_text_encoder, functools.partial(bls_expert, output_device=device), bls_vae_decoder, device
+            self.manifest, bls_text_encoder, functools.partial(bls_expert, output_device=device), bls_vae_decoder, device
         )
-        self.low_memory = params.get("low_memory", "false").lower() == "true"
+        self.low_memory = self.manifest.low_memory
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
             if self.low_memory else None
         )
         self.logger.log_info(
-            f"{self.model_config['name']} ready: experts {self.config.expert_names}, streaming {self.streaming}, "
-            f"low memory {self.low_memory}, defaults {self.config.defaults}"
+            f"{self.manifest.model} ready: experts {expert_models(self.manifest.checkpoint)}, streaming "
+            f"{self.streaming}, low memory {self.low_memory}, defaults {self.manifest.checkpoint.request_defaults}"
         )
 
     def execute(self, requests):
@@ -102,7 +83,7 @@ class TritonPythonModel:
 
     def _generate(self, request, sender=None):
         # 1. Validate (defaults from the checkpoint, limits from the config).
-        req = validate_request(triton_io.request_inputs(request, self.input_names), self.config)
+        req = validate_request(triton_io.request_inputs(request, self.input_names), self.manifest)
         self.logger.log_info(
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
         )
@@ -148,9 +129,12 @@ class TritonPythonModel:
             return False
 
         waited = self.generation_lock.acquire(should_stop)
+        events.emit("generation_lock_waited", seconds=waited)
         if waited > 0.001:  # another instance (or the other orchestrator model) was generating
             self.logger.log_info(f"low-memory: waited {waited:.3f}s for the generation in progress")
-        switch = ExpertSwitch(bls_release_expert, keep=self.config.expert_names[0], log=self.logger.log_info)
+        switch = offload.ExpertSwitch(
+            bls_release_expert, keep=expert_models(self.manifest.checkpoint)[0], log=self.logger.log_info
+        )
         try:
             return self.pipeline(req, on_step=on_step, is_cancelled=stop_requested, expert_switch=switch)
         finally:

@@ -1,6 +1,6 @@
 """`text_encoder`: tokenizer + UMT5 encoder, prompt embeddings exactly as diffusers' WanPipeline makes them.
 
-Low-memory mode (`offload: "cpu"`; see wan22_triton.offload): the encoder's weights live in page-locked host
+Low-memory mode (the manifest's `low_memory`; see wan22_triton.offload): the encoder's weights live in page-locked host
 memory and are on the GPU only while a request is encoded (loaded before, released after each request).
 """
 
@@ -19,7 +19,7 @@ class TritonPythonModel(ComponentModel):
         from diffusers import WanPipeline
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        self.text_len = int(self.params["text_len"])
+        self.text_len = self.manifest.checkpoint.text_len
         encoder = self.load_weights(UMT5EncoderModel, "text_encoder", "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(self.root / "tokenizer")
         # diffusers' own prompt path (cleaning, padding, zeroing past the real length), without the other modules.

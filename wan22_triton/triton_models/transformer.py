@@ -1,11 +1,11 @@
 """`transformer_high_noise` / `transformer_low_noise`: one expert, one contract (components.transformer_spec).
 
-Engines: `torch` runs the diffusers module (optional config parameters `quantization`, `attention` and `compile`,
-and the benchmark seam `random_init_seed`: see fast_path); `onnx` runs the exported graph in onnxruntime. The
+Engines: `torch` runs the diffusers module (the manifest's speed options, see fast_path, and the benchmark seam
+`random_weights_seed`, see random_weights); `onnx` runs the exported graph in onnxruntime. The
 `tensorrt` engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same
 contract. A GPU caller (the orchestrator on a GPU) sends CUDA tensors and gets `noise_pred` back on the GPU.
 
-Low-memory mode (`offload: "cpu"`, torch engine; see wan22_triton.offload): the weights live in page-locked host
+Low-memory mode (the manifest's `low_memory`, torch engine; see wan22_triton.offload): the weights live in page-locked host
 memory, go onto the GPU with the first request that brings work, and back when a request carries `release`
 (BOOL, optional, declared only in this mode): after computing that request's step if it has one; a request with
 `release` alone only releases (and answers with no outputs).
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import fast_path, offload, triton_io
-from ..engines import OnnxRunner, torch_dtype
+from .. import fast_path, triton_io
+from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
 from .base import ComponentModel
 
@@ -26,27 +26,19 @@ INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
 
 class TritonPythonModel(ComponentModel):
     def setup(self) -> None:
-        self.offload = offload.offload_mode(self.params)
         self.weights = None
-        if self.offload != "none" and self.engine != "torch":
-            raise ValueError(f"{self.name}: offload {self.offload!r} needs the torch engine, not {self.engine!r}")
+        low_memory, speed = self.manifest.low_memory, self.manifest.speed
+        if low_memory and self.engine != "torch":
+            raise ValueError(f"{self.name}: low memory needs the torch engine, not {self.engine!r}")
         if self.engine == "torch":
             from diffusers import WanTransformer3DModel
 
-            quantization = self.params.get("quantization", "none") or "none"
-            if self.offload != "none" and quantization != "none":
-                raise ValueError(f"{self.name}: offload is not supported with quantization {quantization!r}")
+            if low_memory and speed.quantization != "none":
+                raise ValueError(f"{self.name}: low memory is not supported with quantization {speed.quantization!r}")
             model = self.load_weights(WanTransformer3DModel, "transformer", "transformer")
-            self.model = fast_path.optimize_transformer(
-                model,
-                compile=self.params.get("compile", "none") or "none",
-                quantization=quantization,
-                attention=self.params.get("attention", "sdpa") or "sdpa",
-                log=self.logger.log_info,
-            )
-            self.dtype = torch_dtype(self.params["precision"])
+            self.model = fast_path.optimize_transformer(model, speed, log=self.logger.log_info)
         elif self.engine == "onnx":
-            self.runner = OnnxRunner(self.root / "model.onnx", self.device)
+            self.runner = OnnxRunner(self.root / ONNX_GRAPH, self.device)
         else:
             raise ValueError(f"{self.name}: unknown engine {self.engine!r}")
 

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .. import triton_io
-from ..engines import torch_dtype
 from ..pipeline import frames_to_uint8
 from .base import ComponentModel
 
@@ -26,16 +25,13 @@ class TritonPythonModel(ComponentModel):
             from diffusers import AutoencoderKLWan
 
             self.vae = self.load_torch(AutoencoderKLWan, "vae", "vae")
-            self.dtype = torch_dtype(self.params["precision"])
-            if self.params.get("cudnn_benchmark", "") == "1":  # optional: autotuned cuDNN convolutions (this process)
+            if self.manifest.cudnn_benchmark:  # autotuned cuDNN convolutions (this process)
                 torch.backends.cudnn.benchmark = True
         elif self.engine in ("onnx", "tensorrt"):
-            from ..checkpoint import CheckpointInfo
             from ..components import vae_decoder_frame_specs
             from ..vae_frames import load_cache_layout, named_runners
 
-            info = CheckpointInfo.load(self.root)
-            first, step = vae_decoder_frame_specs(info, load_cache_layout(self.root))
+            first, step = vae_decoder_frame_specs(self.manifest.checkpoint, load_cache_layout(self.root))
             self.run_first, self.run_step = named_runners(
                 lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names),
                 lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names),

@@ -1,0 +1,45 @@
+"""What a user chooses at export (`python -m export` flags), checked before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wan22_triton.manifest import ENGINES, PRECISIONS, Limits, SpeedOptions
+
+DEVICES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    engine: str = "torch"
+    device: str = "cpu"  # where the component models run: cpu | gpu
+    precision: str = "fp32"  # torch engine: fp32 on CPU; bf16/fp16 on GPU
+    limits: Limits = field(default_factory=Limits)
+    orchestrator_instances: int = 1
+    max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected (Triton's queue policy)
+    shape_spec: str | None = None  # ENGINE=tensorrt: JSON of the video sizes to build profiles for
+    # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
+    low_memory: bool = False
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
+    # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
+    random_weights_seed: int | None = None
+    vae_cudnn_benchmark: bool = False
+
+    def check(self) -> None:
+        """ValueError naming the first choice that cannot be served."""
+        from wan22_triton.fast_path import check_speed_options
+
+        for name, value, allowed in (("engine", self.engine, ENGINES), ("device", self.device, DEVICES),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_speed_options(self.speed)
+        chosen = self.speed.chosen()
+        if chosen and self.engine != "torch":
+            raise ValueError(f"{', '.join(chosen)} need engine 'torch', got {self.engine!r}")
+        if (self.speed.quantization != "none" or self.speed.attention != "sdpa") and self.device != "gpu":
+            raise ValueError("FP8 quantization and the attention kernels need --device gpu")
+        if self.low_memory and self.engine != "torch":
+            raise ValueError(f"low_memory needs engine 'torch' (weights the Python model can move), got {self.engine!r}")
+        if self.low_memory and self.speed.quantization != "none":
+            raise ValueError("low_memory does not support quantization (torchao's FP8 weights are not plain storage)")

@@ -1,0 +1,219 @@
+"""Wan2.2 T2V-A14B served by Triton against diffusers' WanPipeline (BF16), side by side on one GPU.
+
+The command line of the GPU benchmark (what one run does, and where each part lives: perf/gpu_benchmark/__init__.py).
+On the GPU host, after `source gpu-bundle/activate.sh` (the run reported: perf/results/gpu/command.txt):
+    python3 -m perf.gpu_benchmark --variants fp8_attention,flash_attention,compile --measured-requests 3
+
+Low-memory mode (the `*_lowmem` variants): `--no-baseline --reference-variant bf16` runs only the Triton variants and
+compares each video with the reference variant's; the measured request's swaps (each model's load/release times,
+from the server's events), peak GPU memory of the measured request alone, per process at the peak, and
+`--te-cpu-probe` (one UMT5-XXL block on the CPU: the cost of running the text encoder from host memory instead of
+swapping it) are recorded:
+    python3 -m perf.gpu_benchmark --variants bf16_lowmem,bf16 --no-baseline --reference-variant bf16 \\
+        --te-cpu-probe --out-dir perf/results/gpu/low_memory
+
+CPU dry run of the whole flow (tiny architecture, no GPU; tests/test_gpu_benchmark.py runs it):
+    python -m perf.gpu_benchmark --device cpu --preset tiny --height 32 --width 48 --num-frames 9 \\
+        --variants bf16,compile --out-dir /tmp/gpu-bench-dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import ROOT, STARTED, log
+from .gpu_monitor import nvidia_smi, wait_gpu_free
+from .measure import run_baseline, run_variant, stub_env_bin, text_encoder_cpu_probe
+from .quality import compare_to_reference
+from .report import render_table, save
+from .variants import DEFAULT_VARIANTS, VARIANTS, estimate_s
+
+DEFAULT_PROMPT = (
+    "A red panda walks along a mossy branch in a misty forest at sunrise, soft golden light, cinematic, detailed"
+)
+DEFAULT_NEGATIVE = "blurry, low quality, distorted, static"
+PACKAGES = ("diffusers", "transformers", "torchao", "nvidia-cudnn-frontend", "flash-attn-4", "nvidia-cutlass-dsl",
+            "tritonclient")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m perf.gpu_benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b")
+    parser.add_argument("--layers", type=int, default=None, help="override the experts' layer count (smoke tests)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {list(VARIANTS)}")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--num-frames", type=int, default=81)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                        help="frames in the gRPC response instead of a system shared-memory region")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="Triton warm-up request (2: both experts)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--guidance-scale-2", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=42, help="generation seed (initial noise), both sides")
+    parser.add_argument("--weights-seed", type=int, default=1234, help="random weights, both sides")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "perf" / "results" / "gpu")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/wan22-gpu-bench"))
+    parser.add_argument("--startup-timeout", type=float, default=900.0)
+    parser.add_argument("--shm-region", choices=("reused", "per-request"), default="reused",
+                        help="with shared memory: one region for all requests of a variant, or a fresh one each")
+    parser.add_argument("--measured-requests", type=int, default=1,
+                        help="measured requests per variant; the table reports the first, results.json all")
+    parser.add_argument("--server-arg", action="append", default=[], dest="server_args",
+                        help="extra tritonserver argument, repeatable "
+                             "(e.g. --server-arg=--cuda-memory-pool-byte-size=0:1073741824)")
+    parser.add_argument("--deadline-s", type=float, default=0.0,
+                        help="skip a variant when less than its estimated time is left (0: no limit)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="Triton variants only (no diffusers run, no parity probes, no repeat)")
+    parser.add_argument("--reference-variant", default="",
+                        help="compare every variant's video with this variant's (e.g. bf16 for the *_lowmem ones)")
+    parser.add_argument("--te-cpu-probe", action="store_true",
+                        help="time one UMT5 block on the CPU (text encoder run from host memory, vs swapping it)")
+    parser.add_argument("--no-repeat-baseline", dest="repeat_baseline", action="store_false",
+                        help="skip running the baseline again after the variants (drift check)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep phases already in --out-dir/results.json (baseline files must be in --workdir)")
+    return parser.parse_args(argv)
+
+
+def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous: dict[str, Any]) -> dict[str, Any]:
+    """results.json's `meta` (where, what, with which versions) and `workload`, and the phases of `previous`
+    (--resume) that finished."""
+    import torch
+
+    from perf.flops import transformer_step_flops
+    from wan22_triton.random_weights import random_component
+
+    transformer_config = json.loads((checkpoint / "transformer" / "config.json").read_text())
+    latent = info.latent_shape(args.num_frames, args.height, args.width)[1:]
+    meta_model = random_component("transformer", checkpoint / "transformer", 0, torch.bfloat16, "meta")
+    params_b = sum(p.numel() for p in meta_model.parameters()) / 1e9
+    del meta_model
+    gpu = nvidia_smi("name,driver_version,memory.total")
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return {
+        "meta": {
+            "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python3 -m perf.gpu_benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+            "gpu": gpu[0] if gpu else "cpu",
+            "driver": gpu[1] if gpu else None,
+            "gpu_memory_mib": gpu[2] if gpu else None,
+            "host": platform.node(),
+            "reference_variant": args.reference_variant,
+            "server_args": args.server_args,
+            "versions": versions,
+            "checkpoint": (
+                f"configs-only Wan2.2-T2V-A14B ({args.preset}"
+                f"{f', {args.layers} layers' if args.layers else ''}), RANDOM weights "
+                f"(weights seed {args.weights_seed}, random_weights.random_component; identical on both sides)"
+            ),
+            "baseline": "diffusers.WanPipeline, whole pipeline BF16 (VAE too), eager, default attention, no offload",
+            "ours": "tritonserver (gRPC client -> BLS orchestrator -> python-backend models), ENGINE=torch, "
+                    f"--device {args.device} --precision {args.precision}; frames returned "
+                    + (f"through system shared memory (region {args.shm_region})" if args.shared_memory
+                       else "in the gRPC response"),
+        },
+        "workload": {
+            "height": args.height, "width": args.width, "num_frames": args.num_frames, "steps": args.steps,
+            "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2, "flow_shift": 3.0,
+            "seed": args.seed, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+            "warmup_steps": args.warmup_steps,
+            "latent_shape": [info.in_channels, *latent],
+            "transformer_params_b": params_b,
+            "transformer_step_pflop": transformer_step_flops(transformer_config, latent, info.text_len, batch=2) / 1e15,
+        },
+        "baseline": previous.get("baseline", {}),
+        "variants": {k: v for k, v in previous.get("variants", {}).items() if v.get("status") == "ok"},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if args.device == "gpu" and not nvidia_smi("name"):
+        raise SystemExit("no NVIDIA GPU here (nvidia-smi); for a CPU dry run: --device cpu --preset tiny ...")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.stub_bin = stub_env_bin()
+
+    from perf.gpu_checkpoint import write_configs_checkpoint
+    from wan22_triton.checkpoint import read_checkpoint
+
+    checkpoint = write_configs_checkpoint(args.workdir / "checkpoint", args.preset, args.layers)
+    info = read_checkpoint(checkpoint)
+    results_path = args.out_dir / "results.json"
+    previous = json.loads(results_path.read_text()) if args.resume and results_path.exists() else {}
+    results = describe_run(args, argv, checkpoint, info, previous)
+    log(f"{results['meta']['gpu']}: {results['meta']['checkpoint']}; one CFG step = "
+        f"{results['workload']['transformer_step_pflop']:.3f} PFLOP")
+
+    if args.te_cpu_probe:
+        results["text_encoder_cpu_probe"] = text_encoder_cpu_probe(checkpoint, info.text_len)
+        log(f"text encoder on the CPU (probe): {results['text_encoder_cpu_probe']}")
+    if not args.baseline:
+        results["baseline"] = {"status": "not run (--no-baseline)"}
+        args.repeat_baseline = False
+    elif results["baseline"].get("status") != "ok" or not (args.workdir / "baseline_frames.npy").exists():
+        try:
+            results["baseline"] = run_baseline(checkpoint, args)
+        except Exception as e:
+            results["baseline"] = {"status": f"failed: {type(e).__name__}: {e}"}
+            save(results, args)
+            raise
+        save(results, args)
+        log(f"baseline: {results['baseline']['e2e_s']:.2f}s end to end; GPU memory after exit: {wait_gpu_free()} GB")
+
+    for name in names:
+        if results["variants"].get(name, {}).get("status") == "ok":
+            continue
+        spec = VARIANTS[name]
+        left = args.deadline_s - (time.monotonic() - STARTED) if args.deadline_s else float("inf")
+        if left < estimate_s(spec, results):
+            results["variants"][name] = {"label": spec["label"], "status": f"skipped: {left:.0f}s left of the deadline"}
+            log(f"{name}: skipped ({left:.0f}s left)")
+            save(results, args)
+            continue
+        try:
+            results["variants"][name] = run_variant(name, spec, checkpoint, args)
+        except Exception as e:
+            log(f"{name}: FAILED {type(e).__name__}: {e}")
+            results["variants"][name] = {"label": spec["label"], "status": f"failed: {type(e).__name__}: {e}"[:400]}
+        save(results, args)
+        log(f"{name}: GPU memory after stop: {wait_gpu_free()} GB")
+
+    compare_to_reference(results, args)
+    if args.repeat_baseline:
+        try:
+            results["baseline_repeat"] = run_baseline(checkpoint, args, repeat=True)
+            log(f"baseline again: {results['baseline_repeat']['e2e_s']:.2f}s end to end")
+        except Exception as e:
+            results["baseline_repeat"] = {"label": "diffusers BF16 (baseline, again last)",
+                                          "status": f"failed: {type(e).__name__}: {e}"}
+    save(results, args)
+    print()
+    print(render_table(results))
+    print(f"\nresults: {args.out_dir}/results.json, table.md, gpu_benchmark.png")
+
+
+if __name__ == "__main__":
+    main()

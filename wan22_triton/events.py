@@ -1,0 +1,73 @@
+"""Machine-readable events of the serving processes: one JSON object per line in the file `$WAN22_EVENTS_FILE`.
+
+Log lines are for people; tests and the GPU benchmark read these instead. Nothing is written when the variable is
+unset (normal serving). tritonserver passes its environment to the Python-backend stubs, so setting it for the
+server (`server.TritonServer(env=...)`) reaches every model process; each line carries the writer's pid and the
+model its process serves.
+
+Events (fields besides `event`, `time`, `pid`, `process`):
+
+* ``weights_loaded``: model, gb, seconds (offload.HostWeights.load, low-memory mode)
+* ``weights_released``: model, seconds (offload.HostWeights.release)
+* ``expert_released``: expert, after_step, when, seconds (offload.ExpertSwitch in the orchestrator: the round trip
+  of the release call)
+* ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS_FILE_ENV = "WAN22_EVENTS_FILE"
+
+
+def process_name(pid: int | str = "self") -> str:
+    """What a process serves: a Python-backend stub's command line names its `<model>/1/model.py`, else the
+    executable's name."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    for arg in args:
+        parts = arg.decode(errors="replace").split("/")
+        if len(parts) >= 3 and parts[-1] == "model.py":
+            return parts[-3]
+    return Path(args[0].decode(errors="replace")).name
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Append one event line to `$WAN22_EVENTS_FILE` (no-op when unset)."""
+    path = os.environ.get(EVENTS_FILE_ENV)
+    if not path:
+        return
+    record = {"event": event, **fields, "time": time.time(), "pid": os.getpid(), "process": process_name()}
+    line = (json.dumps(record, default=str) + "\n").encode()
+    # One write() of the whole line with O_APPEND: lines of concurrent processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def end_offset(path: str | Path) -> int:
+    """The file's current end (0 when it does not exist yet): pass it to `read_events` later for what came after."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def read_events(path: str | Path, since_offset: int = 0) -> list[dict[str, Any]]:
+    """The events written at or after byte `since_offset`, oldest first (none when the file does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(since_offset)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.splitlines() if line.strip()]

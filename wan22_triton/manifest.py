@@ -1,0 +1,101 @@
+"""What the export tells each served model, typed once: the `Manifest`.
+
+The export builds one `Manifest` per model and writes it as ONE config parameter, `manifest` (JSON); the model
+parses it once in `initialize` (`Manifest.from_model_config`). Checkpoint facts travel as the `CheckpointInfo` the
+export read, never re-serialised field by field, and every default lives in the dataclass that declares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .checkpoint import CheckpointInfo
+
+MANIFEST_PARAMETER = "manifest"
+ENGINES = ("torch", "onnx", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The torch engine's expert speed options (wan22_triton.fast_path); the first value of each is the default."""
+
+    compile: str = "none"  # none | regional
+    quantization: str = "none"  # none | fp8_rowwise
+    attention: str = "sdpa"  # sdpa | fp8_cudnn | flash_attn_4
+
+    def chosen(self) -> dict[str, str]:
+        """The options that differ from the defaults."""
+        default = SpeedOptions()
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(default, k)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may ask for (the orchestrator checks them before any work)."""
+
+    min_num_frames: int = 1
+    max_num_frames: int = 161
+    min_size: int = 16
+    max_size: int = 1280
+    max_inference_steps: int = 100
+    max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
+
+
+VideoSize = tuple[int, int, int]  # (num_frames, height, width)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One served model's settings from the export."""
+
+    model: str  # served name
+    engine: str  # torch | onnx | tensorrt
+    precision: str  # fp32 | bf16 | fp16
+    checkpoint: CheckpointInfo
+    # Low-memory mode (wan22_triton.offload): weights in page-locked host memory, on the GPU only while they work.
+    low_memory: bool = False
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
+    limits: Limits = field(default_factory=Limits)  # orchestrator
+    video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans: the sizes they serve
+    # Benchmark seam (wan22_triton.random_weights): built from the checkpoint's config with weights from this seed.
+    random_weights_seed: int | None = None
+    cudnn_benchmark: bool = False  # VAE decoder: autotuned cuDNN convolutions
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        return _decode(cls, json.loads(text))
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any]) -> Manifest:
+        """The manifest of a model's parsed config (the JSON Triton hands `initialize` as `model_config`)."""
+        parameters = model_config.get("parameters", {})
+        if MANIFEST_PARAMETER not in parameters:
+            raise ValueError(f"{model_config.get('name')}: config.pbtxt has no '{MANIFEST_PARAMETER}' parameter; "
+                             "re-run the export")
+        return cls.from_json(parameters[MANIFEST_PARAMETER]["string_value"])
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    """JSON data back into the annotated type: dataclasses field by field, lists into tuples, `X | None`."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in value)
+        return tuple(_decode(a, v) for a, v in zip(args, value))
+    return value
