@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,11 @@ def emit(event: str, **fields: Any) -> None:
     record = {"event": event, **fields, "time": time.time(), "pid": os.getpid(), "process": process_name()}
     line = (json.dumps(record, default=str) + "\n").encode()
     # One write() of the whole line with O_APPEND: lines of concurrent processes never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:  # diagnostics never fail a request: say so where the server logs, go on
+        print(f"wan22_triton.events: cannot write {path}: {e}", file=sys.stderr, flush=True)
+        return
     try:
         os.write(fd, line)
     finally:

@@ -3,7 +3,7 @@
 Low-memory mode (the manifest's `low_memory`, export `--low-memory`): the experts keep their weights in
 host memory and load them when they get work; this model tells the expert that just became inactive to release
 them (a request with the expert's optional `release` input alone) at the switch and after the last step
-(pipeline.ExpertSwitch), and runs one generation at a time across all orchestrator instances of the repository,
+(offload.ExpertSwitch), and runs one generation at a time across all orchestrator instances of the repository,
 both models included (a file lock; waiting requests still honour cancellation and `max_request_seconds`).
 """
 
