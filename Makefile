@@ -33,17 +33,17 @@ $(VENV)/.ready: requirements.lock pyproject.toml
 
 checkpoint: $(TINY)/model_index.json
 
-$(TINY)/model_index.json: wan22_triton/tiny_checkpoint.py | $(VENV)/.ready
-	$(PY) -m wan22_triton.tiny_checkpoint --out $(TINY)
+$(TINY)/model_index.json: devtools/tiny_checkpoint.py | $(VENV)/.ready
+	$(PY) -m devtools.tiny_checkpoint --out $(TINY)
 
 export: setup $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
 	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION)
 
 serve: setup
-	$(PY) -m wan22_triton.server --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m devtools.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 demo: setup checkpoint
-	$(PY) -m clients.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4
+	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wan22_triton import tiny_checkpoint as tiny
+from devtools import tiny_checkpoint as tiny
 
 A14B_TRANSFORMER: dict[str, Any] = {
     "_class_name": "WanTransformer3DModel",

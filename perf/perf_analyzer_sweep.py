@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = sweep(args, args.url, info, out)
     else:
         from export.repository import ExportOptions, export_repository
-        from wan22_triton.server import TritonServer
+        from devtools.launcher import TritonServer
 
         with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
             repo = args.repository or Path(tmp)

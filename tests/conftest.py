@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The embedded tiny checkpoint, generated fresh for the session."""
-    from wan22_triton.tiny_checkpoint import write_checkpoint
+    from devtools.tiny_checkpoint import write_checkpoint
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny-wan2.2-t2v-a14b"
     write_checkpoint(out)
@@ -27,7 +27,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def _serve(tmp_path_factory, checkpoint: Path, engine: str):
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits
-    from wan22_triton.server import TritonServer
+    from devtools.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp(f"repo-{engine}")
     limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)

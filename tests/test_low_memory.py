@@ -30,7 +30,7 @@ REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width
 def low_memory_server(tmp_path_factory, tiny_checkpoint):
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits
-    from wan22_triton.server import TritonServer
+    from devtools.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("repo-low-memory")
     opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),

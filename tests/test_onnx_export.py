@@ -41,7 +41,7 @@ VAE_ATOL = 1e-5
 
 
 def _build_directly() -> SimpleNamespace:
-    """Fallback when `wan22_triton.tiny_checkpoint` is unavailable: the same tiny shapes, built in memory."""
+    """Fallback when `devtools.tiny_checkpoint` is unavailable: the same tiny shapes, built in memory."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan  # top-level names: mypy stubs
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
@@ -70,7 +70,7 @@ def _build_directly() -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def tiny(request: pytest.FixtureRequest) -> SimpleNamespace:
-    try:  # conftest's session fixture: `wan22_triton.tiny_checkpoint` written into tmp_path_factory
+    try:  # conftest's session fixture: `devtools.tiny_checkpoint` written into tmp_path_factory
         root = Path(request.getfixturevalue("tiny_checkpoint"))
     except Exception as exc:  # generator missing or broken: build the same shapes directly
         warnings.warn(f"tiny checkpoint unavailable ({exc!r}); building tiny models directly")

@@ -1,4 +1,4 @@
-"""wan22_triton.server + perf/perf_analyzer_env.py against a tiny Python-backend model.
+"""devtools.launcher + perf/perf_analyzer_env.py against a tiny Python-backend model.
 
 No GPU needed: the model repository is generated in tmp_path (an add/sub model
 on numpy, KIND_CPU), served by tritonserver from PATH or from the nvidia-pytriton
@@ -26,8 +26,8 @@ for p in (ROOT, ROOT / "perf"):
         sys.path.insert(0, str(p))
 
 import perf_analyzer_env  # noqa: E402
-from wan22_triton import server as launcher  # noqa: E402
-from wan22_triton.server import TritonLaunchError, TritonServer  # noqa: E402
+from devtools import launcher  # noqa: E402
+from devtools.launcher import TritonLaunchError, TritonServer  # noqa: E402
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -191,7 +191,7 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HTTP_PORT=str(http))
     log = open(tmp_path / "cli.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wan22_triton.server", "--model-repository", str(repo),
+        [sys.executable, "-m", "devtools.launcher", "--model-repository", str(repo),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
     )

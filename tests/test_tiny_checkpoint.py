@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from wan22_triton.tiny_checkpoint import BOUNDARY_RATIO, LATENTS_MEAN, LATENTS_STD, main, write_checkpoint
+from devtools.tiny_checkpoint import BOUNDARY_RATIO, LATENTS_MEAN, LATENTS_STD, main, write_checkpoint
 
 COMPONENTS = {
     "scheduler": ("diffusers", "UniPCMultistepScheduler"),

@@ -72,7 +72,7 @@ def request_values(args, steps: int) -> dict[str, Any]:
 
 def start_server(name: str, repo: Path, args):
     """tritonserver on the variant's repository; its log and events file next to the results."""
-    from wan22_triton.server import TritonServer
+    from devtools.launcher import TritonServer
 
     extra = ["--log-info=true", *args.server_args]
     if os.environ.get("TRITON_BACKENDS"):  # gpu-bundle's python backend with its 3.12 stub

@@ -9,11 +9,10 @@ import argparse
 import time
 from pathlib import Path
 
+from clients import grpc_client
+from clients.common import save
+from devtools.launcher import TritonServer
 from export.repository import ExportOptions, export_repository
-from wan22_triton.server import TritonServer
-
-from . import grpc_client
-from .common import save
 
 DEMO_REQUEST = {
     "prompt": "A red panda walks along a mossy branch in soft morning light, cinematic",

@@ -20,7 +20,7 @@ environment found first on ``PATH``, so that environment (which needs
 
 CLI (foreground, replaces the current process; used by ``make serve``)::
 
-    python -m wan22_triton.server --model-repository model_repository \\
+    python -m devtools.launcher --model-repository model_repository \\
         [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--log-verbose N] \\
         [any other tritonserver flag, passed through]
 
@@ -291,7 +291,7 @@ def serve(
         shm_prefix=f"wan22_{os.getpid()}_",  # exec keeps the pid
         extra_args=extra_args,
     )
-    print(f"[wan22_triton.server] tritonserver from {install.source}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    print(f"[devtools.launcher] tritonserver from {install.source}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     os.execve(cmd[0], cmd, install.env)
 
 
@@ -487,7 +487,7 @@ class TritonServer:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(
-        prog="python -m wan22_triton.server",
+        prog="python -m devtools.launcher",
         description="Run tritonserver in the foreground. Unrecognised flags are passed to tritonserver.",
         allow_abbrev=False,
     )

@@ -9,7 +9,7 @@ with 4x temporal / 8x spatial compression and the real latent statistics, the re
 only shrunk to a few MB. Weights are random from fixed seeds, saved as safetensors only, and byte-identical
 across runs. Nothing is downloaded: the tokenizer vocabulary is generated in code.
 
-    python -m wan22_triton.tiny_checkpoint --out checkpoints/tiny-wan2.2-t2v-a14b
+    python -m devtools.tiny_checkpoint --out checkpoints/tiny-wan2.2-t2v-a14b
 """
 
 from __future__ import annotations
