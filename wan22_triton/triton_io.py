@@ -17,11 +17,6 @@ def pb_utils():
     return pb
 
 
-def parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
-    """config.pbtxt `parameters` as a plain {key: string} dict."""
-    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-
-
 def torch_device(args: Mapping[str, str]) -> str:
     """The device of this model instance: its GPU for KIND_GPU, else the CPU."""
     if args.get("model_instance_kind") == "GPU":

@@ -186,18 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         if results["variants"].get(name, {}).get("status") == "ok":
             continue
-        spec = VARIANTS[name]
+        variant = VARIANTS[name]
         left = args.deadline_s - (time.monotonic() - STARTED) if args.deadline_s else float("inf")
-        if left < estimate_s(spec, results):
-            results["variants"][name] = {"label": spec["label"], "status": f"skipped: {left:.0f}s left of the deadline"}
+        if left < estimate_s(variant, results):
+            results["variants"][name] = {"label": variant.label, "status": f"skipped: {left:.0f}s left of the deadline"}
             log(f"{name}: skipped ({left:.0f}s left)")
             save(results, args)
             continue
         try:
-            results["variants"][name] = run_variant(name, spec, checkpoint, args)
+            results["variants"][name] = run_variant(name, variant, checkpoint, args)
         except Exception as e:
             log(f"{name}: FAILED {type(e).__name__}: {e}")
-            results["variants"][name] = {"label": spec["label"], "status": f"failed: {type(e).__name__}: {e}"[:400]}
+            results["variants"][name] = {"label": variant.label, "status": f"failed: {type(e).__name__}: {e}"[:400]}
         save(results, args)
         log(f"{name}: GPU memory after stop: {wait_gpu_free()} GB")
 

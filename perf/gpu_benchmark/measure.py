@@ -27,7 +27,7 @@ from . import ROOT, log
 from .gpu_monitor import GpuMemoryPeak, gpu_used_gb
 from .quality import cosine, psnr, ssim
 from .stats import component_compute, count_steps, overhead, read_stats_after, stats_delta, swaps
-from .variants import EXPERTS, export_variant, is_low_memory
+from .variants import EXPERTS, Variant, export_variant
 
 
 def stub_env_bin() -> str | None:
@@ -85,14 +85,14 @@ def start_server(name: str, repo: Path, args):
     return server, events_file
 
 
-def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args) -> dict[str, Any]:
+def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
 
     from clients import grpc_client
 
-    result: dict[str, Any] = {"label": spec["label"], **{k: v for k, v in spec.items() if k != "label"}}
+    result: dict[str, Any] = variant.results_row()
     repo = args.workdir / f"repo-{name}"
-    export_variant(checkpoint, repo, spec, args)
+    export_variant(checkpoint, repo, variant, args)
     server, events_file = start_server(name, repo, args)
     peak = GpuMemoryPeak()
     with peak:
@@ -121,7 +121,7 @@ def run_variant(name: str, spec: dict[str, str], checkpoint: Path, args) -> dict
             # Parity probes on the baseline's own first-step inputs (without a baseline: none).
             result["parity"] = {}
             if args.baseline:
-                run_parity_probes(url, args, result, low_memory=is_low_memory(spec))
+                run_parity_probes(url, args, result, low_memory=variant.low_memory)
 
             with grpcclient.InferenceServerClient(url) as client:
                 before = read_stats_after(client, 1)  # the warm-up request's statistics are in
