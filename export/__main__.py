@@ -6,8 +6,7 @@ import argparse
 import dataclasses
 import time
 
-from wan22_triton.fast_path import ATTENTIONS, COMPILE_MODES, QUANTIZATIONS
-from wan22_triton.manifest import ENGINES, PRECISIONS, Limits, SpeedOptions
+from wan22_triton.manifest import ENGINES, PRECISIONS, SPEED_CHOICES, Limits, SpeedOptions
 
 from .options import DEVICES, ExportOptions
 from .repository import export_repository
@@ -20,8 +19,7 @@ HELP = {
     "attention": "ENGINE=torch experts on a GPU",
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",
 }
-CHOICES = {"engine": ENGINES, "device": DEVICES, "precision": PRECISIONS, "compile": COMPILE_MODES,
-           "quantization": QUANTIZATIONS, "attention": ATTENTIONS}
+CHOICES = {"engine": ENGINES, "device": DEVICES, "precision": PRECISIONS, **SPEED_CHOICES}
 BENCHMARK_ONLY = ("random_weights_seed", "vae_cudnn_benchmark")  # set by perf/, not a user's choice
 
 

@@ -27,13 +27,11 @@ class ExportOptions:
 
     def check(self) -> None:
         """ValueError naming the first choice that cannot be served."""
-        from wan22_triton.fast_path import check_speed_options
-
         for name, value, allowed in (("engine", self.engine, ENGINES), ("device", self.device, DEVICES),
                                      ("precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        check_speed_options(self.speed)
+        self.speed.check()
         chosen = self.speed.chosen()
         if chosen and self.engine != "torch":
             raise ValueError(f"{', '.join(chosen)} need engine 'torch', got {self.engine!r}")

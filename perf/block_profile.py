@@ -2,7 +2,7 @@
 
 A full-width A14B expert cut to `--layers` blocks (random weights, BF16), batch 2 (CFG) at 480x832x81 (32,760
 tokens), compiled the way the served expert is (`compile_repeated_blocks(fullgraph=True)`, Inductor `--modes`),
-with each self-attention kernel of `--attentions` (wan22_triton.fast_path.ATTENTIONS).
+with each self-attention kernel of `--attentions` (wan22_triton.manifest.SPEED_CHOICES).
 One profiled forward; CUDA kernel time summed into self-attention (flash/cuDNN SDPA kernels), GEMMs (cuBLAS,
 CUTLASS or Triton matmul templates) and everything else; GEMM and attention TFLOP/s against their FLOPs, and the
 BF16 matmul rate of the card.

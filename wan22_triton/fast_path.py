@@ -25,11 +25,6 @@ import torch
 
 from .manifest import SpeedOptions
 
-COMPILE_MODES = ("none", "regional")
-QUANTIZATIONS = ("none", "fp8_rowwise")
-ATTENTIONS = ("sdpa", "fp8_cudnn", "flash_attn_4")
-
-
 def _utf8_locale() -> None:
     """UTF-8 text I/O for Inductor, which reads and writes its sources with the locale's encoding.
 
@@ -46,14 +41,6 @@ def _utf8_locale() -> None:
             return
         except locale.Error:
             continue
-
-
-def check_speed_options(speed: SpeedOptions) -> None:
-    """Each option one of its known values (ValueError naming the option otherwise)."""
-    allowed = {"compile": COMPILE_MODES, "quantization": QUANTIZATIONS, "attention": ATTENTIONS}
-    for name, values in allowed.items():
-        if getattr(speed, name) not in values:
-            raise ValueError(f"{name} must be one of {values}, got {getattr(speed, name)!r}")
 
 
 # The oldest GPU (compute capability) each option's kernels run on.
@@ -80,7 +67,7 @@ def optimize_transformer(
 ) -> torch.nn.Module:
     """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model."""
     compile, quantization, attention = speed.compile, speed.quantization, speed.attention
-    check_speed_options(speed)
+    speed.check()
     for option in (quantization, attention):
         if option in MIN_CAPABILITY:
             _require_gpu(option)

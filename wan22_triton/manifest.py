@@ -21,13 +21,25 @@ ENGINES = ("torch", "onnx", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# The torch engine's expert speed options and their values (wan22_triton.fast_path applies them); first: default.
+SPEED_CHOICES = {
+    "compile": ("none", "regional"),
+    "quantization": ("none", "fp8_rowwise"),
+    "attention": ("sdpa", "fp8_cudnn", "flash_attn_4"),
+}
+
+
 @dataclass(frozen=True)
 class SpeedOptions:
-    """The torch engine's expert speed options (wan22_triton.fast_path); the first value of each is the default."""
+    compile: str = SPEED_CHOICES["compile"][0]
+    quantization: str = SPEED_CHOICES["quantization"][0]
+    attention: str = SPEED_CHOICES["attention"][0]
 
-    compile: str = "none"  # none | regional
-    quantization: str = "none"  # none | fp8_rowwise
-    attention: str = "sdpa"  # sdpa | fp8_cudnn | flash_attn_4
+    def check(self) -> None:
+        """ValueError naming the option whose value is not one of its choices."""
+        for name, values in SPEED_CHOICES.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{name} must be one of {values}, got {getattr(self, name)!r}")
 
     def chosen(self) -> dict[str, str]:
         """The options that differ from the defaults."""
