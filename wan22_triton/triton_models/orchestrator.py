@@ -61,14 +61,13 @@ class TritonPythonModel:
         self.pipeline = Wan22T2VPipeline(
             self.manifest, bls_text_encoder, functools.partial(bls_expert, output_device=device), bls_vae_decoder, device
         )
-        self.low_memory = self.manifest.low_memory
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
-            if self.low_memory else None
+            if self.manifest.low_memory else None
         )
         self.logger.log_info(
             f"{self.manifest.model} ready: experts {expert_models(self.manifest.checkpoint)}, streaming "
-            f"{self.streaming}, low memory {self.low_memory}, defaults {self.manifest.checkpoint.request_defaults}"
+            f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}"
         )
 
     def execute(self, requests):
@@ -82,7 +81,7 @@ class TritonPythonModel:
         return None
 
     def _generate(self, request, sender=None):
-        # 1. Validate (defaults from the checkpoint, limits from the config).
+        # 1. Validate (defaults from the checkpoint, limits from the manifest).
         req = validate_request(triton_io.request_inputs(request, self.input_names), self.manifest)
         self.logger.log_info(
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
@@ -99,7 +98,7 @@ class TritonPythonModel:
             sender.send(triton_io.response({"progress": np.array([progress], dtype=object)}))
 
         # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline).
-        if self.low_memory:
+        if self.manifest.low_memory:
             result = self._generate_low_memory(req, report if sender else None, stop_requested)
         else:
             result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
