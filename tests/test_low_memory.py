@@ -9,6 +9,7 @@ part of the switch and the events file are checked without a server.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -274,3 +275,14 @@ def test_events_of_several_processes_stay_whole_lines(tmp_path, monkeypatch):
     [first] = events.read_events(path, 0)[:1]
     assert first["event"] == "first" and first["value"] == 1 and first["pid"] > 0 and first["time"] > 0
     assert events.read_events(tmp_path / "missing.jsonl") == [] and events.end_offset(tmp_path / "missing.jsonl") == 0
+
+
+def test_a_line_still_being_written_is_read_once_whole(tmp_path):
+    # A reader can see part of another process's write: what it returns are whole events only.
+    path = tmp_path / "events.jsonl"
+    whole = json.dumps({"event": "weights_loaded", "model": HIGH}) + "\n"
+    partial = json.dumps({"event": "weights_released", "model": HIGH, "seconds": 0.5}) + "\n"
+    path.write_text(whole + partial[:20])
+    assert [e["event"] for e in events.read_events(path)] == ["weights_loaded"]
+    path.write_text(whole + partial)
+    assert [e["event"] for e in events.read_events(path)] == ["weights_loaded", "weights_released"]

@@ -68,11 +68,15 @@ def end_offset(path: str | Path) -> int:
 
 
 def read_events(path: str | Path, since_offset: int = 0) -> list[dict[str, Any]]:
-    """The events written at or after byte `since_offset`, oldest first (none when the file does not exist)."""
+    """The events written at or after byte `since_offset`, oldest first (none when the file does not exist).
+
+    Only whole lines: a line still being written (a reader may see part of another process's write) is left for
+    the next read."""
     try:
         with open(path, "rb") as f:
             f.seek(since_offset)
             data = f.read()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+    complete = data[:data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
