@@ -92,7 +92,8 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         seed = opts.random_weights_seed
         return Manifest(
             model=name, engine=opts.engine, precision=opts.precision, checkpoint=info, low_memory=opts.low_memory,
-            random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None, **fields,
+            limits=opts.limits, random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None,
+            **fields,
         )
 
     out = [Component(
@@ -140,7 +141,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         spec = C.orchestrator_spec(info, stream=stream)
         out.append(Component(
             spec.name, "orchestrator", lambda s=spec: s,
-            manifest(spec.name, limits=opts.limits, video_sizes=video_sizes),
+            manifest(spec.name, video_sizes=video_sizes),
             instance_count=opts.orchestrator_instances, optional_inputs=C.OPTIONAL_REQUEST_INPUTS, decoupled=stream,
             max_queue_seconds=opts.max_queue_seconds,
         ))

@@ -57,6 +57,7 @@ class Limits:
     max_size: int = 1280
     max_inference_steps: int = 100
     max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
+    max_prompt_bytes: int = 16384  # UTF-8 per prompt; the text encoder reads 512 tokens of it at most
 
 
 VideoSize = tuple[int, int, int]  # (num_frames, height, width)
@@ -73,7 +74,7 @@ class Manifest:
     # Low-memory mode (wan22_triton.offload): weights in page-locked host memory, on the GPU only while they work.
     low_memory: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
-    limits: Limits = field(default_factory=Limits)  # orchestrator
+    limits: Limits = field(default_factory=Limits)  # checked by the orchestrator and by each component
     video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans: the sizes they serve
     # Benchmark seam (wan22_triton.random_weights): built from the checkpoint's config with weights from this seed.
     random_weights_seed: int | None = None

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import RequestSettings
+from .component_limits import check_prompt_bytes
 from .components import expert_models
 from .errors import Cancelled, RequestError
 from .manifest import Manifest
@@ -103,6 +104,8 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
         seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
         output_format=_scalar(inputs, "output_format", str, d.output_format),
     )
+    for name in ("prompt", "negative_prompt"):
+        check_prompt_bytes(name, len(getattr(req, name).encode()), lim, info)
     if req.output_format not in OUTPUT_FORMATS:
         raise RequestError(f"'output_format' must be one of {list(OUTPUT_FORMATS)}, got {req.output_format!r}")
     k = info.vae_scale_factor_temporal

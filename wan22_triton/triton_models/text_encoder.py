@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import triton_io
+from ..component_limits import check_prompt_bytes
 from ..errors import RequestError
 from .base import ComponentModel
 
@@ -28,6 +29,9 @@ class TritonPythonModel(ComponentModel):
     @torch.inference_mode()
     def infer(self, request):
         text = triton_io.request_inputs(request, ["text"])["text"].reshape(-1)
+        for item in text:  # before any decoding or tokenizing: a direct caller may send megabytes
+            check_prompt_bytes("text", len(item) if isinstance(item, bytes) else len(str(item).encode()),
+                               self.manifest.limits, self.manifest.checkpoint)
         try:
             prompts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in text]
         except UnicodeDecodeError as e:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import fast_path, triton_io
+from ..component_limits import check_latents
 from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
 from .base import ComponentModel
@@ -47,9 +48,15 @@ class TritonPythonModel(ComponentModel):
         if self.weights is not None:
             return self._infer_offloaded(request)
         inputs = triton_io.request_inputs(request, INPUTS)
+        self._check(inputs)
         if self.engine == "onnx":
             return triton_io.response(self.runner(inputs))
         return triton_io.response({"noise_pred": self._forward(inputs)})
+
+    def _check(self, inputs: dict) -> None:
+        """The latent within the limits and divisible by the patch (else the output would come back cropped)."""
+        info = self.manifest.checkpoint
+        check_latents("hidden_states", inputs["hidden_states"].shape, info, self.manifest.limits, info.patch_size)
 
     def _forward(self, inputs: dict) -> np.ndarray | torch.Tensor:
         """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host."""
@@ -72,6 +79,7 @@ class TritonPythonModel(ComponentModel):
             missing = [name for name in INPUTS if name not in inputs]
             if missing:
                 raise RequestError(f"{self.name}: missing input(s) {missing} (only a 'release' request may omit them)")
+            self._check(inputs)
             self.weights.load()
             outputs["noise_pred"] = self._forward(inputs)
         if release:

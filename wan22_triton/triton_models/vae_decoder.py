@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import triton_io
+from ..component_limits import check_latents
 from ..pipeline import frames_to_uint8
 from .base import ComponentModel
 
@@ -44,6 +45,7 @@ class TritonPythonModel(ComponentModel):
     @torch.inference_mode()
     def infer(self, request):
         latents = triton_io.request_inputs(request, ["latents"])["latents"]
+        check_latents("latents", latents.shape, self.manifest.checkpoint, self.manifest.limits)
         wanted = set(request.requested_output_names()) or {"video", "frames"}
         if self.engine == "torch":
             z = torch.as_tensor(latents).to(self.device, self.dtype)

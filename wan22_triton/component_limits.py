@@ -1,0 +1,39 @@
+"""The limits each component model enforces itself: they can be called directly, not only by the orchestrator.
+
+The orchestrator checks a request as a whole (pipeline.validate_request); these checks keep a direct caller of
+`text_encoder`, an expert or `vae_decoder` inside the same `Limits` (the manifest's) and reject, with the rule,
+what a model would otherwise compute silently wrong (a latent the transformer's patch does not divide).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .checkpoint import CheckpointInfo
+from .errors import RequestError
+from .manifest import Limits
+
+
+def check_prompt_bytes(name: str, size: int, limits: Limits, info: CheckpointInfo) -> None:
+    """A prompt's UTF-8 size within `max_prompt_bytes` (the text encoder reads `text_len` tokens at most)."""
+    if size > limits.max_prompt_bytes:
+        raise RequestError(f"'{name}' is {size} bytes; the limit is {limits.max_prompt_bytes} bytes of UTF-8 "
+                           f"(the text encoder reads {info.text_len} tokens)")
+
+
+def latent_bounds(info: CheckpointInfo, limits: Limits) -> tuple[int, int, int]:
+    """The largest (latent frames, latent height, latent width) the limits allow."""
+    _, frames, height, width = info.latent_shape(limits.max_num_frames, limits.max_size, limits.max_size)
+    return frames, height, width
+
+
+def check_latents(name: str, shape: Sequence[int], info: CheckpointInfo, limits: Limits,
+                  multiples: Sequence[int] = (1, 1, 1)) -> None:
+    """[batch, channels, frames, height, width] within the limits; frames/height/width multiples of `multiples`
+    (the transformer's patch: a latent it does not divide would come back cropped)."""
+    dims = tuple(int(d) for d in shape[-3:])
+    for axis, size, largest, multiple in zip(("frames", "height", "width"), dims, latent_bounds(info, limits),
+                                             multiples):
+        if not 1 <= size <= largest or size % multiple:
+            raise RequestError(f"'{name}' latent {axis} must be within [1, {largest}] and a multiple of {multiple}, "
+                               f"got {size} (shape {list(shape)})")
