@@ -56,7 +56,7 @@ class Limits:
     min_size: int = 16
     max_size: int = 1280
     max_inference_steps: int = 100
-    max_request_seconds: int = 0  # 0: no limit; else generation stops between steps once exceeded
+    max_request_seconds: int = 3600  # generation stops between steps once exceeded (0: no limit)
     max_prompt_bytes: int = 16384  # UTF-8 per prompt; the text encoder reads 512 tokens of it at most
 
 

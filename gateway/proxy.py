@@ -1,0 +1,266 @@
+"""The HTTP guard's request handler: checks inference requests, bounds bodies, forwards everything to Triton.
+
+* Inference requests (`POST /v2/models/<m>[/versions/<v>]/infer`, Triton's own URL pattern), JSON or with the binary
+  extension (`Inference-Header-Content-Length`), gzip/deflate too: the JSON part is read and checked
+  (inference_request.py) before a byte reaches Triton; a refusal is HTTP 400 with Triton's error shape,
+  `{"error": "..."}`, naming the input and the rule. The binary part streams through once the JSON is accepted.
+* Every request body is bounded (`max_body_bytes`, 413), the JSON part too (`max_json_bytes`, 413).
+* Everything else (health, metadata, repository, shared memory, generate...) is forwarded as it came, headers
+  included (all but the hop-by-hop ones); responses stream back unchanged: status, headers, bytes (no
+  decompression, no re-encoding), so a 100 MB video costs the guard one buffer, not 100 MB. aiohttp adds `Date` and
+  `Server` where Triton sends none.
+* A client that goes away cancels the guard's upstream request, which closes that upstream connection. Triton 2.51
+  does not notice that while the model runs, so with `abandon_dir` the guard also tells the model through a side
+  channel (abandonment.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from wan22_triton import abandonment
+
+from .inference_request import InferenceLimits, Rejected, bad_request, check_inference_request, parse_json
+
+log = logging.getLogger("gateway")
+
+# Triton's model URL pattern (http_server.cc, model_regex_) with the kind fixed to "infer", matched as Triton does:
+# in full, on the path without query or fragment.
+INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[0-9]+)?/infer")
+INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
+# RFC 9110 7.6.1 hop-by-hop fields, plus Expect (the guard answers 100-continue itself).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade", "expect"})
+# Headers aiohttp's client would add on its own; the upstream gets the client's, or none.
+CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Triton inflates gzip and deflate bodies with zlib's automatic header detection (data_compressor.h, 15 | 32).
+ZLIB_AUTO_HEADER = 15 | 32
+COMPRESSED_ENCODINGS = ("gzip", "deflate")  # compared exactly, as Triton does
+IDENTITY_ENCODINGS = ("", "identity")
+STREAM_BUFFER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """What the guard allows, and whether it tells models about clients that went away."""
+
+    max_body_bytes: int = 128 << 20  # 2x a 720p A14B expert request in binary (hidden_states + embeddings, 56 MB)
+    inference: InferenceLimits = field(default_factory=InferenceLimits)
+    connect_timeout_s: float = 30.0
+    abandon_dir: str | None = None  # set: clients that go away are told to the model (gateway/abandonment.py)
+
+
+def error_response(exc: Rejected) -> web.Response:
+    """Triton's error shape and content type, so clients report the message as they report Triton's own."""
+    return web.Response(status=exc.status, body=json.dumps({"error": f"http guard: {exc}"}).encode(),
+                        content_type="application/json")
+
+
+def _single_header(headers, name: str) -> str | None:
+    """A header Triton reads one value of (the first): refused when repeated, so both sides read the same."""
+    values = headers.getall(name, [])
+    if len(values) > 1:
+        raise bad_request(f"header {name} is repeated")
+    return values[0] if values else None
+
+
+def _is_inference(method: str, raw_path: str) -> bool:
+    # Triton parses the body of POST only (405 otherwise). The percent-decoded path is matched too, in case a
+    # layer between decodes what this one does not.
+    path = re.split(r"[?#]", raw_path, maxsplit=1)[0]
+    return method == "POST" and bool(INFER_PATH.fullmatch(path) or INFER_PATH.fullmatch(unquote(path)))
+
+
+def _forwarded_headers(headers) -> CIMultiDict[str]:
+    listed = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP | listed)
+
+
+def _request_headers(headers, abandon_token: str | None) -> CIMultiDict[str]:
+    # The abandon token is the guard's to set: a client's own would be forwarded to the model as if it were.
+    forwarded = _forwarded_headers(headers)
+    forwarded.popall(abandonment.TOKEN_HEADER, None)
+    if abandon_token is not None:
+        forwarded[abandonment.TOKEN_HEADER] = abandon_token
+    return forwarded
+
+
+def _inflate(body: bytes, limit: int) -> bytes:
+    """The body as Triton inflates it, refused (413) past `limit` bytes: a small body can inflate to gigabytes."""
+    inflater = zlib.decompressobj(ZLIB_AUTO_HEADER)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request(f"request body does not inflate: {exc}") from None
+    if len(out) > limit:
+        raise Rejected(413, f"request body inflates to more than {limit} bytes (--max-body-bytes)")
+    if not inflater.eof or inflater.unused_data:
+        raise bad_request("request body is not one complete compressed stream")
+    return out
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class BoundedBody:
+    """A request body on its way upstream: the bytes already read, then the rest as it arrives, bounded."""
+
+    head: bytes
+    rest: aiohttp.StreamReader | None
+    limit: int
+    overflowed: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        sent = len(self.head)
+        if self.head:
+            yield self.head
+        if self.rest is None:
+            return
+        async for chunk in self.rest.iter_any():
+            sent += len(chunk)
+            if sent > self.limit:  # only a chunked body gets here: a declared length was checked up front
+                self.overflowed = True
+                raise BodyTooLarge()
+            yield chunk
+
+
+class HttpGuardApp:
+    """The request handler and the pool of connections to `upstream` (Triton's HTTP host:port) it forwards through."""
+
+    def __init__(self, upstream: str, settings: GuardSettings) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),  # as many upstream connections as clients: Triton queues
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),  # minutes long
+            auto_decompress=False,
+            skip_auto_headers=CLIENT_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies are not another's
+            read_bufsize=STREAM_BUFFER_BYTES,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        inference = _is_inference(request.method, request.raw_path)
+        try:
+            if not request.raw_path.startswith("/"):
+                raise bad_request("the request target must be a path")
+            body = await self._read_body(request, inference)
+        except Rejected as exc:
+            log.info("refused %s %s: %s", request.method, request.raw_path, exc)
+            return error_response(exc)
+        watched = inference and self.settings.abandon_dir is not None
+        return await self._forward(request, body, abandonment.new_token() if watched else None)
+
+    async def _read_body(self, request: web.BaseRequest, inference: bool) -> BoundedBody | None:
+        limit = self.settings.max_body_bytes
+        if not request.body_exists:
+            return None
+        if request.content_length is not None and request.content_length > limit:
+            raise Rejected(413, f"request body is {request.content_length} bytes, more than {limit} (--max-body-bytes)")
+        if request.headers.get("Expect", "").lower() == "100-continue":  # curl asks before a body over 1 MB
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not inference:
+            return BoundedBody(b"", request.content, limit)
+        return await self._read_inference_body(request, limit)
+
+    async def _read_inference_body(self, request: web.BaseRequest, limit: int) -> BoundedBody:
+        encoding = _single_header(request.headers, "Content-Encoding")
+        encoding = "" if encoding is None else encoding
+        if encoding not in COMPRESSED_ENCODINGS + IDENTITY_ENCODINGS:
+            raise bad_request(f"unsupported Content-Encoding {encoding!r}")
+        declared = _single_header(request.headers, INFERENCE_HEADER_LENGTH)
+        if declared is not None and not re.fullmatch(r"[0-9]+", declared):
+            raise bad_request(f"{INFERENCE_HEADER_LENGTH} must be a decimal number of bytes")
+        header_length = None if declared is None else int(declared)
+        if header_length == 0:
+            return BoundedBody(b"", request.content, limit)  # raw input: the body is the one input, no JSON to size
+
+        length = request.content_length
+        if length is not None and encoding in IDENTITY_ENCODINGS:  # the JSON part only; the rest streams after
+            json_length = length if header_length is None else header_length
+            if json_length > length:
+                raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {length} bytes")
+            self._check_json_length(json_length)
+            head = await request.content.readexactly(json_length)
+            check_inference_request(parse_json(head), length - json_length, self.settings.inference)
+            return BoundedBody(head, request.content, limit)
+
+        # Compressed or chunked: the whole body, bounded, then what Triton will parse out of it.
+        raw = await self._read_all(request.content, limit)
+        decoded = _inflate(raw, limit) if encoding in COMPRESSED_ENCODINGS else raw
+        json_length = len(decoded) if header_length is None else header_length
+        if json_length > len(decoded):
+            raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {len(decoded)} bytes")
+        self._check_json_length(json_length)
+        check_inference_request(parse_json(decoded[:json_length]), len(decoded) - json_length, self.settings.inference)
+        return BoundedBody(raw, None, limit)
+
+    def _check_json_length(self, json_length: int) -> None:
+        limit = self.settings.inference.max_json_bytes
+        if json_length > limit:
+            raise Rejected(413, f"the JSON part of the inference request is {json_length} bytes, more than {limit} "
+                                f"(--max-json-bytes); send large tensors as binary data")
+
+    @staticmethod
+    async def _read_all(content: aiohttp.StreamReader, limit: int) -> bytes:
+        chunks, size = [], 0
+        async for chunk in content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise Rejected(413, f"request body is more than {limit} bytes (--max-body-bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _forward(self, request: web.BaseRequest, body: BoundedBody | None,
+                       abandon_token: str | None) -> web.StreamResponse:
+        assert self.session is not None, "open() first"
+        # The exact bytes that were checked go upstream: built as a string, never resolved (`URL.join` would take
+        # "//host/..." for another host) nor normalised.
+        url = URL(f"http://{self.upstream}{request.raw_path}", encoded=True)
+        response: web.StreamResponse | None = None
+        try:
+            async with self.session.request(
+                request.method, url, headers=_request_headers(request.headers, abandon_token),
+                data=body.chunks() if body is not None else None, allow_redirects=False,
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                              headers=_forwarded_headers(upstream.headers))
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except asyncio.CancelledError:  # the client went away (handler_cancellation)
+            if abandon_token is not None and response is None:  # ... while the model was still at work
+                assert self.settings.abandon_dir is not None
+                abandonment.mark_abandoned(self.settings.abandon_dir, abandon_token)
+                log.info("client of %s went away: marked %s abandoned", request.raw_path, abandon_token)
+            raise
+        except aiohttp.ClientError as exc:
+            if response is not None and response.prepared:
+                raise  # part of the answer is out: aiohttp closes the connection, so the client sees it cut short
+            if body is not None and body.overflowed:
+                return error_response(Rejected(413, f"request body is more than {body.limit} bytes (--max-body-bytes)"))
+            log.warning("upstream %s failed: %s", url, exc)
+            return error_response(Rejected(502, f"upstream {self.upstream} failed: {exc}"))
