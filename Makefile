@@ -12,6 +12,8 @@ REPOSITORY ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# 127.0.0.1: clients on this machine only; 0.0.0.0 exposes the server on every interface.
+LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
 
@@ -39,8 +41,10 @@ $(TINY)/model_index.json: devtools/tiny_checkpoint.py | $(VENV)/.ready
 export: setup $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
 	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION)
 
+# The launcher refuses a repository without an export (it says how to make one) and prints the admin key
+# ($WAN22_ADMIN_KEY, else generated per start).
 serve: setup
-	$(PY) -m devtools.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m devtools.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --listen-address $(LISTEN_ADDRESS)
 
 demo: setup checkpoint
 	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4

@@ -1,15 +1,20 @@
-"""What the gRPC and HTTP clients share: flags for every request input, the request tensors, MP4 output."""
+"""What the gRPC and HTTP clients share: flags for every request input, the request tensors, MP4 output, and
+failures as one line."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import Any
+import sys
+from typing import Any, Iterator, NoReturn
 
 import numpy as np
 
 from wan22_triton import components
 from wan22_triton.manifest import Manifest
+
+from .admin import ADMIN_KEY_ENV, admin_key_from_env
 
 MODEL = "wan22_t2v"
 # Request inputs: name -> (Triton dtype, numpy dtype), from the contract's one declaration. Absent flags are left
@@ -24,6 +29,9 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
     parser.add_argument("--output", default="outputs/video.mp4", help="MP4 file to write")
     parser.add_argument("--fps", type=float, default=None, help="default: the model's `fps` parameter (checkpoint's)")
     parser.add_argument("--timeout", type=float, default=None, help="client-side timeout in seconds")
+    parser.add_argument("--admin-key", default=admin_key_from_env(),
+                        help=f"the server's admin key, sent with every call (default ${ADMIN_KEY_ENV}); "
+                             "needed for --shared-memory")
     parser.add_argument("--prompt", required=True)
     if streaming:
         parser.add_argument("--stream", action="store_true", help="per-step progress bar (wan22_t2v_stream)")
@@ -33,7 +41,45 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
     for name, (_, dtype) in REQUEST_INPUTS.items():
         if name != "prompt":
             parser.add_argument(f"--{name.replace('_', '-')}", type=kinds[dtype], default=None)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if streaming and args.stream and args.shared_memory:
+        parser.error("--shared-memory works with unary requests only: the streamed video comes in the last gRPC "
+                     "message; drop --stream or --shared-memory")
+    return args
+
+
+@contextlib.contextmanager
+def one_line_errors(url: str, protocol: str, timeout: float | None) -> Iterator[None]:
+    """A client's failure as one line on stderr (what failed, the URL, what to check) and exit status 1."""
+    from tritonclient.utils import InferenceServerException
+
+    unreachable = (f"cannot reach tritonserver over {protocol} at {url} ({{}}); is it running (make serve) and is "
+                   f"--url its {protocol} host:port?")
+    no_answer = (f"no answer from {url} within {f'--timeout {timeout} s' if timeout else 'the timeout'}; gave up"
+                 + (" (the server cancels the request)" if protocol == "gRPC" else ""))
+    try:
+        yield
+    except KeyboardInterrupt:
+        _exit("cancelled (Ctrl-C)", status=130)
+    except InferenceServerException as exc:
+        status, message = exc.status() or "", exc.message() or str(exc)
+        if "is restricted" in message:
+            _exit(f"the server at {url} refused an admin call without the right admin key ({message}); pass "
+                  f"--admin-key or set ${ADMIN_KEY_ENV} to the key the launcher printed at start")
+        if "UNAVAILABLE" in status:  # gRPC: refused, unresolvable, unreachable
+            _exit(unreachable.format(message.split(";")[-1].strip()))
+        if "DEADLINE_EXCEEDED" in status:
+            _exit(no_answer)
+        _exit(f"the server at {url} answered with an error: {status} {message}".replace("  ", " "))
+    except (TimeoutError, OSError) as exc:  # HTTP transport; the stream's own timeout
+        _exit(no_answer if isinstance(exc, TimeoutError) else unreachable.format(exc.strerror or exc))
+    except ValueError as exc:  # the request or a shared-memory region refused here, before sending
+        _exit(str(exc))
+
+
+def _exit(message: str, status: int = 1) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def request_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 With --stream the request goes to the decoupled `wan22_t2v_stream`, which answers once per denoising step; a
 progress bar with ETA follows them. Ctrl-C or --timeout cancels the request on the server. With
---shared-memory (client on the server's host) the frames come back through a system shared-memory region instead
-of the gRPC message (a 480p 81-frame video is 97 MB).
+--shared-memory (client on the server's host; unary requests) the frames come back through a system shared-memory
+region instead of the gRPC message (a 480p 81-frame video is 97 MB); registering the region is an admin call, so it
+needs the server's admin key (--admin-key or $WAN22_ADMIN_KEY).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import os
 import queue
 import time
 import uuid
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from .common import (MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack,
-                     unpack_metadata)
+from .admin import admin_headers
+from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args, request_arrays, request_values, save,
+                     unpack, unpack_metadata)
 
 STREAM_MODEL = "wan22_t2v_stream"
 
@@ -35,41 +38,53 @@ def _inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
 
 def generate(
     url: str, values: dict[str, Any], model: str = MODEL, timeout: float | None = None,
-    shared_memory: "bool | VideoSharedMemory" = False,
+    shared_memory: "bool | VideoSharedMemory" = False, admin_key: str | None = None,
 ) -> dict[str, Any]:
     """One request to `wan22_t2v`; returns the video (frames or MP4 bytes), seed and the server's stage seconds.
 
     shared_memory (client and server on one host): the raw frames come back through a system shared-memory
-    region instead of the gRPC message: True makes one for this request; a `VideoSharedMemory` is reused."""
+    region instead of the gRPC message: True makes one for this request (registering it needs `admin_key`); a
+    `VideoSharedMemory` is reused. `admin_key` is sent with every call."""
+    headers = admin_headers(admin_key, "grpc")
     with grpcclient.InferenceServerClient(url) as client:
         if shared_memory is not False and values.get("output_format") != "mp4":
             if isinstance(shared_memory, VideoSharedMemory):
                 return shared_memory.generate(client, values, model, timeout)
-            with VideoSharedMemory(url, video_bytes(client, values, model)) as region:
+            with VideoSharedMemory(url, video_bytes(client, values, model, headers), admin_key) as region:
                 return region.generate(client, values, model, timeout)
         outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
-        return unpack(client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout))
+        return unpack(client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout, headers=headers))
 
 
-def video_bytes(client: grpcclient.InferenceServerClient, values: dict[str, Any], model: str) -> int:
+def video_bytes(client: grpcclient.InferenceServerClient, values: dict[str, Any], model: str,
+                headers: dict[str, str] | None = None) -> int:
     """Size of the uint8 frames a request will return: its own frames/height/width, else the model's defaults."""
-    params = client.get_model_config(model, as_json=True)["config"]["parameters"]
+    params = client.get_model_config(model, as_json=True, headers=headers)["config"]["parameters"]
     size = 3
     for name in ("num_frames", "height", "width"):
         size *= int(values[name]) if values.get(name) is not None else int(params[f"default_{name}"]["string_value"])
     return size
 
 
+def _shared_memory_utils():
+    """tritonclient's system shared-memory helpers, without the setuptools deprecation warning that their import of
+    pkg_resources prints every time."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)
+        import tritonclient.utils.shared_memory as shm
+    return shm
+
+
 class VideoSharedMemory:
     """A system shared-memory region registered with the server for the frames of requests up to `size` bytes.
 
     Keep one for many requests: a fresh region costs its creation, registration and the page faults of its first
-    write on every request (~0.1 s for 97 MB). Unregistered and destroyed on exit."""
+    write on every request (~0.1 s for 97 MB). Unregistered and destroyed on exit. Registering and unregistering
+    are admin calls: they carry `admin_key` (the server refuses them without it)."""
 
-    def __init__(self, url: str, size: int):
-        import tritonclient.utils.shared_memory as shm
-
-        self._shm, self.url, self.size = shm, url, int(size)
+    def __init__(self, url: str, size: int, admin_key: str | None = None):
+        self._shm, self.url, self.size = _shared_memory_utils(), url, int(size)
+        self.headers = admin_headers(admin_key, "grpc")
         self.name = f"wan22_video_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._region = None
 
@@ -77,7 +92,7 @@ class VideoSharedMemory:
         self._region = self._shm.create_shared_memory_region(self.name, "/" + self.name, self.size)
         try:
             with grpcclient.InferenceServerClient(self.url) as client:
-                client.register_system_shared_memory(self.name, "/" + self.name, self.size)
+                client.register_system_shared_memory(self.name, "/" + self.name, self.size, headers=self.headers)
         except BaseException:
             self._shm.destroy_shared_memory_region(self._region)
             raise
@@ -98,7 +113,7 @@ class VideoSharedMemory:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                client.unregister_system_shared_memory(self.name)
+                client.unregister_system_shared_memory(self.name, headers=self.headers)
                 return
             except InferenceServerException as e:
                 if "currently in use" not in str(e) or time.monotonic() > deadline:
@@ -106,14 +121,15 @@ class VideoSharedMemory:
                 time.sleep(0.01)
 
     def generate(self, client, values: dict[str, Any], model: str, timeout: float | None) -> dict[str, Any]:
-        size = video_bytes(client, values, model)
+        size = video_bytes(client, values, model, self.headers)
         if size > self.size:
             raise ValueError(f"the video needs {size} bytes, the shared-memory region has {self.size}")
         outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
         for output in outputs:
             if output.name() == "video":
                 output.set_shared_memory(self.name, size)
-        result = client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout)
+        result = client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout,
+                              headers=self.headers)
         shape = list(result.get_output("video").shape)
         return {**unpack_metadata(result), "video": self._shm.get_contents_as_numpy(self._region, np.uint8, shape).copy()}
 
@@ -125,15 +141,17 @@ def generate_stream(
     model: str = STREAM_MODEL,
     timeout: float | None = None,
     cancel_after_steps: int | None = None,
+    admin_key: str | None = None,
 ) -> dict[str, Any]:
     """One request to the decoupled model: `on_progress` gets each step's progress, then the result returns.
 
     On timeout (or after `cancel_after_steps` progress messages) the stream is stopped with its requests
-    cancelled and TimeoutError / the server's CANCELLED error is raised.
+    cancelled and TimeoutError / the server's CANCELLED error is raised. `admin_key` is sent with the stream.
     """
     responses: queue.Queue = queue.Queue()
     with grpcclient.InferenceServerClient(url) as client:
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                            headers=admin_headers(admin_key, "grpc"))
         try:
             client.async_stream_infer(model, _inputs(values))
             deadline = time.monotonic() + timeout if timeout else None
@@ -160,30 +178,33 @@ def generate_stream(
             client.stop_stream(cancel_requests=True)
 
 
-def fps_of(url: str, model: str = MODEL) -> float:
+def fps_of(url: str, model: str = MODEL, admin_key: str | None = None) -> float:
     with grpcclient.InferenceServerClient(url) as client:
-        return model_fps(client.get_model_config(model, as_json=True)["config"])
+        config = client.get_model_config(model, as_json=True, headers=admin_headers(admin_key, "grpc"))
+        return model_fps(config["config"])
 
 
 def main() -> None:
     args = parse_args("localhost:8001", __doc__, streaming=True)
-    fps = args.fps or fps_of(args.url, args.model)
-    values = request_values(args)
-    started = time.perf_counter()
-    if not args.stream:
-        out = generate(args.url, values, args.model, args.timeout, shared_memory=args.shared_memory)
-    else:
-        from tqdm import tqdm
+    with one_line_errors(args.url, "gRPC", args.timeout):
+        fps = args.fps or fps_of(args.url, args.model, args.admin_key)
+        values = request_values(args)
+        started = time.perf_counter()
+        if not args.stream:
+            out = generate(args.url, values, args.model, args.timeout, shared_memory=args.shared_memory,
+                           admin_key=args.admin_key)
+        else:
+            from tqdm import tqdm
 
-        with tqdm(unit="step", desc="denoising") as bar:
+            with tqdm(unit="step", desc="denoising") as bar:
 
-            def on_progress(p: dict[str, Any]) -> None:
-                bar.total = p["total"]
-                bar.set_postfix(expert=p["expert"].replace("transformer_", ""), t=int(p["timestep"]))
-                bar.update(p["step"] - bar.n)
+                def on_progress(p: dict[str, Any]) -> None:
+                    bar.total = p["total"]
+                    bar.set_postfix(expert=p["expert"].replace("transformer_", ""), t=int(p["timestep"]))
+                    bar.update(p["step"] - bar.n)
 
-            out = generate_stream(args.url, values, on_progress, timeout=args.timeout)
-    save(out, args.output, fps, time.perf_counter() - started)
+                out = generate_stream(args.url, values, on_progress, timeout=args.timeout, admin_key=args.admin_key)
+        save(out, args.output, fps, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

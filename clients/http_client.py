@@ -7,7 +7,9 @@ from typing import Any
 
 import tritonclient.http as httpclient
 
-from .common import MODEL, model_fps, output_names, parse_args, request_arrays, request_values, save, unpack
+from .admin import admin_headers
+from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args, request_arrays, request_values, save,
+                     unpack)
 
 
 def _client(url: str, timeout: float | None) -> httpclient.InferenceServerClient:
@@ -15,8 +17,9 @@ def _client(url: str, timeout: float | None) -> httpclient.InferenceServerClient
     return httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
 
 
-def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: float | None = None) -> dict[str, Any]:
-    """One request to `wan22_t2v`; returns video, seed and the server's stage seconds."""
+def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: float | None = None,
+             admin_key: str | None = None) -> dict[str, Any]:
+    """One request to `wan22_t2v`; returns video, seed and the server's stage seconds. `admin_key` is sent along."""
     client = _client(url, timeout)
     try:
         inputs = []
@@ -25,25 +28,26 @@ def generate(url: str, values: dict[str, Any], model: str = MODEL, timeout: floa
             tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in output_names(values)]
-        return unpack(client.infer(model, inputs, outputs=outputs))
+        return unpack(client.infer(model, inputs, outputs=outputs, headers=admin_headers(admin_key, "http")))
     finally:
         client.close()
 
 
-def fps_of(url: str, model: str = MODEL) -> float:
+def fps_of(url: str, model: str = MODEL, admin_key: str | None = None) -> float:
     client = _client(url, None)
     try:
-        return model_fps(client.get_model_config(model))
+        return model_fps(client.get_model_config(model, headers=admin_headers(admin_key, "http")))
     finally:
         client.close()
 
 
 def main() -> None:
     args = parse_args("localhost:8000", __doc__)
-    fps = args.fps or fps_of(args.url, args.model)
-    started = time.perf_counter()
-    out = generate(args.url, request_values(args), args.model, args.timeout)
-    save(out, args.output, fps, time.perf_counter() - started)
+    with one_line_errors(args.url, "HTTP", args.timeout):
+        fps = args.fps or fps_of(args.url, args.model, args.admin_key)
+        started = time.perf_counter()
+        out = generate(args.url, request_values(args), args.model, args.timeout, args.admin_key)
+        save(out, args.output, fps, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -1,272 +1,177 @@
-"""Launch NVIDIA Triton Inference Server on a model repository.
+"""Run NVIDIA Triton Inference Server on a model repository: ``make serve`` (``serve``) and ``TritonServer`` (tests,
+demo, benchmarks).
 
-Two ways to get a ``tritonserver`` binary are supported:
+The binary: tritonserver_install.py (PATH or the nvidia-pytriton wheel). Its command line: server_args.py
+(loopback by default, admin APIs behind a key, bounded exit timeout). What this module adds around the process:
 
-* ``tritonserver`` on ``PATH`` (the NGC ``tritonserver`` container): used as is,
-  with its default ``--backend-directory`` (``/opt/tritonserver/backends``).
-* the binary shipped in the ``nvidia-pytriton`` wheel. It needs its bundled
-  shared libraries (``site-packages/nvidia_pytriton.libs``) on
-  ``LD_LIBRARY_PATH`` and a backend directory whose ``python/`` folder holds
-  ``libtriton_python.so``, ``triton_python_backend_utils.py`` and the
-  ``triton_python_backend_stub`` built for *this* interpreter's version. The
-  wheel ships one stub per Python version, so that folder is assembled once
-  into a cache directory (``<sys.prefix>/triton-backends/...``).
+* Triton's HTTP on a loopback port of its own, and on the public HTTP port the HTTP guard (gateway/), which checks
+  every inference request before Triton's JSON parser and tells the orchestrator when an HTTP client went away
+  (``HttpFront``);
+* the Python backend's /dev/shm regions named after the server's pid (shm_regions.py), those of servers that are
+  gone removed at start;
+* a bounded stop: SIGTERM, then ``STOP_GRACE_S`` past Triton's exit timeout SIGKILL of its process group
+  (``ServerProcess.stop``).
 
-In both cases the directory of ``sys.executable`` is put first on ``PATH``: the
-Python-backend stub ignores ``PYTHONPATH`` and runs the models with the Python
-environment found first on ``PATH``, so that environment (which needs
-``numpy<2``) must be the one this module runs in, or one put before it with
-``TritonServer(path_first=[...])``.
-
-CLI (foreground, replaces the current process; used by ``make serve``)::
+CLI (foreground, tritonserver as its child with its output on the terminal; SIGINT, SIGTERM and SIGHUP stop it within
+``--exit-timeout-secs`` + ``STOP_GRACE_S``; used by ``make serve``)::
 
     python -m devtools.launcher --model-repository model_repository \\
-        [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--log-verbose N] \\
-        [any other tritonserver flag, passed through]
+        [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--listen-address 127.0.0.1] \\
+        [--admin-key KEY] [--exit-timeout-secs 15] [--log-verbose N] [any other tritonserver flag, passed through]
 
 Python API (tests, demos)::
 
-    with TritonServer("model_repository") as server:   # free ports picked
+    with TritonServer("model_repository") as server:   # free ports picked; admin key: $WAN22_ADMIN_KEY or a fresh one
         client = tritonclient.http.InferenceServerClient(server.http_url)
+        client.get_inference_statistics(headers=server.admin_headers("http"))
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.metadata
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-PORT_ENV_VARS = {"http": "HTTP_PORT", "grpc": "GRPC_PORT", "metrics": "METRICS_PORT"}
-BACKEND_CACHE_ENV_VAR = "WAN22_TRITON_BACKEND_CACHE"
+from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX, admin_headers
+from gateway.http_guard import HttpGuard
+from gateway.proxy import GuardSettings
+from wan22_triton import abandonment
 
-PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub")
-_SYSTEM_LIB_DIRS = {"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"}
+from .server_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, build_command, default_port,
+                          has_nvidia_gpu, printable_command, resolve_admin_key)
+from .shm_regions import SHM_DIR, region_prefix_arg, remove_stale_regions, server_region_prefix, sets_region_prefix
+from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritonserver, prepend_path
 
-
-class TritonLaunchError(RuntimeError):
-    """tritonserver could not be found, prepared or started."""
-
-
-# --------------------------------------------------------------------------- #
-# Locating the binary and preparing its environment
-# --------------------------------------------------------------------------- #
+# Past its exit timeout tritonserver still waits, without limit, for gRPC calls whose model is executing (its gRPC
+# shutdown has no deadline): this long more, then SIGKILL.
+STOP_GRACE_S = 5
 
 
-@dataclass(frozen=True)
-class TritonInstall:
-    """A ``tritonserver`` binary with the environment and arguments it needs."""
-
-    binary: Path
-    source: str  # "PATH" or "nvidia-pytriton"
-    env: dict[str, str] = field(repr=False)
-    args: tuple[str, ...] = ()  # install-specific flags (--backend-directory, ...)
-
-
-def _prepend_path(var: str, entries: Sequence[str], env: dict[str, str]) -> None:
-    old = [p for p in env.get(var, "").split(os.pathsep) if p]
-    env[var] = os.pathsep.join(list(entries) + [p for p in old if p not in entries])
-
-
-def _pytriton_root() -> Path:
-    try:
-        import pytriton  # noqa: PLC0415 - optional dependency, only for the wheel case
-    except ImportError as exc:
-        raise TritonLaunchError(
-            "tritonserver is not on PATH and the nvidia-pytriton wheel is not installed; "
-            "install nvidia-pytriton or run inside the NGC tritonserver container"
-        ) from exc
-    return Path(pytriton.__file__).resolve().parent
-
-
-def _default_cache_dir() -> Path:
-    if os.environ.get(BACKEND_CACHE_ENV_VAR):
-        return Path(os.environ[BACKEND_CACHE_ENV_VAR])
-    prefix_cache = Path(sys.prefix) / "triton-backends"
-    if os.access(prefix_cache if prefix_cache.exists() else sys.prefix, os.W_OK):
-        return prefix_cache
-    return Path(tempfile.gettempdir()) / f"wan22-triton-backends-{os.getuid()}"
-
-
-def prepare_wheel_backends(cache_dir: Path | str | None = None, python_version: str | None = None) -> Path:
-    """Return a backend directory for the wheel's tritonserver, building it once.
-
-    The result contains ``python/{libtriton_python.so, triton_python_backend_utils.py,
-    triton_python_backend_stub}``, the stub for ``python_version`` (default: this
-    interpreter's ``major.minor``; the stub must match the interpreter). It is keyed
-    by the pytriton and Python versions, built in a temporary folder and renamed into
-    place, so concurrent callers and repeated calls are safe.
-    """
-    root = _pytriton_root() / "tritonserver"
-    py_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / py_version / "triton_python_backend_stub"
-    if not stub.is_file():
-        available = sorted(
-            (p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir()),
-            key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()),
-        )
-        raise TritonLaunchError(
-            f"nvidia-pytriton ships no Python-backend stub for Python {py_version} "
-            f"(available: {', '.join(available) or 'none'}); use one of those interpreters"
-        )
-    sources = {
-        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
-        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
-        "triton_python_backend_stub": stub,
-    }
-    missing = [str(p) for p in sources.values() if not p.is_file()]
-    if missing:
-        raise TritonLaunchError(f"nvidia-pytriton wheel is incomplete, missing: {', '.join(missing)}")
-
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    key = f"pytriton-{importlib.metadata.version('nvidia-pytriton')}-py{py_version}"
-    backends = cache / key
-    if all((backends / "python" / name).is_file() for name in PYTHON_BACKEND_FILES):
-        return backends
-
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it 0700
-        (staging / "python").mkdir()
-        for name, src in sources.items():
-            shutil.copy2(src, staging / "python" / name)
-        if backends.exists():  # incomplete leftover of an interrupted build
-            shutil.rmtree(backends, ignore_errors=True)
-        try:
-            staging.rename(backends)
-        except OSError:
-            if not all((backends / "python" / n).is_file() for n in PYTHON_BACKEND_FILES):
-                raise  # not a lost race with a concurrent builder
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return backends
-
-
-def _interpreter_lib_dir() -> str | None:
-    """Directory of this interpreter's libpython, when outside the system lib dirs.
-
-    The stub links ``libpython3.X.so.1.0``; without this, a pyenv/conda interpreter
-    would get the distribution's libpython of the same minor version instead.
-    """
-    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
-    if not libdir or not soname or not (Path(libdir) / soname).is_file():
-        return None
-    resolved = os.path.realpath(libdir)
-    if resolved in _SYSTEM_LIB_DIRS or resolved.startswith("/usr/lib/"):
-        return None
-    return libdir
-
-
-def _check_numpy() -> None:
-    try:
-        numpy_version = importlib.metadata.version("numpy")
-    except importlib.metadata.PackageNotFoundError:
-        print(f"warning: numpy is not installed in {sys.prefix}; the Python backend needs it", file=sys.stderr)
-        return
-    if int(numpy_version.split(".")[0]) >= 2:
-        print(
-            f"warning: numpy {numpy_version} in {sys.prefix}; the Python-backend stub needs numpy<2",
-            file=sys.stderr,
-        )
-
-
-def find_tritonserver(tritonserver: str | os.PathLike | None = None, cache_dir: Path | str | None = None) -> TritonInstall:
-    """Locate ``tritonserver`` and build the environment to run it with.
-
-    ``tritonserver``: explicit binary (used like a PATH one); default: ``PATH``, else the wheel.
-    """
-    env = dict(os.environ)
-    _prepend_path("PATH", [str(Path(sys.executable).parent)], env)
-    _check_numpy()
-
-    explicit = tritonserver or shutil.which("tritonserver")
-    if explicit:
-        binary = Path(explicit)
-        if not binary.is_file():
-            raise TritonLaunchError(f"tritonserver binary not found: {binary}")
-        return TritonInstall(binary=binary.absolute(), source="PATH", env=env)
-
-    root = _pytriton_root()
-    binary = root / "tritonserver" / "bin" / "tritonserver"
-    libs = root.parent / "nvidia_pytriton.libs"
-    if not binary.is_file() or not libs.is_dir():
-        raise TritonLaunchError(f"nvidia-pytriton wheel has no usable tritonserver ({binary}, {libs})")
-    backends = prepare_wheel_backends(cache_dir)
-    lib_dirs = [d for d in (_interpreter_lib_dir(), str(libs)) if d]
-    _prepend_path("LD_LIBRARY_PATH", lib_dirs, env)
-    args = (
-        f"--backend-directory={backends}",
-        f"--cache-directory={root / 'tritonserver' / 'caches'}",
-    )
-    return TritonInstall(binary=binary, source="nvidia-pytriton", env=env, args=args)
-
-
-# --------------------------------------------------------------------------- #
-# Command line
-# --------------------------------------------------------------------------- #
-
-
-def default_port(kind: str) -> int:
-    """Port for ``kind`` (http/grpc/metrics) from $HTTP_PORT/$GRPC_PORT/$METRICS_PORT, else 8000/8001/8002."""
-    return int(os.environ.get(PORT_ENV_VARS[kind]) or DEFAULT_PORTS[kind])
-
-
-def build_command(
-    install: TritonInstall,
-    model_repository: Path | str,
-    *,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    log_verbose: int = 0,
-    shm_prefix: str | None = None,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """Full ``tritonserver`` argv.
-
-    Every model in the repository must load (``--exit-on-error=true``), configs are
-    used as written (``--disable-auto-complete-config``, the successor of
-    ``--strict-model-config=true``), models are loaded at startup
-    (``--model-control-mode=none``). ``extra_args`` come last and so override.
-    ``shm_prefix`` prefixes the Python backend's /dev/shm region names (the backend
-    appends a uuid), so a server's regions can be told apart and cleaned up.
-    """
-    repo = Path(model_repository).absolute()
-    if not repo.is_dir():
-        raise TritonLaunchError(f"model repository not found: {repo}")
-    cmd = [
-        str(install.binary),
-        f"--model-repository={repo}",
-        "--model-control-mode=none",
-        "--exit-on-error=true",
-        "--strict-readiness=true",
-        "--disable-auto-complete-config",
-        f"--http-port={http_port}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
-        f"--log-verbose={log_verbose}",
-        *install.args,
+def start_notes(listen_address: str, ports: Mapping[str, int], admin_key: str, key_source: str,
+                exit_timeout_s: int, removed: Sequence[Path]) -> list[str]:
+    """What a person starting the server should know: who can reach it, the admin key, how it stops."""
+    where = f"HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}"
+    if listen_address in EVERY_INTERFACE:
+        reach = (f"listening on {listen_address}, EVERY interface ({where}): other machines can reach it; "
+                 "inference, health, metadata and metrics need no key")
+    elif listen_address.startswith("127.") or listen_address == "::1":
+        reach = (f"listening on {listen_address} only ({where}): clients on this machine; to expose it: "
+                 "--listen-address 0.0.0.0 (make serve LISTEN_ADDRESS=0.0.0.0)")
+    else:
+        reach = f"listening on {listen_address} only ({where})"
+    key = (f"generated for this start: {admin_key} (choose one with ${ADMIN_KEY_ENV} or --admin-key)"
+           if key_source == "generated" else f"from {key_source}")
+    notes = [
+        reach,
+        f"admin APIs ({', '.join(ADMIN_APIS)}) need header {ADMIN_HEADER} (gRPC: {GRPC_HEADER_PREFIX}{ADMIN_HEADER}) "
+        f"= the admin key, {key}; clients: --admin-key or ${ADMIN_KEY_ENV}",
+        f"Ctrl-C / SIGTERM stops it within {exit_timeout_s + STOP_GRACE_S} s (--exit-timeout-secs {exit_timeout_s}, "
+        f"then SIGKILL {STOP_GRACE_S} s later); a generation in flight ends with an error at its next step",
     ]
-    if shm_prefix and not any("shm-region-prefix-name" in a for a in extra_args):
-        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
-    cmd.extend(extra_args)
-    return cmd
+    if removed:
+        notes.append(f"removed {len(removed)} /dev/shm regions of tritonservers that are gone: "
+                     + ", ".join(sorted({r.name.rsplit('_', 1)[0] + '_*' for r in removed})))
+    if not has_nvidia_gpu():
+        notes.append("no NVIDIA GPU: pinned memory and GPU metrics off; the one log line "
+                     "'CudaDriverHelper has not been initialized.' is harmless (Triton's GPU build without a driver)")
+    return notes
+
+
+# --------------------------------------------------------------------------- #
+# A running tritonserver: its own process group, a bounded stop, its regions removed
+# --------------------------------------------------------------------------- #
+
+
+class HttpFront:
+    """The public HTTP port: the HTTP guard there, Triton's own HTTP on a free loopback port behind it.
+
+    The guard marks requests whose client went away in ``abandon_dir``; the models find it through their
+    environment (``env``) and the token header Triton forwards to them (``triton_args``).
+    """
+
+    def __init__(self, listen_address: str, public_port: int):
+        [self.triton_port] = _free_ports(1)
+        self.abandon_dir = tempfile.mkdtemp(prefix="wan22-abandoned-")
+        self.guard = HttpGuard(f"{listen_address}:{public_port}", f"{LOOPBACK}:{self.triton_port}",
+                               GuardSettings(abandon_dir=self.abandon_dir))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {abandonment.DIR_ENV: self.abandon_dir}
+
+    @staticmethod
+    def triton_args() -> list[str]:
+        return [f"--http-header-forward-pattern={abandonment.FORWARD_PATTERN}"]
+
+    def start(self) -> None:
+        self.guard.start()
+
+    def stop(self) -> None:
+        self.guard.stop()
+        shutil.rmtree(self.abandon_dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies (PR_SET_PDEATHSIG), as if it were the server."""
+    import ctypes  # noqa: PLC0415 - in the forked child only
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class ServerProcess:
+    """tritonserver started in its own session, so that its Python-backend stubs share its process group.
+
+    Unless ``command`` names a region prefix itself, it runs through a shell that execs it: the prefix names the
+    server's pid (``server_region_prefix``), known only once it runs, and the shell keeps its own ($$).
+    ``command`` is the argv as run, ``shm_prefix`` that prefix. ``stdout`` None: the launcher's own.
+    """
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str], stdout=None, die_with_parent: bool = False):
+        self.command, self.shm_prefix = list(command), None
+        argv = self.command
+        if not sets_region_prefix(command):
+            script = f'exec "$@" "{region_prefix_arg(server_region_prefix("$$"))}"'
+            argv = ["/bin/sh", "-c", script, "sh", *self.command]
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=None if stdout is None else subprocess.STDOUT,
+            start_new_session=True,  # own process group: stubs can be killed with it
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+        if argv is not self.command:
+            self.shm_prefix = server_region_prefix(self.proc.pid)
+            self.command.append(region_prefix_arg(self.shm_prefix))
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM, SIGKILL of the process group (stubs included) if it still runs after ``timeout`` s, then its
+        regions removed (a SIGKILL or a crash leaves them); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # Not reaped yet, so the group id is still this server's.
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
+        for leftover in SHM_DIR.glob(f"{self.shm_prefix}*") if self.shm_prefix else ():
+            leftover.unlink(missing_ok=True)
+        return code
 
 
 def serve(
@@ -275,24 +180,51 @@ def serve(
     http_port: int | None = None,
     grpc_port: int | None = None,
     metrics_port: int | None = None,
+    listen_address: str = LOOPBACK,
+    admin_key: str | None = None,
+    exit_timeout_s: int = EXIT_TIMEOUT_S,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
     tritonserver: str | None = None,
-) -> NoReturn:
-    """Replace the current process with tritonserver (foreground; signals go straight to it)."""
+) -> int:
+    """Run tritonserver in the foreground, its output on this terminal, until it exits or SIGINT, SIGTERM or SIGHUP
+    asks it to stop (within ``exit_timeout_s`` + STOP_GRACE_S); returns its exit code (128 + signal if killed)."""
     install = find_tritonserver(tritonserver)
+    key, key_source = resolve_admin_key(admin_key)
+    given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+    ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
+    front = HttpFront(listen_address, ports["http"])
     cmd = build_command(
         install,
         model_repository,
-        http_port=http_port if http_port is not None else default_port("http"),
-        grpc_port=grpc_port if grpc_port is not None else default_port("grpc"),
-        metrics_port=metrics_port if metrics_port is not None else default_port("metrics"),
+        http_port=front.triton_port,
+        grpc_port=ports["grpc"],
+        metrics_port=ports["metrics"],
+        admin_key=key,
+        listen_address=listen_address,
+        http_address=LOOPBACK,
+        exit_timeout_s=exit_timeout_s,
         log_verbose=log_verbose,
-        shm_prefix=f"wan22_{os.getpid()}_",  # exec keeps the pid
-        extra_args=extra_args,
+        extra_args=[*front.triton_args(), *extra_args],
     )
-    print(f"[devtools.launcher] tritonserver from {install.source}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    os.execve(cmd[0], cmd, install.env)
+    removed = remove_stale_regions()
+    print(f"[devtools.launcher] tritonserver from {install.source}: {printable_command(cmd, key)}", file=sys.stderr)
+    notes = start_notes(listen_address, ports, key, key_source, exit_timeout_s, removed)
+    notes.append(f"HTTP through the HTTP guard (gateway/, checks inference requests before Triton's parser); "
+                 f"Triton's own HTTP on {LOOPBACK}:{front.triton_port}")
+    for note in notes:
+        print(f"[devtools.launcher] {note}", file=sys.stderr)
+    sys.stderr.flush()
+    stop_asked = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop_asked.set())
+    front.start()
+    server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
+    while server.proc.poll() is None and not stop_asked.wait(0.5):
+        pass
+    front.stop()  # first: its keep-alive connections to Triton would hold Triton's exit to its timeout
+    code = server.stop(exit_timeout_s + STOP_GRACE_S)
+    return code if code >= 0 else 128 - code
 
 
 # --------------------------------------------------------------------------- #
@@ -320,8 +252,14 @@ class TritonServer:
     with stdout/stderr in ``log_file`` (a temporary file by default), and returns
     once ``/v2/health/ready`` answers 200; it raises with the log tail if the
     process exits first or ``startup_timeout`` passes. ``stop()`` sends SIGTERM,
-    waits ``stop_timeout``, then SIGKILLs the process group (the Python-backend
-    stubs included) and returns the exit code.
+    waits ``stop_timeout`` (default: ``exit_timeout_s``, tritonserver's own bound,
+    plus ``STOP_GRACE_S``), then SIGKILLs the process group (the Python-backend stubs
+    included), removes the server's /dev/shm regions and returns the exit code.
+
+    It listens on ``listen_address`` (127.0.0.1 by default; ``host``, where clients connect,
+    follows it, 127.0.0.1 when it is every interface). ``admin_key`` (default
+    $WAN22_ADMIN_KEY, else generated) opens the admin APIs: ``admin_headers(protocol)``
+    are the headers a client sends with them.
 
     ``env`` adds to (or overrides) the server's environment, which its model processes inherit (e.g.
     ``events.EVENTS_FILE_ENV``); ``path_first`` directories go first on its ``PATH``, before this interpreter's
@@ -342,9 +280,12 @@ class TritonServer:
         log_file: Path | str | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 120.0,
-        stop_timeout: float = 30.0,
+        stop_timeout: float | None = None,
         tritonserver: str | None = None,
-        host: str = "127.0.0.1",
+        listen_address: str = LOOPBACK,
+        host: str | None = None,
+        admin_key: str | None = None,
+        exit_timeout_s: int = EXIT_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
         path_first: Sequence[str] = (),
     ) -> None:
@@ -357,21 +298,31 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
+        self.exit_timeout_s = exit_timeout_s
+        self.stop_timeout = stop_timeout if stop_timeout is not None else exit_timeout_s + STOP_GRACE_S
         self.tritonserver = tritonserver
-        self.host = host
+        self.listen_address = listen_address
+        self.host = host or (LOOPBACK if listen_address in EVERY_INTERFACE else listen_address)
+        self.admin_key, _ = resolve_admin_key(admin_key)
         self.env = dict(env or {})
         self.path_first = [str(p) for p in path_first]
         self.install: TritonInstall | None = None
         self.command: list[str] | None = None
         self.startup_seconds: float | None = None
         self.returncode: int | None = None
-        self._proc: subprocess.Popen | None = None
-        self._shm_prefix = f"wan22_{uuid.uuid4().hex[:12]}_"
+        self.shm_prefix: str | None = None  # server_region_prefix(pid), known once started
+        self._server: ServerProcess | None = None
+        self._front: HttpFront | None = None
 
     @property
     def http_url(self) -> str:
+        """The public HTTP port: the HTTP guard in front of Triton's."""
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def triton_http_url(self) -> str | None:
+        """Triton's own HTTP port (loopback), behind the guard; None before start."""
+        return f"{LOOPBACK}:{self._front.triton_port}" if self._front else None
 
     @property
     def grpc_url(self) -> str:
@@ -381,12 +332,16 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def admin_headers(self, protocol: str) -> dict[str, str]:
+        """Headers that open the admin APIs (shared memory, statistics, ...) over ``protocol`` (grpc/http)."""
+        return admin_headers(self.admin_key, protocol)
+
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._server.proc.pid if self._server else None
 
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._server is not None and self._server.proc.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_file or not self.log_file.exists():
@@ -397,19 +352,25 @@ class TritonServer:
         if self.is_running():
             return self
         install = find_tritonserver(self.tritonserver)
-        env = {**install.env, **self.env}
-        _prepend_path("PATH", self.path_first, env)
+        front = self._front = HttpFront(self.listen_address, self.http_port)
+        env = {**install.env, **front.env, **self.env}
+        prepend_path("PATH", self.path_first, env)
         self.install = replace(install, env=env)
         self.command = build_command(
             self.install,
             self.model_repository,
-            http_port=self.http_port,
+            http_port=front.triton_port,
             grpc_port=self.grpc_port,
             metrics_port=self.metrics_port,
+            admin_key=self.admin_key,
+            listen_address=self.listen_address,
+            http_address=LOOPBACK,
+            exit_timeout_s=self.exit_timeout_s,
             log_verbose=self.log_verbose,
-            shm_prefix=self._shm_prefix,
-            extra_args=self.extra_args,
+            extra_args=[*front.triton_args(), *self.extra_args],
         )
+        front.start()
+        remove_stale_regions()
         if self.log_file is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
@@ -418,17 +379,11 @@ class TritonServer:
         self.returncode = None
         t0 = time.monotonic()
         with open(self.log_file, "wb") as log:
-            self._proc = subprocess.Popen(
-                self.command,
-                env=self.install.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stubs can be killed with it
-            )
+            self._server = ServerProcess(self.command, self.install.env, stdout=log)
+        self.command, self.shm_prefix = self._server.command, self._server.shm_prefix
         atexit.register(self.stop)
         try:
-            self._wait_ready(self._proc, t0)
+            self._wait_ready(self._server.proc, t0)
         except BaseException:
             self.stop()
             raise
@@ -458,19 +413,12 @@ class TritonServer:
     def stop(self) -> int | None:
         """Stop the server; returns its exit code (None if it was never started)."""
         atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return self.returncode
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                # Not reaped yet, so the group id is still this server's: SIGKILL it with its stubs.
-                os.killpg(proc.pid, signal.SIGKILL)
-        self.returncode = proc.wait()
-        for leftover in Path("/dev/shm").glob(f"{self._shm_prefix}*"):  # only left after a SIGKILL
-            leftover.unlink(missing_ok=True)
+        server, self._server = self._server, None
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()  # first: its keep-alive connections to Triton would hold Triton's exit to its timeout
+        if server is not None:
+            self.returncode = server.stop(self.stop_timeout)
         return self.returncode
 
     def __enter__(self) -> "TritonServer":
@@ -495,23 +443,35 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--http-port", type=int, default=None, help="default $HTTP_PORT or 8000")
     parser.add_argument("--grpc-port", type=int, default=None, help="default $GRPC_PORT or 8001")
     parser.add_argument("--metrics-port", type=int, default=None, help="default $METRICS_PORT or 8002")
+    parser.add_argument("--listen-address", default=LOOPBACK,
+                        help=f"address HTTP, gRPC and metrics listen on (default {LOOPBACK}: this machine only; "
+                             "0.0.0.0: every interface)")
+    parser.add_argument("--admin-key", default=None,
+                        help=f"key the admin APIs ({', '.join(ADMIN_APIS)}) require in header {ADMIN_HEADER} "
+                             f"(default ${ADMIN_KEY_ENV}, else generated and printed)")
+    parser.add_argument("--exit-timeout-secs", type=int, default=EXIT_TIMEOUT_S,
+                        help="after SIGTERM, seconds tritonserver waits for in-flight requests and model unloads")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--tritonserver", default=None, help="binary to use (default: PATH, else nvidia-pytriton)")
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
     try:
-        serve(
+        code = serve(
             args.model_repository,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            listen_address=args.listen_address,
+            admin_key=args.admin_key,
+            exit_timeout_s=args.exit_timeout_secs,
             log_verbose=args.log_verbose,
             extra_args=extra,
             tritonserver=args.tritonserver,
         )
     except TritonLaunchError as exc:
         parser.exit(2, f"error: {exc}\n")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

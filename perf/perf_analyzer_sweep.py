@@ -4,7 +4,9 @@
     python -m perf.perf_analyzer_sweep --checkpoint DIR --url localhost:8001 --concurrency 4  # a running server
 
 Without `--url` the checkpoint is exported (`export.repository.export_repository`) into `--repository` (default: a
-temporary folder) and served by a tritonserver started here. Inputs (perf_analyzer `--input-data` JSON):
+temporary folder) and served by a tritonserver started here. perf_analyzer reads Triton's statistics, an admin API,
+so it sends the admin key (`-H`): the started server's, or with `--url` `--admin-key` / $WAN22_ADMIN_KEY.
+Inputs (perf_analyzer `--input-data` JSON):
 
 * `wan22_t2v`: one request per prompt of `perf/prompts.json`, the other request inputs from the flags;
 * `text_encoder`: the same prompts; the experts and `vae_decoder`: tensors of the shapes the orchestrator sends for
@@ -36,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from clients.admin import ADMIN_KEY_ENV, admin_headers, admin_key_from_env
+from devtools.launcher import TritonServer, printable_command
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 
@@ -52,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True, help="diffusers checkpoint (shapes; served unless --url)")
     p.add_argument("--url", help="running server (host:port of --protocol); default: export and start one here")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--admin-key", default=admin_key_from_env(),
+                   help=f"with --url: the server's admin key (default ${ADMIN_KEY_ENV}), for its statistics")
     p.add_argument("--repository", type=Path, help="model repository to export into (default: a temporary one)")
     p.add_argument("--engine", default="torch", choices=("torch", "onnx", "tensorrt"))
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
@@ -121,13 +127,16 @@ def component_data(name: str, info: CheckpointInfo, args: argparse.Namespace, pr
 
 
 def run_model(name: str, url: str, args: argparse.Namespace, data_file: Path, batch: int, out: Path,
-              composing: list[str]) -> dict[str, Any]:
+              composing: list[str], admin_key: str | None) -> dict[str, Any]:
     pa, env = perf_analyzer_command()
     base = [*pa, "-m", name, "-u", url, "-i", args.protocol, "-b", str(batch), "--input-data", str(data_file)]
+    # -H reaches gRPC calls too, whatever its help says (checked against tritonserver 2.51).
+    headers = admin_headers(admin_key, args.protocol) or {}
+    base += [arg for header in headers.items() for arg in ("-H", ":".join(header))]
     result: dict[str, Any] = {"batch_size": batch}
     if args.warmup:  # first calls pay lazy initialisation (torch/oneDNN kernels for these shapes, CUDA context...)
         warmup = [*base, "--concurrency-range", "1", "--request-count", str(args.warmup)]
-        result["warmup_command"] = " ".join(warmup)
+        result["warmup_command"] = printable_command(warmup, admin_key)
         subprocess.run(warmup, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_file = out / f"{name}.csv"
     cmd = [
@@ -142,7 +151,7 @@ def run_model(name: str, url: str, args: argparse.Namespace, data_file: Path, ba
     ]
     if composing:  # BLS: perf_analyzer adds the called models' server-side statistics to its report (the .log)
         cmd.append("--bls-composing-models=" + ",".join(composing))
-    result["command"] = " ".join(cmd)
+    result["command"] = printable_command(cmd, admin_key)
     print(f"[perf] {name}: batch {batch}, concurrency 1..{args.concurrency}", flush=True)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (out / f"{name}.log").write_text(proc.stdout)
@@ -248,7 +257,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path) -> dict[str, Any]:
+def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
     served = [C.TEXT_ENCODER, *C.expert_models(info), C.VAE_DECODER]
     models = [m.strip() for m in args.models.split(",")] if args.models else [C.ORCHESTRATOR, *served]
@@ -264,7 +273,7 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path) -
         composing = served if name == C.ORCHESTRATOR else []
         # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
         batch = 1 if name == C.ORCHESTRATOR else component_spec(name, info).max_batch_size
-        results[name] = run_model(name, url, args, data_file, batch, out, composing)
+        results[name] = run_model(name, url, args, data_file, batch, out, composing, admin_key)
     summary = {
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
@@ -296,10 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.results / (args.label or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     if args.url:
-        summary = sweep(args, args.url, info, out)
+        summary = sweep(args, args.url, info, out, args.admin_key)
     else:
         from export.repository import ExportOptions, export_repository
-        from devtools.launcher import TritonServer
 
         with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
             repo = args.repository or Path(tmp)
@@ -311,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--model-control-mode=explicit", *load]
             with TritonServer(repo, log_file=out / "tritonserver.log", extra_args=extra) as server:
                 print(f"[perf] tritonserver ready in {server.startup_seconds:.1f}s", flush=True)
-                summary = sweep(args, server.grpc_url if args.protocol == "grpc" else server.http_url, info, out)
+                url = server.grpc_url if args.protocol == "grpc" else server.http_url
+                summary = sweep(args, url, info, out, server.admin_key)
     return 1 if any("error" in r for r in summary["models"].values()) else 0
 
 

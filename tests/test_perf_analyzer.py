@@ -19,6 +19,7 @@ def sweep(torch_server, tiny_checkpoint, tmp_path_factory):
     results = tmp_path_factory.mktemp("perf")
     argv = [
         "--checkpoint", str(tiny_checkpoint), "--url", torch_server.grpc_url, "--models", ",".join(MODELS),
+        "--admin-key", torch_server.admin_key,  # perf_analyzer reads the server's statistics, an admin API
         "--concurrency", "2", "--warmup", "1", "--measurement-request-count", "2", "--data-entries", "1",
         "--num-frames", "5", "--num-inference-steps", "2",  # ~2x cheaper wan22_t2v requests than the defaults
         "--results", str(results), "--label", "smoke",

@@ -8,6 +8,7 @@ perf_analyzer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ for p in (ROOT, ROOT / "perf"):
         sys.path.insert(0, str(p))
 
 import perf_analyzer_env  # noqa: E402
-from devtools import launcher  # noqa: E402
+from devtools import launcher, tritonserver_install  # noqa: E402
 from devtools.launcher import TritonLaunchError, TritonServer  # noqa: E402
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -128,7 +130,7 @@ def test_python_backend_runs_in_this_environment(server):
     assert server.install.env["PATH"].split(os.pathsep)[0] == env_bin
     if server.install.source == "nvidia-pytriton":
         backend_dir = next(a for a in server.command if a.startswith("--backend-directory=")).split("=", 1)[1]
-        assert set(launcher.PYTHON_BACKEND_FILES) <= set(os.listdir(Path(backend_dir) / "python"))
+        assert set(tritonserver_install.PYTHON_BACKEND_FILES) <= set(os.listdir(Path(backend_dir) / "python"))
 
 
 def test_extra_environment_reaches_the_model_processes(tmp_path):
@@ -169,10 +171,11 @@ def test_sigkill_fallback_takes_the_stubs_along(tmp_path):
     srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log", stop_timeout=0.01).start()
     stubs = subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True, text=True).stdout.split()
     assert stubs, "expected a Python-backend stub process"
+    assert srv.shm_prefix == f"wan22_server_{srv.pid}_" and list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
     assert srv.stop() == -signal.SIGKILL
     time.sleep(0.2)
     assert not any(_alive(int(pid)) for pid in stubs)
-    assert not list(Path("/dev/shm").glob(f"{srv._shm_prefix}*"))
+    assert not list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
 
 
 def test_failing_model_fails_fast_with_log(tmp_path):
@@ -185,34 +188,32 @@ def test_failing_model_fails_fast_with_log(tmp_path):
     assert "boom-from-initialize" in str(info.value)
 
 
-def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
-    repo = write_repository(tmp_path / "repo")
+@contextlib.contextmanager
+def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None):
+    """`python -m devtools.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:
+    yields (the process, {kind: port}); killed on the way out if still running."""
     http, grpc, metrics = launcher._free_ports(3)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HTTP_PORT=str(http))
-    log = open(tmp_path / "cli.log", "wb")
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    full_env = dict(os.environ, PYTHONPATH=pythonpath, HTTP_PORT=str(http), **(env or {}))
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "devtools.launcher", "--model-repository", str(repo),
-         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args],
+        env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent,
     )
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (tmp_path / "cli.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, (tmp_path / "cli.log").read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.25)
-        # exec'd: the python process *is* tritonserver now ($HTTP_PORT honoured, flags as given)
-        assert Path(f"/proc/{proc.pid}/exe").resolve().name == "tritonserver"
-        out0, out1 = _infer(tritonclient_grpc, f"127.0.0.1:{grpc}", np.zeros(4, np.float32), np.ones(4, np.float32))
-        np.testing.assert_array_equal(out1, -np.ones(4, np.float32))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        yield proc, {"http": http, "grpc": grpc, "metrics": metrics}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -220,21 +221,35 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
         log.close()
 
 
+def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
+    with launcher_cli(write_repository(tmp_path / "repo"), tmp_path / "cli.log") as (proc, ports):
+        # tritonserver is the launcher's child ($HTTP_PORT honoured, flags as given), its output on the launcher's
+        (server_pid,) = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert Path(f"/proc/{server_pid}/exe").resolve().name == "tritonserver"
+        assert "Started GRPCInferenceService" in (tmp_path / "cli.log").read_text()
+        url = f"127.0.0.1:{ports['grpc']}"
+        out0, out1 = _infer(tritonclient_grpc, url, np.zeros(4, np.float32), np.ones(4, np.float32))
+        np.testing.assert_array_equal(out1, -np.ones(4, np.float32))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not Path(f"/proc/{server_pid}").exists()
+
+
 def test_prepare_wheel_backends_is_idempotent(tmp_path):
     pytest.importorskip("pytriton")
-    first = launcher.prepare_wheel_backends(tmp_path)
+    first = tritonserver_install.prepare_wheel_backends(tmp_path)
     stamp = (first / "python" / "triton_python_backend_stub").stat().st_mtime_ns
-    second = launcher.prepare_wheel_backends(tmp_path)
+    second = tritonserver_install.prepare_wheel_backends(tmp_path)
     assert first == second
     assert (second / "python" / "triton_python_backend_stub").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in (first / "python").iterdir()) == sorted(launcher.PYTHON_BACKEND_FILES)
+    assert sorted(p.name for p in (first / "python").iterdir()) == sorted(tritonserver_install.PYTHON_BACKEND_FILES)
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging leftovers
 
 
 def test_missing_stub_version_is_a_clear_error(tmp_path):
     pytest.importorskip("pytriton")
     with pytest.raises(TritonLaunchError, match=r"no Python-backend stub for Python 3\.7 \(available: .*3\.11"):
-        launcher.prepare_wheel_backends(tmp_path, python_version="3.7")
+        tritonserver_install.prepare_wheel_backends(tmp_path, python_version="3.7")
 
 
 def test_perf_analyzer_smoke(server, tmp_path):
@@ -244,8 +259,9 @@ def test_perf_analyzer_smoke(server, tmp_path):
     assert not missing, f"perf_analyzer is missing libraries: {missing}"
     cmd, env = perf_analyzer_env.perf_analyzer_command()
     csv = tmp_path / "perf.csv"
+    (header,) = server.admin_headers("grpc").items()  # perf_analyzer reads the statistics, an admin API
     result = subprocess.run(
-        cmd + ["-m", MODEL, "-i", "grpc", "-u", server.grpc_url,
+        cmd + ["-m", MODEL, "-i", "grpc", "-u", server.grpc_url, "-H", ":".join(header),
                "--concurrency-range", "1:2", "--measurement-mode", "count_windows",
                "--measurement-request-count", "20", "-f", str(csv),
                # microsecond-scale toy model on a loaded 2-core box: stability is noise, accept any

@@ -66,15 +66,16 @@ def test_same_seed_same_video_and_seed_is_reported(torch_server):
 
 def test_shared_memory_output_equals_the_grpc_message(torch_server):
     request = dict(prompt="waves", num_frames=9, height=32, width=48, num_inference_steps=2, seed=5)
+    key, admin = torch_server.admin_key, torch_server.admin_headers("grpc")  # shared memory is an admin API
     plain = grpc_client.generate(torch_server.grpc_url, request)
-    shared = grpc_client.generate(torch_server.grpc_url, request, shared_memory=True)
+    shared = grpc_client.generate(torch_server.grpc_url, request, shared_memory=True, admin_key=key)
     assert shared["video"].shape == (9, 32, 48, 3) and shared["seed"] == 5
     assert np.array_equal(shared["video"], plain["video"])
     with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
-        assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}  # unregistered
+        assert client.get_system_shared_memory_status(as_json=True, headers=admin).get("regions", {}) == {}
     # One region for several requests: each answer lands in it whole (a smaller video, then a larger one).
     small = dict(request, num_frames=5, seed=6)
-    with grpc_client.VideoSharedMemory(torch_server.grpc_url, shared["video"].nbytes) as region:
+    with grpc_client.VideoSharedMemory(torch_server.grpc_url, shared["video"].nbytes, key) as region:
         first = grpc_client.generate(torch_server.grpc_url, small, shared_memory=region)
         second = grpc_client.generate(torch_server.grpc_url, request, shared_memory=region)
         with pytest.raises(ValueError, match="shared-memory region has"):
@@ -82,7 +83,7 @@ def test_shared_memory_output_equals_the_grpc_message(torch_server):
     assert np.array_equal(first["video"], grpc_client.generate(torch_server.grpc_url, small)["video"])
     assert np.array_equal(second["video"], plain["video"])
     with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
-        assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
+        assert client.get_system_shared_memory_status(as_json=True, headers=admin).get("regions", {}) == {}
 
 
 @pytest.mark.parametrize("server", ["torch_server", "onnx_server"])

@@ -102,7 +102,7 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
         log(f"{name}: tritonserver ready in {result['server_start_s']:.1f}s (log {server.log_file})")
         stack = contextlib.ExitStack()
         try:
-            url = server.grpc_url
+            url, key, admin = server.grpc_url, server.admin_key, server.admin_headers("grpc")  # shm, statistics
             with grpcclient.InferenceServerClient(url) as client:
                 result["tritonserver_version"] = client.get_server_metadata(as_json=True).get("version")
             # One shared-memory region for all of this variant's requests, as a long-lived client keeps it
@@ -111,9 +111,9 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
             if shm and args.shm_region == "reused":
                 with grpcclient.InferenceServerClient(url) as client:
                     size = grpc_client.video_bytes(client, request_values(args, args.steps), "wan22_t2v")
-                shm = stack.enter_context(grpc_client.VideoSharedMemory(url, size))
+                shm = stack.enter_context(grpc_client.VideoSharedMemory(url, size, key))
             t0 = time.perf_counter()
-            warm = grpc_client.generate(url, request_values(args, args.warmup_steps), shared_memory=shm)
+            warm = grpc_client.generate(url, request_values(args, args.warmup_steps), shared_memory=shm, admin_key=key)
             result["warmup_s"] = time.perf_counter() - t0
             result["warmup_stage_seconds"] = warm["stage_seconds"]
             log(f"{name}: warm-up request ({args.warmup_steps} steps) {result['warmup_s']:.1f}s")
@@ -124,14 +124,14 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
                 run_parity_probes(url, args, result, low_memory=variant.low_memory)
 
             with grpcclient.InferenceServerClient(url) as client:
-                before = read_stats_after(client, 1)  # the warm-up request's statistics are in
+                before = read_stats_after(client, 1, headers=admin)  # the warm-up request's statistics are in
                 events_offset = events.end_offset(events_file)
                 peak_request = GpuMemoryPeak()
                 with peak_request:
                     t0 = time.perf_counter()
-                    out = grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm)
+                    out = grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm, admin_key=key)
                     result["e2e_s"] = time.perf_counter() - t0
-                after = read_stats_after(client, 2)
+                after = read_stats_after(client, 2, headers=admin)
             log(f"{name}: measured request ({args.steps} steps) {result['e2e_s']:.2f}s")
             result["peak_gpu_memory_request_gb"] = peak_request.peak_gb
             result["gpu_processes_at_request_peak_gb"] = peak_request.processes_at_peak
@@ -144,11 +144,12 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
             result["more_requests"] = []
             for i in range(args.measured_requests - 1):
                 with grpcclient.InferenceServerClient(url) as client:
-                    first = read_stats_after(client, 2 + i)
+                    first = read_stats_after(client, 2 + i, headers=admin)
                     t0 = time.perf_counter()
-                    grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm)
+                    grpc_client.generate(url, request_values(args, args.steps), shared_memory=shm, admin_key=key)
                     e2e = time.perf_counter() - t0
-                    more = {"e2e_s": e2e, **overhead(e2e, stats_delta(first, read_stats_after(client, 3 + i)))}
+                    last = read_stats_after(client, 3 + i, headers=admin)
+                    more = {"e2e_s": e2e, **overhead(e2e, stats_delta(first, last))}
                 result["more_requests"].append(more)
                 log(f"{name}: measured request again {e2e:.2f}s, overhead {more['triton_overhead_s']:.3f}s")
         finally:

@@ -18,10 +18,11 @@ from .variants import COMPONENT_MODELS, EXPERTS
 ORCHESTRATOR = "wan22_t2v"
 
 
-def read_stats(client) -> dict[str, dict[str, int]]:
-    """Cumulative counts and nanoseconds per model, from a tritonclient.grpc client."""
+def read_stats(client, headers: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+    """Cumulative counts and nanoseconds per model, from a tritonclient.grpc client. Statistics are an admin API:
+    `headers` carry the server's admin key (`TritonServer.admin_headers("grpc")`)."""
     out = {}
-    for model in client.get_inference_statistics(as_json=True).get("model_stats", []):
+    for model in client.get_inference_statistics(as_json=True, headers=headers).get("model_stats", []):
         stats = model.get("inference_stats", {})
         row = {"count": int(stats.get("success", {}).get("count", 0))}
         for key in ("queue", "compute_input", "compute_infer", "compute_output"):
@@ -31,12 +32,13 @@ def read_stats(client) -> dict[str, dict[str, int]]:
     return out
 
 
-def read_stats_after(client, requests: int, model: str = ORCHESTRATOR, timeout_s: float = 10.0) -> dict:
+def read_stats_after(client, requests: int, model: str = ORCHESTRATOR, timeout_s: float = 10.0,
+                     headers: dict[str, str] | None = None) -> dict:
     """Statistics once `model` has recorded `requests` requests since the server started. Triton records a Python
     model's statistics when its execute returns, which can be after the client already has the response."""
     deadline = time.monotonic() + timeout_s
     while True:
-        stats = read_stats(client)
+        stats = read_stats(client, headers)
         if stats.get(model, {}).get("count", 0) >= requests or time.monotonic() > deadline:
             return stats
         time.sleep(0.01)

@@ -1,0 +1,322 @@
+"""How the launcher exposes tritonserver and how it fails, against real tritonservers (the add/sub model of
+test_server_launcher; the tiny Wan export for the client's shared-memory path).
+
+* loopback only by default, every interface only when asked (`--listen-address 0.0.0.0`);
+* Triton's admin APIs (shared memory, statistics, model repository, trace, logging) refused without the admin key
+  header and served with it; inference, health, metadata and model config open;
+* the Python backend's /dev/shm regions of servers that are gone removed at start, a live server's kept;
+* a SIGTERM stop bounded by the exit timeout + launcher.STOP_GRACE_S, with a keep-alive HTTP connection open and a
+  request in flight (each held Triton's stop for its whole exit timeout, 30 s by default; the request, past it, for
+  as long as its model executes);
+* a repository without an export, and clients that cannot reach the server: one clear line, no traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from clients import grpc_client
+from clients.admin import ADMIN_KEY_ENV
+from devtools import launcher, shm_regions
+from devtools.launcher import TritonServer
+
+from .test_server_launcher import CONFIG, MODEL, _infer, launcher_cli, write_repository
+
+ROOT = Path(__file__).resolve().parents[1]
+SHM = Path("/dev/shm")
+EXIT_TIMEOUT_S = 3  # the stop test's --exit-timeout-secs
+STOP_SLACK_S = 3  # the launcher's own reaping and cleanup, on a loaded 2-core box
+ADMIN_CALLS = {  # one read-only call per restricted API, as both tritonclient protocols name it
+    "shared-memory": "get_system_shared_memory_status",
+    "statistics": "get_inference_statistics",
+    "model-repository": "get_model_repository_index",
+    "logging": "get_log_settings",
+    "trace": "get_trace_settings",
+}
+CLIENTS = {"grpc": grpcclient, "http": httpclient}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("security")
+    with TritonServer(write_repository(tmp / "repo"), log_file=tmp / "server.log") as srv:
+        yield srv
+
+
+def _client(server: TritonServer, protocol: str):
+    return CLIENTS[protocol].InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on `port` (/proc/net/tcp{,6}; IPv4-mapped IPv6 as IPv4)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # 32-bit words in host byte order
+            if sys.byteorder == "little":
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            found.add(str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip))
+    return found
+
+
+# --------------------------------------------------------------------------- who can reach it
+
+
+def test_listens_on_loopback_only_by_default(server):
+    for port in (server.http_port, server.grpc_port, server.metrics_port):
+        assert listening_addresses(port) == {"127.0.0.1"}, port
+
+
+def test_listen_address_option_exposes_every_interface(tmp_path):
+    with TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log",
+                      listen_address="0.0.0.0") as exposed:
+        for port in (exposed.http_port, exposed.grpc_port, exposed.metrics_port):
+            assert listening_addresses(port) and listening_addresses(port) <= {"0.0.0.0", "::"}, port
+        assert exposed.host == "127.0.0.1"  # where its own clients connect
+
+
+# --------------------------------------------------------------------------- admin APIs behind the key
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("api", sorted(ADMIN_CALLS))
+def test_admin_apis_need_the_key(server, protocol, api):
+    client = _client(server, protocol)
+    try:
+        call = getattr(client, ADMIN_CALLS[api])
+        for wrong in (None, {"wan22-admin-key": "not-the-key", "triton-grpc-protocol-wan22-admin-key": "nope"}):
+            with pytest.raises(InferenceServerException):
+                call(headers=wrong)
+        call(headers=server.admin_headers(protocol))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_backend_region_cannot_be_registered_without_the_key(server, protocol):
+    """The attack: register the Python backend's own IPC region, then have an inference write into it."""
+    (region, *_) = sorted(SHM.glob(f"{server.shm_prefix}*"))
+    client = _client(server, protocol)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.register_system_shared_memory("stolen", "/" + region.name, 64)
+        status = client.get_system_shared_memory_status(headers=server.admin_headers(protocol))
+        assert "stolen" not in str(status)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_works_with_the_key(server, protocol):
+    shm = grpc_client._shared_memory_utils()
+    name = f"wan22_test_{uuid.uuid4().hex[:8]}"
+    handle = shm.create_shared_memory_region(name, "/" + name, 64)
+    client, headers = _client(server, protocol), server.admin_headers(protocol)
+    try:
+        client.register_system_shared_memory(name, "/" + name, 64, headers=headers)
+        assert name in str(client.get_system_shared_memory_status(headers=headers))
+        client.unregister_system_shared_memory(name, headers=headers)
+    finally:
+        client.close()
+        shm.destroy_shared_memory_region(handle)
+
+
+def test_video_shared_memory_sends_the_key(server):
+    with pytest.raises(InferenceServerException, match="restricted"):
+        with grpc_client.VideoSharedMemory(server.grpc_url, 1024):
+            pass
+    with grpc_client.VideoSharedMemory(server.grpc_url, 1024, server.admin_key) as region:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            status = client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers("grpc"))
+        assert region.name in status.get("regions", {})
+    assert not list(SHM.glob(f"{region.name}*"))  # destroyed on exit
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_inference_health_and_metadata_need_no_key(server, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    a, b = np.arange(4, dtype=np.float32), np.ones(4, dtype=np.float32)
+    out0, _ = _infer(CLIENTS[protocol], url, a, b)  # also asks is_server_ready / is_model_ready
+    np.testing.assert_array_equal(out0, a + b)
+    client = _client(server, protocol)
+    try:
+        assert client.is_server_live()
+        client.get_server_metadata()
+        client.get_model_metadata(MODEL)
+        client.get_model_config(MODEL)
+    finally:
+        client.close()
+
+
+def test_admin_key_comes_from_the_environment_and_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv(ADMIN_KEY_ENV, "k" * 24)
+    assert TritonServer(tmp_path).admin_key == "k" * 24
+    assert TritonServer(tmp_path, admin_key="given-key-0123456789").admin_key == "given-key-0123456789"
+    monkeypatch.delenv(ADMIN_KEY_ENV)
+    first, second = TritonServer(tmp_path).admin_key, TritonServer(tmp_path).admin_key
+    assert first != second and len(first) >= 16  # generated per server
+    for weak in ("short", "has:colon-and-more-chars", "has=equals-and-more-chars"):
+        with pytest.raises(launcher.TritonLaunchError, match="admin key"):
+            TritonServer(tmp_path, admin_key=weak)
+
+
+# --------------------------------------------------------------------------- leftovers, stopping, starting
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_regions_of_gone_servers_are_removed_at_start_and_a_live_servers_kept(server, tmp_path):
+    live = sorted(SHM.glob(f"{server.shm_prefix}*"))
+    assert live
+    # A crashed server's pid, and a pid now used by a process that is no tritonserver (this one).
+    stale = [SHM / f"{shm_regions.server_region_prefix(pid)}{uuid.uuid4()}" for pid in (_dead_pid(), os.getpid())]
+    for region in stale:
+        region.write_bytes(b"\0" * 16)
+    try:
+        with TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log") as second:
+            assert list(SHM.glob(f"{second.shm_prefix}*"))
+            assert not [r for r in stale if r.exists()]
+            assert all(r.exists() for r in live)
+    finally:
+        for region in stale:
+            region.unlink(missing_ok=True)
+
+
+SLOW_MODEL_PY = """
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(120)  # a generation that outlasts any stop
+        return [pb_utils.InferenceResponse(output_tensors=[]) for _ in requests]
+"""
+
+
+def test_sigterm_stop_is_bounded_with_a_request_in_flight_and_a_connection_open(tmp_path):
+    """`make serve` style: the launcher CLI, a stale region to clean, then SIGTERM while a request runs and an HTTP
+    keep-alive connection stays open. A short exit timeout keeps the test short; the default's bound is the same sum."""
+    repo = write_repository(tmp_path / "repo")
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "config.pbtxt").write_text(CONFIG.replace(f'name: "{MODEL}"', 'name: "slow"'))
+    (repo / "slow" / "1" / "model.py").write_text(SLOW_MODEL_PY)
+    stale = SHM / f"{shm_regions.server_region_prefix(_dead_pid())}{uuid.uuid4()}"
+    stale.write_bytes(b"\0" * 16)
+    log, flags = tmp_path / "cli.log", ("--exit-timeout-secs", str(EXIT_TIMEOUT_S))
+    try:
+        with launcher_cli(repo, log, *flags, env={ADMIN_KEY_ENV: ""}) as (proc, ports):
+            assert not stale.exists()
+            notes = log.read_text()
+            assert "listening on 127.0.0.1 only" in notes and "LISTEN_ADDRESS=0.0.0.0" in notes
+            key = notes.split("generated for this start: ")[1].split()[0]
+            command = next(line for line in notes.splitlines() if "tritonserver from" in line)
+            assert key not in command and "wan22-admin-key=***" in command  # printed once, masked in the command
+
+            (server_pid,) = _children(proc.pid)
+            assert list(SHM.glob(f"{shm_regions.server_region_prefix(server_pid)}*"))
+            errors: list[BaseException] = []
+            in_flight = threading.Thread(target=_call_slow, args=(f"127.0.0.1:{ports['grpc']}", errors))
+            in_flight.start()
+            keep_alive = httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}")
+            assert keep_alive.is_server_ready()
+            time.sleep(1.0)  # the slow request reaches its execute
+            bound = EXIT_TIMEOUT_S + launcher.STOP_GRACE_S + STOP_SLACK_S
+            t0 = time.monotonic()
+            proc.terminate()
+            proc.wait(timeout=bound)
+            assert time.monotonic() - t0 < bound
+            in_flight.join(timeout=30)
+            assert errors, "the request in flight should end with an error"
+            keep_alive.close()
+            assert not Path(f"/proc/{server_pid}").exists()
+            assert not list(SHM.glob(f"{shm_regions.server_region_prefix(server_pid)}*"))
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def _call_slow(url: str, errors: list) -> None:
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        tensor = grpcclient.InferInput(name, [4], "FP32")
+        tensor.set_data_from_numpy(np.zeros(4, dtype=np.float32))
+        inputs.append(tensor)
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            client.infer("slow", inputs, client_timeout=60)
+    except Exception as exc:  # noqa: BLE001 - any error: the point is that it ends
+        errors.append(exc)
+
+
+def _run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "model folders without configs"])
+def test_serving_a_repository_without_an_export_says_to_export(tmp_path, layout):
+    repo = tmp_path / "model_repository"
+    if layout != "missing":
+        repo.mkdir()
+    if layout == "model folders without configs":
+        for name in ("wan22_t2v", "text_encoder"):
+            (repo / name / "1").mkdir(parents=True)
+    proc = _run("devtools.launcher", "--model-repository", str(repo))
+    assert proc.returncode == 2
+    assert "make export" in proc.stderr and "python -m export" in proc.stderr and "Traceback" not in proc.stderr
+    assert layout == "missing" or "no exported model" in proc.stderr
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@pytest.mark.parametrize("module, protocol", [("clients.grpc_client", "gRPC"), ("clients.http_client", "HTTP")])
+def test_clients_say_in_one_line_that_the_server_is_unreachable(module, protocol):
+    (port,) = launcher._free_ports(1)
+    proc = _run(module, "--url", f"127.0.0.1:{port}", "--prompt", "x")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: cannot reach tritonserver over {protocol} at 127.0.0.1:{port}")
+    assert "make serve" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_grpc_client_refuses_stream_with_shared_memory():
+    proc = _run("clients.grpc_client", "--prompt", "x", "--stream", "--shared-memory")
+    assert proc.returncode == 2 and "--shared-memory works with unary requests only" in proc.stderr
+
+
+def test_shared_memory_client_needs_the_admin_key_and_is_quiet(torch_server, tmp_path):
+    request = ["--url", torch_server.grpc_url, "--prompt", "a kite", "--shared-memory", "--num-frames", "5",
+               "--height", "32", "--width", "32", "--num-inference-steps", "1", "--output", str(tmp_path / "v.mp4")]
+    refused = _run("clients.grpc_client", *request, env={ADMIN_KEY_ENV: ""})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: ") and "--admin-key" in refused.stderr
+    served = _run("clients.grpc_client", *request, env={ADMIN_KEY_ENV: torch_server.admin_key})
+    assert served.returncode == 0, served.stderr
+    assert "pkg_resources" not in served.stderr and "wrote" in served.stdout
