@@ -68,7 +68,8 @@ docker-export:
 
 docker-serve:
 	docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.serve -t wan22-triton-serve .
-	docker run --rm --gpus all --shm-size=16g -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
+	docker run --rm --gpus all --shm-size=16g -e WAN22_ADMIN_KEY \
+	  -p $(LISTEN_ADDRESS):$(HTTP_PORT):8000 -p $(LISTEN_ADDRESS):$(GRPC_PORT):8001 -p $(LISTEN_ADDRESS):$(METRICS_PORT):8002 \
 	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
 
 clean:
