@@ -8,7 +8,7 @@ it, so nothing Triton sizes from a shape can exceed what the client actually sen
 * `shape`: a list of integers in [0, max_elements], whose product is at most max_elements;
 * exactly one source of data, as Triton requires: `data`, `parameters.binary_data_size` or
   `parameters.shared_memory_region`;
-* `data`: as many values (nested lists flattened) as the shape has elements;
+* `data`: as many values (nested lists flattened) as the shape has elements, integers within their datatype's range;
 * `binary_data_size`: elements x the datatype's size (BYTES: at least 4 bytes, the length prefix, per element), and
   the sizes of all inputs add up to the binary part of the body exactly;
 * `shared_memory_byte_size`: the same rule as `binary_data_size`.
@@ -37,6 +37,11 @@ DATATYPE_SIZES: dict[str, int | None] = {
     "BYTES": None,
 }
 BYTES_LENGTH_PREFIX = 4  # each serialized BYTES element starts with its uint32 length
+# Integer datatypes and their ranges: Triton's JSON parser wraps a value outside them (4294967301 becomes INT32 5).
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    **{f"INT{bits}": (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": (0, (1 << bits) - 1) for bits in (8, 16, 32, 64)},
+}
 
 
 class Rejected(Exception):
@@ -91,15 +96,20 @@ def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 0  # bool is an int subclass: refused
 
 
-def _leaf_count(data: list[Any]) -> int:
-    """Values in a nested list, without recursion (the JSON parser already bounded the depth)."""
+def _checked_leaf_count(name: str, data: list[Any], datatype: str) -> int:
+    """Values in a nested list, without recursion (the JSON parser already bounded the depth); for an integer
+    datatype each must be an integer in its range."""
+    bounds = INTEGER_RANGES.get(datatype)
     count, pending = 0, [data]
     while pending:
         for item in pending.pop():
             if isinstance(item, list):
                 pending.append(item)
-            else:
-                count += 1
+                continue
+            count += 1
+            if bounds and not (type(item) is int and bounds[0] <= item <= bounds[1]):
+                raise bad_request(f"input '{name}': {json.dumps(item)} is not a valid {datatype} value (an integer in "
+                                  f"[{bounds[0]}, {bounds[1]}]; Triton's parser would wrap it)")
     return count
 
 
@@ -165,7 +175,7 @@ def _binary_size_of_input(tensor: Any, index: int, limits: InferenceLimits) -> i
         data = tensor["data"]
         if not isinstance(data, list):
             raise bad_request(f"input '{name}': 'data' must be a list")
-        values = _leaf_count(data)
+        values = _checked_leaf_count(name, data, datatype)
         if values != elements:
             raise bad_request(
                 f"input '{name}': 'data' holds {values} values but shape {json.dumps(tensor['shape'])} has "

@@ -248,6 +248,8 @@ BINARY_4 = {"parameters": {"binary_data_size": 4}}
     pytest.param(*as_json(num_frames_input([3], data=[5, 9])), "'data' holds 2 values but shape [3] has 3 elements",
                  id="data-count"),
     pytest.param(*as_json(num_frames_input([1], data=[5], **BINARY_4)), "must set exactly one of", id="two-sources"),
+    pytest.param(*as_json(num_frames_input([1], data=[4294967301])), "4294967301 is not a valid INT32 value",
+                 id="int32-out-of-range"),  # Triton's parser would take it as 5
     pytest.param(b'{"inputs": [{"name": "num_frames", "shape": [1099511627776], "shape": [1], "datatype": "INT32",'
                  b' "data": [5]}]}', {}, "repeats the key 'shape'", id="duplicate-key"),
     pytest.param(gzip.compress(json.dumps(BOMB).encode()), {"Content-Encoding": "gzip"}, "every dimension must be",
