@@ -111,7 +111,9 @@ def build_command(
     Every model in the repository must load (``--exit-on-error=true``), configs are
     used as written (``--disable-auto-complete-config``, the successor of
     ``--strict-model-config=true``), models are loaded at startup
-    (``--model-control-mode=none``). gRPC and metrics listen on ``listen_address``, HTTP on
+    (``--model-control-mode=explicit`` with ``--load-model=*`` unless ``extra_args`` name the models: explicit mode
+    lets the orchestrators' watchdog reload a component whose process died, wan22_triton/watchdog.py; its load and
+    unload API is an admin API, behind the key). gRPC and metrics listen on ``listen_address``, HTTP on
     ``http_address`` (default the same; the launcher's HTTP guard puts Triton's behind it on loopback);
     the admin APIs need ``admin_key`` (``restricted_api_args``). ``extra_args`` come last
     and so override. The Python backend's region prefix is ``ServerProcess``'s (it needs the pid).
@@ -120,7 +122,8 @@ def build_command(
     cmd = [
         str(install.binary),
         f"--model-repository={repo}",
-        "--model-control-mode=none",
+        "--model-control-mode=explicit",
+        *([] if any(arg.startswith("--load-model") for arg in extra_args) else ["--load-model=*"]),
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--disable-auto-complete-config",

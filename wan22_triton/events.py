@@ -12,6 +12,8 @@ Events (fields besides `event`, `time`, `pid`, `process`):
 * ``expert_released``: expert, after_step, when, seconds (offload.ExpertSwitch in the orchestrator: the round trip
   of the release call)
 * ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
+* ``component_died``: model, instance, stub_pid, exit_status; then ``component_restarted``: model, instance,
+  seconds, stub_pids, or ``component_restart_failed``: model, instance, error (wan22_triton.watchdog)
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from .. import events, offload, triton_io
+from .. import events, offload, triton_io, watchdog
+from ..abandonment import AbandonWatch
 from ..components import TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
 from ..manifest import Manifest
@@ -65,10 +66,19 @@ class TritonPythonModel:
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
             if self.manifest.low_memory else None
         )
+        # A component process that dies is reloaded (or reported not ready) instead of failing every request after it.
+        self.watchdog = watchdog.ComponentWatchdog(
+            args["model_name"], args["model_repository"],
+            watchdog.ModelControl(pb.unload_model, pb.load_model),
+            self.logger.log_info, self.logger.log_error,
+        ).start()
         self.logger.log_info(
             f"{self.manifest.model} ready: experts {expert_models(self.manifest.checkpoint)}, streaming "
             f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}"
         )
+
+    def finalize(self):
+        self.watchdog.stop()
 
     def execute(self, requests):
         if not self.streaming:
@@ -87,10 +97,13 @@ class TritonPythonModel:
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
         )
         started = time.monotonic()
+        client_gone = AbandonWatch(request.parameters())  # HTTP: Triton 2.51 does not say so, the HTTP guard does
 
         def stop_requested() -> bool:
             if self.max_request_seconds and time.monotonic() - started > self.max_request_seconds:
                 raise Cancelled(f"request exceeded max_request_seconds ({self.max_request_seconds:g} s)")
+            if client_gone():
+                raise Cancelled("request abandoned: the HTTP client went away")
             return (sender or request).is_cancelled()
 
         def report(step: StepInfo) -> None:

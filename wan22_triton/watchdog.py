@@ -1,0 +1,252 @@
+"""The component watchdog: a Python-backend stub of this server that dies is noticed at once and its model reloaded.
+
+Triton 2.51's Python backend never restarts a dead stub (python_be.cc r24.10: "TODO: Implement restart"): the model
+stays READY, `/v2/health/ready` answers 200, and every request to it fails INTERNAL with "Stub process '<instance>'
+is not healthy" until the server is restarted. The NGC container runs tritonserver directly, so the cure has to live
+in the repository: the orchestrator models start this watchdog. It holds a pidfd of every stub of its server and,
+when one dies, unloads and reloads that stub's model through Triton's model-control API (pb_utils). Unload first:
+while the model loads, Triton reports it, and with `--strict-readiness` the server, not ready (measured: ready again
+only when the reload is done, not ready within 30 ms of the death); a load that fails leaves the model UNAVAILABLE,
+so the server keeps saying it cannot serve. A stub that dies during a request fails that request ("is not
+healthy"), and Triton 2.51 never finishes unloading that old model version: the reloaded one serves, but the
+server's stop then waits for its exit timeout and exits 1. Needs
+`--model-control-mode=explicit --load-model=*`, read from tritonserver's command line: in the other modes
+pb_utils.unload_model crashes the calling stub (SIGSEGV, measured on 2.51), so there a death is only reported
+(`component_restart_failed`, an error in the log) and the server stays broken until it is restarted.
+
+Died, not ended: Triton reaps a stub (waitpid) only when it ends it (unload, shutdown; the stub then exits 0). A stub
+that died on its own stays a zombie with its signal or error status until its model is unloaded, so that zombie is
+the evidence: it tells a death from an unload without asking the server anything (pb_utils.is_model_ready during
+the server's shutdown crashed tritonserver 2.51).
+
+One watcher per orchestrator model (a claim: when its process dies another instance of the model takes over), and
+each watches every model but its own (its own reload would end the watcher in the middle), so the two orchestrator
+models watch each other and both watch the components; a claim per model and one per death let one watcher handle
+each death. Claims are abstract Unix sockets: the kernel drops them with their process and no file is left behind.
+
+Events (wan22_triton.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
+``component_restarted`` (model, instance, seconds, stub_pids: the model's new stubs) or ``component_restart_failed``
+(model, instance, error).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import events
+from .offload import repository_key
+
+STUB_EXECUTABLE = "triton_python_backend_stub"
+NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a component process that dies cannot be "
+             "reloaded and its model fails every request until the server restarts (start it with "
+             "--model-control-mode=explicit --load-model=*)")
+RESCAN_SECONDS = 1.0  # how often new stubs (startup, reloads) are picked up; a known stub's death is seen at once
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class ModelControl:
+    """Triton's model-control calls as the Python backend offers them (pb_utils.unload_model, load_model); passed
+    in, so this module does not import pb_utils."""
+
+    unload: Callable[[str], object]
+    load: Callable[[str], object]
+
+
+def server_stubs(server_pid: int) -> list[Stub]:
+    """The live Python-backend stubs that the tritonserver `server_pid` started."""
+    stubs = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stub = _stub_of(int(entry.name), server_pid)
+            if stub is not None:
+                stubs.append(stub)
+    return stubs
+
+
+def _stub_of(pid: int, server_pid: int) -> Stub | None:
+    # The stub's argv (stub_launcher.cc): stub, <repository>/<model>/<version>/model.py, shm region, two shm sizes,
+    # parent pid, libpython, ipc handle, instance name, ... A zombie's cmdline is empty: not a live stub.
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) < 9 or Path(os.fsdecode(argv[0])).name != STUB_EXECUTABLE or argv[5] != str(server_pid).encode():
+        return None
+    return Stub(pid, Path(os.fsdecode(argv[1])).parts[-3], os.fsdecode(argv[8]))
+
+
+def model_control_mode(server_pid: int) -> str:
+    """tritonserver's --model-control-mode (the last one given; "none" without one), from its command line."""
+    argv = [os.fsdecode(a) for a in Path(f"/proc/{server_pid}/cmdline").read_bytes().split(b"\0")]
+    mode = "none"
+    for flag, value in zip(argv, argv[1:] + [""]):
+        if flag.startswith("--model-control-mode="):
+            mode = flag.partition("=")[2]
+        elif flag == "--model-control-mode":
+            mode = value
+    return mode
+
+
+def claim(name: str) -> socket.socket | None:
+    """Holds `name` for this process until the socket is closed (or the process ends); None if another holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("\0" + name)  # abstract namespace: no file
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def death_status(pid: int) -> int | None:
+    """waitpid's status of `pid` if it is a zombie that was killed or failed; None if it is alive, was reaped, or
+    exited 0."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is stat's field 3 (state), fields[49] its field 52 (exit_code, Linux >= 3.5)
+    if fields[0] != "Z" or len(fields) < 50 or int(fields[49]) == 0:
+        return None
+    return int(fields[49])
+
+
+class ComponentWatchdog:
+    """A thread that reloads the model of any stub of this server that dies (see the module's docstring)."""
+
+    def __init__(self, own_model: str, model_repository: str, control: ModelControl,
+                 log_info: Callable[[str], object], log_error: Callable[[str], object], server_pid: int | None = None):
+        self.own_model = own_model
+        self.control = control
+        self.log_info, self.log_error = log_info, log_error
+        self.server_pid = server_pid or os.getppid()  # the stubs are tritonserver's children
+        self.can_reload = model_control_mode(self.server_pid) == "explicit"
+        self._claims = f"wan22-watchdog-{repository_key(model_repository)}-{self.server_pid}"
+        self._stop = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()  # stop() wakes the poll
+        self._poll = select.poll()
+        self._poll.register(self._wake_read, select.POLLIN)
+        self._watched: dict[int, Stub] = {}  # pidfd -> the stub it refers to
+        # Claims on the deaths this watcher handled, kept: the zombie can outlive the reload (a failed one, or a death
+        # during a request, whose model version Triton never finishes unloading).
+        self._handled: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, name=f"watchdog-{own_model}", daemon=True)
+
+    def _claim(self, what: str, poll_s: float) -> socket.socket | None:
+        """Waits for the claim on `what` of this server; None once stopped."""
+        while not self._stop.is_set():
+            held = claim(f"{self._claims}-{what}")
+            if held is not None:
+                return held
+            self._stop.wait(poll_s)
+        return None
+
+    def start(self) -> "ComponentWatchdog":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ends the thread; one blocked in a reload is left to end with the process (it is a daemon)."""
+        self._stop.set()
+        os.write(self._wake_write, b"x")
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    def _run(self) -> None:
+        watcher = self._claim(f"watcher-{self.own_model}", RESCAN_SECONDS)  # another instance may be the watcher
+        if watcher is None:
+            return
+        try:
+            self.log_info(f"watchdog: watching the Python-backend stubs of tritonserver {self.server_pid} "
+                          f"(every model but {self.own_model})")
+            if not self.can_reload:
+                self.log_error(f"watchdog: {NO_RELOAD}")
+            while not self._stop.is_set():
+                for stub in self._watch_new_stubs() + self._wait_for_exits(RESCAN_SECONDS):
+                    if not self._stop.is_set():
+                        self._recover(stub)
+        except Exception as e:  # a watchdog that stops must say so
+            self.log_error(f"watchdog stopped by an error: {type(e).__name__}: {e}")
+        finally:
+            for fd in self._watched:
+                os.close(fd)
+            watcher.close()
+
+    def _watch_new_stubs(self) -> list[Stub]:
+        """Opens a pidfd for each stub not watched yet; returns those that exited before it could be opened."""
+        watched = {stub.pid for stub in self._watched.values()}
+        exited = []
+        for stub in server_stubs(self.server_pid):
+            if stub.model == self.own_model or stub.pid in watched:
+                continue
+            try:
+                fd = os.pidfd_open(stub.pid)
+            except ProcessLookupError:
+                exited.append(stub)
+                continue
+            if _stub_of(stub.pid, self.server_pid) != stub:  # exited (or its pid reused) since the scan
+                os.close(fd)
+                exited.append(stub)
+                continue
+            self._watched[fd] = stub
+            self._poll.register(fd, select.POLLIN)
+        return exited
+
+    def _wait_for_exits(self, timeout_s: float) -> list[Stub]:
+        exited = []
+        for fd, _ in self._poll.poll(timeout_s * 1000):
+            if fd in self._watched:
+                self._poll.unregister(fd)
+                os.close(fd)
+                exited.append(self._watched.pop(fd))
+        return exited
+
+    def _recover(self, stub: Stub) -> None:
+        if death_status(stub.pid) is None:
+            return  # ended by Triton (unload, shutdown)
+        reloading = self._claim(f"model-{stub.model}", 0.05)  # the other watcher may be reloading it
+        if reloading is None:
+            return
+        try:
+            status = death_status(stub.pid)  # usually gone if the other watcher reloaded the model meanwhile
+            death = claim(f"{self._claims}-death-{stub.pid}")  # None: the other watcher has handled it
+            if status is not None and death is not None:
+                self._handled.append(death)
+                self._restart(stub, status)
+        finally:
+            reloading.close()
+
+    def _restart(self, stub: Stub, status: int) -> None:
+        events.emit("component_died", model=stub.model, instance=stub.instance, stub_pid=stub.pid, exit_status=status)
+        self.log_error(f"watchdog: {stub.instance} (pid {stub.pid}) of {stub.model} died (wait status {status})")
+        started = time.monotonic()
+        try:
+            if not self.can_reload:
+                raise RuntimeError(NO_RELOAD)
+            self.log_info(f"watchdog: reloading {stub.model}; Triton reports it not ready until it is loaded")
+            self.control.unload(stub.model)  # first, so that Triton says not ready while the model loads again
+            self.control.load(stub.model)
+        except Exception as e:
+            events.emit("component_restart_failed", model=stub.model, instance=stub.instance, error=str(e))
+            self.log_error(f"watchdog: reloading {stub.model} failed: {e}")
+            return
+        seconds = time.monotonic() - started
+        pids = [s.pid for s in server_stubs(self.server_pid) if s.model == stub.model]
+        events.emit("component_restarted", model=stub.model, instance=stub.instance, seconds=seconds, stub_pids=pids)
+        self.log_info(f"watchdog: {stub.model} reloaded in {seconds:.2f}s (stubs {pids})")
