@@ -99,7 +99,7 @@ class HttpFront:
     """The public HTTP port: the HTTP guard there, Triton's own HTTP on a free loopback port behind it.
 
     The guard marks requests whose client went away in ``abandon_dir``; the models find it through their
-    environment (``env``) and the token header Triton forwards to them (``triton_args``).
+    environment (``env``) and the token header Triton forwards to them (``command``).
     """
 
     def __init__(self, listen_address: str, public_port: int):
@@ -112,9 +112,13 @@ class HttpFront:
     def env(self) -> dict[str, str]:
         return {abandonment.DIR_ENV: self.abandon_dir}
 
-    @staticmethod
-    def triton_args() -> list[str]:
-        return [f"--http-header-forward-pattern={abandonment.FORWARD_PATTERN}"]
+    def command(self, install: TritonInstall, model_repository: Path | str, extra_args: Sequence[str],
+                **settings) -> list[str]:
+        """tritonserver's command (server_args.build_command) with its HTTP on loopback behind the guard, and the
+        abandon token forwarded to the models."""
+        forward = f"--http-header-forward-pattern={abandonment.FORWARD_PATTERN}"
+        return build_command(install, model_repository, http_port=self.triton_port, http_address=LOOPBACK,
+                             extra_args=[forward, *extra_args], **settings)
 
     def start(self) -> None:
         self.guard.start()
@@ -194,19 +198,9 @@ def serve(
     given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
     front = HttpFront(listen_address, ports["http"])
-    cmd = build_command(
-        install,
-        model_repository,
-        http_port=front.triton_port,
-        grpc_port=ports["grpc"],
-        metrics_port=ports["metrics"],
-        admin_key=key,
-        listen_address=listen_address,
-        http_address=LOOPBACK,
-        exit_timeout_s=exit_timeout_s,
-        log_verbose=log_verbose,
-        extra_args=[*front.triton_args(), *extra_args],
-    )
+    cmd = front.command(install, model_repository, extra_args, grpc_port=ports["grpc"], metrics_port=ports["metrics"],
+                        admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,
+                        log_verbose=log_verbose)
     removed = remove_stale_regions()
     print(f"[devtools.launcher] tritonserver from {install.source}: {printable_command(cmd, key)}", file=sys.stderr)
     notes = start_notes(listen_address, ports, key, key_source, exit_timeout_s, removed)
@@ -356,19 +350,10 @@ class TritonServer:
         env = {**install.env, **front.env, **self.env}
         prepend_path("PATH", self.path_first, env)
         self.install = replace(install, env=env)
-        self.command = build_command(
-            self.install,
-            self.model_repository,
-            http_port=front.triton_port,
-            grpc_port=self.grpc_port,
-            metrics_port=self.metrics_port,
-            admin_key=self.admin_key,
-            listen_address=self.listen_address,
-            http_address=LOOPBACK,
-            exit_timeout_s=self.exit_timeout_s,
-            log_verbose=self.log_verbose,
-            extra_args=[*front.triton_args(), *self.extra_args],
-        )
+        self.command = front.command(self.install, self.model_repository, self.extra_args, grpc_port=self.grpc_port,
+                                     metrics_port=self.metrics_port, admin_key=self.admin_key,
+                                     listen_address=self.listen_address, exit_timeout_s=self.exit_timeout_s,
+                                     log_verbose=self.log_verbose)
         front.start()
         remove_stale_regions()
         if self.log_file is None:
