@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 LOW_PRECISION_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 FP16_MAX = 65504.0
 

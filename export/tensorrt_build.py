@@ -36,9 +36,10 @@ from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import CacheEntry, ComponentSpec, ShapeSpec
 from wan22_triton.engines import ONNX_GRAPH
+from wan22_triton.manifest import PRECISIONS
 
 from .model_config import build_model_config, to_pbtxt
-from .onnx_precision import PRECISIONS, convert_to_low_precision
+from .onnx_precision import convert_to_low_precision
 from .tensorrt_engine import DEFAULT_WORKSPACE_BYTES, PLAN_FILE, Log, TensorRTEngine
 
 TENSORRT_PLATFORM = "tensorrt_plan"

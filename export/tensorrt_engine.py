@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from wan22_triton.components import ComponentSpec
+from wan22_triton.manifest import PRECISIONS
 
-from .onnx_precision import PRECISIONS, graph_precision
+from .onnx_precision import graph_precision
 
 if TYPE_CHECKING:
     import tensorrt as trt
