@@ -21,6 +21,7 @@ from ..abandonment import AbandonWatch
 from ..components import TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
 from ..manifest import Manifest
+from ..metrics import GenerationMetrics
 from ..pipeline import StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
 
@@ -59,9 +60,9 @@ class TritonPythonModel:
         self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
         # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
         device = triton_io.torch_device(args)
-        self.pipeline = Wan22T2VPipeline(
-            self.manifest, bls_text_encoder, functools.partial(bls_expert, output_device=device), bls_vae_decoder, device
-        )
+        self.metrics = GenerationMetrics(pb, self.manifest.model)
+        expert = self.metrics.timed_expert(functools.partial(bls_expert, output_device=device))
+        self.pipeline = Wan22T2VPipeline(self.manifest, bls_text_encoder, expert, bls_vae_decoder, device)
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
             if self.manifest.low_memory else None
@@ -82,13 +83,17 @@ class TritonPythonModel:
 
     def execute(self, requests):
         if not self.streaming:
-            return triton_io.execute_each(requests, self._generate, self.logger)
+            return triton_io.execute_each(requests, self._measured_generate, self.logger)
         for request in requests:
             sender = request.get_response_sender()
             final = triton_io.pb_utils().TRITONSERVER_RESPONSE_COMPLETE_FINAL
-            [response] = triton_io.execute_each([request], lambda r: self._generate(r, sender), self.logger)
+            [response] = triton_io.execute_each([request], lambda r: self._measured_generate(r, sender), self.logger)
             sender.send(response, flags=final)
         return None
+
+    def _measured_generate(self, request, sender=None):
+        with self.metrics.request():  # wan22_* metrics on Triton's /metrics (wan22_triton.metrics)
+            return self._generate(request, sender)
 
     def _generate(self, request, sender=None):
         # 1. Validate (defaults from the checkpoint, limits from the manifest).
@@ -128,6 +133,7 @@ class TritonPythonModel:
         else:
             outputs["video"] = result.video
         outputs["stage_seconds"] = np.array([json.dumps(result.stage_seconds).encode()], dtype=object)
+        self.metrics.stages(result.stage_seconds)
         self.logger.log_info("stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in result.stage_seconds.items()))
         return triton_io.response(outputs)
 
