@@ -27,7 +27,8 @@ from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args
 STREAM_MODEL = "wan22_t2v_stream"
 
 
-def _inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
+def infer_inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
+    """The request's input tensors (common.REQUEST_INPUTS' types), for any `client.infer` of wan22_t2v."""
     inputs = []
     for name, (dtype, array) in request_arrays(values).items():
         tensor = grpcclient.InferInput(name, list(array.shape), dtype)
@@ -53,7 +54,7 @@ def generate(
             with VideoSharedMemory(url, video_bytes(client, values, model, headers), admin_key) as region:
                 return region.generate(client, values, model, timeout)
         outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
-        return unpack(client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout, headers=headers))
+        return unpack(client.infer(model, infer_inputs(values), outputs=outputs, client_timeout=timeout, headers=headers))
 
 
 def video_bytes(client: grpcclient.InferenceServerClient, values: dict[str, Any], model: str,
@@ -128,7 +129,7 @@ class VideoSharedMemory:
         for output in outputs:
             if output.name() == "video":
                 output.set_shared_memory(self.name, size)
-        result = client.infer(model, _inputs(values), outputs=outputs, client_timeout=timeout,
+        result = client.infer(model, infer_inputs(values), outputs=outputs, client_timeout=timeout,
                               headers=self.headers)
         shape = list(result.get_output("video").shape)
         return {**unpack_metadata(result), "video": self._shm.get_contents_as_numpy(self._region, np.uint8, shape).copy()}
@@ -153,7 +154,7 @@ def generate_stream(
         client.start_stream(callback=lambda result, error: responses.put((result, error)),
                             headers=admin_headers(admin_key, "grpc"))
         try:
-            client.async_stream_infer(model, _inputs(values))
+            client.async_stream_infer(model, infer_inputs(values))
             deadline = time.monotonic() + timeout if timeout else None
             steps = 0
             while True:

@@ -8,13 +8,11 @@ import time
 import urllib.request
 from collections import Counter
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from clients.common import REQUEST_INPUTS
 
 REQUEST = {"prompt": "x", "num_frames": 5, "height": 32, "width": 48, "num_inference_steps": 3, "seed": 3}
 SAMPLE = re.compile(r'^(wan22_\w+)\{([^}]*)\} (\S+)$')
@@ -41,13 +39,8 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
 def _step_experts(url: str) -> list[bytes]:
     """An ok request to wan22_t2v; which expert ran each step."""
     with grpcclient.InferenceServerClient(url) as client:
-        inputs = []
-        for name, value in REQUEST.items():
-            dtype, np_dtype = REQUEST_INPUTS[name]
-            tensor = grpcclient.InferInput(name, [1], dtype)
-            tensor.set_data_from_numpy(np.array([value.encode() if dtype == "BYTES" else value], dtype=np_dtype))
-            inputs.append(tensor)
-        result = client.infer("wan22_t2v", inputs, outputs=[grpcclient.InferRequestedOutput("step_experts")])
+        outputs = [grpcclient.InferRequestedOutput("step_experts")]
+        result = client.infer("wan22_t2v", grpc_client.infer_inputs(REQUEST), outputs=outputs)
     return list(result.as_numpy("step_experts"))
 
 

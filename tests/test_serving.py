@@ -11,7 +11,6 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from clients.common import REQUEST_INPUTS
 from wan22_triton.video import read_mp4
 
 from .conftest import ROOT, psnr, run_diffusers
@@ -133,14 +132,8 @@ def test_expert_routing_matches_diffusers(torch_server, diffusers_pipe, steps, f
     request = dict(prompt="x", num_frames=1, height=16, width=16, num_inference_steps=steps, guidance_scale=1.0,
                    flow_shift=flow_shift, seed=0)
     with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
-        inputs = []
-        for name, value in request.items():
-            dtype, np_dtype = REQUEST_INPUTS[name]
-            tensor = grpcclient.InferInput(name, [1], dtype)
-            tensor.set_data_from_numpy(np.array([value.encode() if dtype == "BYTES" else value], dtype=np_dtype))
-            inputs.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("step_experts", "step_timesteps")]
-        result = client.infer("wan22_t2v", inputs, outputs=outputs)
+        result = client.infer("wan22_t2v", grpc_client.infer_inputs(request), outputs=outputs)
     served = [(e.decode(), float(t)) for e, t in zip(result.as_numpy("step_experts"), result.as_numpy("step_timesteps"))]
     expected = _diffusers_routing(diffusers_pipe, steps, flow_shift)
     assert served == expected
