@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from clients import grpc_client
 from export.model_config import read_manifest
@@ -25,8 +25,7 @@ def _infer(url: str, model: str, arrays: dict[str, np.ndarray], output: str, cli
     with client.InferenceServerClient(url) as c:
         inputs = []
         for name, array in arrays.items():
-            dtype = "BYTES" if array.dtype == object else {"float32": "FP32", "int32": "INT32"}[array.dtype.name]
-            tensor = client.InferInput(name, list(array.shape), dtype)
+            tensor = client.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return c.infer(model, inputs, outputs=[client.InferRequestedOutput(output)]).as_numpy(output)

@@ -50,11 +50,11 @@ def stub_env_bin() -> str | None:
 def infer_model(url: str, model: str, inputs: dict[str, np.ndarray], output: str | None) -> np.ndarray | None:
     """One request to one served model (the parity probes, a release)."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
-    dtypes = {np.dtype(np.float32): "FP32", np.dtype(object): "BYTES", np.dtype(bool): "BOOL"}
     tensors = []
     for name, array in inputs.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), dtypes[array.dtype])
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     with grpcclient.InferenceServerClient(url) as client:
