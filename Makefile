@@ -16,10 +16,12 @@ METRICS_PORT ?= 8002
 LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: setup checkpoint export serve demo test perf perf-gpu docker-export docker-serve clean
 
-setup: $(VENV)/.ready
+setup: $(VENV)/.ready $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION)
 
 # Pinned dependencies (requirements.lock); tensorrt-stubs without its `tensorrt` dependency, which downloads the
 # real TensorRT from NVIDIA's index at install time. perf_analyzer needs Debian's libb64.
@@ -31,6 +33,14 @@ $(VENV)/.ready: requirements.lock pyproject.toml
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq libb64-0d >/dev/null || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null); \
 	  else echo "note: install Debian's libb64-0d for perf_analyzer"; fi; fi
+	touch $@
+
+# checkov (the Kubernetes policy scanner of tests/test_kubernetes.py) in a venv of its own: its many pinned
+# dependencies would fight requirements.lock. The stamp names the version, so a new pin rebuilds it.
+$(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
 	touch $@
 
 checkpoint: $(TINY)/model_index.json

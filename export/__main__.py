@@ -7,7 +7,9 @@ import dataclasses
 import time
 
 from wan22_triton.manifest import ENGINES, PRECISIONS, SPEED_CHOICES, Limits, SpeedOptions
+from wan22_triton.parallel import ParallelPlan
 
+from .loras import LoraSource
 from .options import DEVICES, ExportOptions
 from .repository import export_repository
 
@@ -18,7 +20,12 @@ HELP = {
     "quantization": "ENGINE=torch experts on a GPU",
     "attention": "ENGINE=torch experts on a GPU",
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",
+    "replicas": "whole pipelines, one per device group (concurrent requests side by side)",
+    "cfg_parallel": "2: a guided step's two halves on two expert instances at once",
+    "ulysses": "ENGINE=torch: devices per expert instance, sequence parallel (divides the attention heads)",
+    "lora": "NAME=FILE (both experts) or NAME=HIGH,LOW (one per expert), .safetensors; repeatable (docs/lora.md)",
 }
+REPEATABLE = {"lora": LoraSource.parse}  # tuple fields: the flag once per entry, each parsed by this
 CHOICES = {"engine": ENGINES, "device": DEVICES, "precision": PRECISIONS, **SPEED_CHOICES}
 BENCHMARK_ONLY = ("random_weights_seed", "vae_cudnn_benchmark")  # set by perf/, not a user's choice
 
@@ -31,6 +38,9 @@ def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
         flag, default = f"--{field.name.replace('_', '-')}", getattr(options(), field.name)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=HELP.get(field.name))
+        elif field.name in REPEATABLE:
+            parser.add_argument(flag, action="append", type=REPEATABLE[field.name], default=[], metavar="NAME=FILE[,FILE]",
+                                help=HELP.get(field.name))
         elif field.name in CHOICES:
             parser.add_argument(flag, choices=CHOICES[field.name], default=default, help=HELP.get(field.name))
         else:
@@ -39,17 +49,19 @@ def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
 
 
 def _pick(options: type, args: argparse.Namespace):
-    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)}
+    return options(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="Wan2.2 T2V diffusers checkpoint directory")
     parser.add_argument("--repository", default="model_repository", help="model repository to write")
-    for options in (ExportOptions, Limits, SpeedOptions):
+    for options in (ExportOptions, Limits, SpeedOptions, ParallelPlan):
         _add_flags(parser, options)
     args = parser.parse_args(argv)
-    opts = dataclasses.replace(_pick(ExportOptions, args), limits=_pick(Limits, args), speed=_pick(SpeedOptions, args))
+    opts = dataclasses.replace(_pick(ExportOptions, args), limits=_pick(Limits, args), speed=_pick(SpeedOptions, args),
+                               parallel=_pick(ParallelPlan, args))
     start = time.perf_counter()
     export_repository(args.checkpoint, args.repository, opts)
     print(f"export done in {time.perf_counter() - start:.1f}s -> {args.repository}")

@@ -25,6 +25,7 @@ def build_model_config(
     platform: str | None = None,
     instance_kind: str = "KIND_CPU",
     instance_count: int = 1,
+    gpus: tuple[int, ...] = (),  # KIND_GPU: `instance_count` instances on each; none listed: on every visible GPU
     parameters: Mapping[str, Any] | None = None,
     optional_inputs: frozenset[str] = frozenset(),
     decoupled: bool = False,
@@ -46,7 +47,7 @@ def build_model_config(
             tensor.reshape.SetInParent()
     for t in spec.outputs:
         config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"), dims=_dims(t, batched))
-    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count, gpus=gpus)
     for key, value in (parameters or {}).items():
         text = value if isinstance(value, str) else json.dumps(value)
         config.parameters[key].string_value = text

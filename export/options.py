@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wan22_triton.manifest import ENGINES, PRECISIONS, Limits, SpeedOptions
+from wan22_triton.parallel import ParallelPlan
+
+from .loras import LoraSource
 
 DEVICES = ("cpu", "gpu")
 
@@ -21,9 +24,12 @@ class ExportOptions:
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     low_memory: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
     # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
     random_weights_seed: int | None = None
     vae_cudnn_benchmark: bool = False
+    # `--lora NAME=FILE` or `NAME=HIGH,LOW`, repeatable: adapters requests choose by name (export/loras.py)
+    lora: tuple[LoraSource, ...] = ()
 
     def check(self) -> None:
         """ValueError naming the first choice that cannot be served."""
@@ -39,5 +45,16 @@ class ExportOptions:
             raise ValueError("FP8 quantization and the attention kernels need --device gpu")
         if self.low_memory and self.engine != "torch":
             raise ValueError(f"low_memory needs engine 'torch' (weights the Python model can move), got {self.engine!r}")
+        if self.parallel.ulysses > 1 and self.engine != "torch":
+            raise ValueError(f"ulysses needs engine 'torch' (its worker processes run the diffusers module), "
+                             f"got {self.engine!r}")
+        if self.low_memory and self.parallel.active:
+            raise ValueError("low_memory swaps weights to fit ONE GPU; with several, use them instead (no parallel "
+                             "plan with low_memory)")
         if self.low_memory and self.speed.quantization != "none":
             raise ValueError("low_memory does not support quantization (torchao's FP8 weights are not plain storage)")
+        for source in self.lora:
+            source.check()
+        if self.lora and (self.engine != "torch" or self.low_memory or self.speed.compile != "none"):
+            raise ValueError("--lora needs engine 'torch', without --low-memory or --compile (adapters are chosen per "
+                             "call: a compiled block would recompile for each adapter and scale; wan22_triton/lora.py)")

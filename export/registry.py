@@ -18,9 +18,11 @@ from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import ComponentSpec
 from wan22_triton.engines import ONNX_GRAPH
 from wan22_triton.manifest import Manifest
+from wan22_triton.presets import PRESETS
 from wan22_triton.random_weights import component_seed
 from wan22_triton.vae_frames import load_cache_layout
 
+from .loras import expert_lora_writer
 from .options import ExportOptions
 
 ArtifactWriter = Callable[[Path], None]  # fills the model's version folder
@@ -34,7 +36,8 @@ class Component:
     spec: Callable[[], ComponentSpec]  # called once the artifacts exist (the VAE frame graphs' caches)
     manifest: Manifest
     write_artifacts: ArtifactWriter = lambda version: None
-    instance_count: int = 1
+    instance_count: int = 1  # per device
+    devices: tuple[int, ...] = (0,)  # where its instances go (parallel plan): GPU ids, or one CPU instance each
     optional_inputs: frozenset[str] = frozenset()
     decoupled: bool = False
     max_queue_seconds: int = 0
@@ -47,6 +50,14 @@ def copy_folders(*folders: tuple[Path, str]) -> ArtifactWriter:
     def write(version: Path) -> None:
         for src, name in folders:
             shutil.copytree(src, version / name, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+
+    return write
+
+
+def _both(*writers: ArtifactWriter) -> ArtifactWriter:
+    def write(version: Path) -> None:
+        for writer in writers:
+            writer(version)
 
     return write
 
@@ -87,32 +98,39 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     """Every model of the repository for this checkpoint and these options, in the order they must be written."""
     ckpt = Path(info.path)
     gpu_inputs = opts.engine == "torch" and opts.device == "gpu"
+    pipeline_devices = tuple(opts.parallel.pipeline_devices())  # text encoder, VAE, orchestrator: one per replica
 
     def manifest(name: str, folder: str | None = None, **fields) -> Manifest:
         seed = opts.random_weights_seed
         return Manifest(
             model=name, engine=opts.engine, precision=opts.precision, checkpoint=info, low_memory=opts.low_memory,
-            limits=opts.limits, random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None,
+            limits=opts.limits, parallel=opts.parallel, random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None,
             **fields,
         )
 
     out = [Component(
         C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), manifest(C.TEXT_ENCODER, "text_encoder"),
         copy_folders((ckpt / "text_encoder", "text_encoder"), (ckpt / "tokenizer", "tokenizer")),
+        devices=pipeline_devices,
     )]
 
+    loras = tuple(source.name for source in opts.lora)
+    lora_inputs = frozenset(t.name for t in C.EXPERT_LORA_INPUTS) if opts.lora else frozenset()
     for folder, name in zip(info.expert_folders, C.expert_models(info)):
         spec = C.transformer_spec(info, name)
         if opts.engine == "torch":
             write, entry = copy_folders((ckpt / folder, "transformer")), "transformer"
         else:  # the TensorRT build turns the ONNX graph into a plan and writes the config
             write, entry = _onnx_expert(ckpt / folder, spec), ("transformer" if opts.engine == "onnx" else None)
+        if opts.lora:  # torch engine (options.check): the files, and the adapter of each call as optional inputs
+            spec = C.transformer_lora_spec(info, name)
+            write = _both(write, expert_lora_writer(opts.lora, info.expert_folders.index(folder)))
         low_memory = opts.low_memory  # the same tensors plus an optional `release`, all optional (components.py)
         out.append(Component(
             name, entry, (lambda n=name: C.transformer_offload_spec(info, n)) if low_memory else (lambda s=spec: s),
-            manifest(name, folder, speed=opts.speed), write,
-            optional_inputs=C.transformer_offload_optional_inputs(info) if low_memory else frozenset(),
-            gpu_inputs=gpu_inputs,
+            manifest(name, folder, speed=opts.speed, loras=loras), write,
+            optional_inputs=C.transformer_offload_optional_inputs(info) if low_memory else lora_inputs,
+            gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
         ))
 
     # vae_decoder: diffusers' decode (torch), or a loop over the first-frame/step graph pair, each its own model.
@@ -121,7 +139,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
                                        cudnn_benchmark=opts.vae_cudnn_benchmark, low_memory=False)
     vae_write = copy_folders((ckpt / "vae", "vae")) if opts.engine == "torch" else _onnx_vae_frames(ckpt / "vae", info)
     out.append(Component(C.VAE_DECODER, "vae_decoder", lambda: C.vae_decoder_spec(info), vae_manifest, vae_write,
-                         gpu_inputs=gpu_inputs))
+                         gpu_inputs=gpu_inputs, devices=pipeline_devices))
     if opts.engine != "torch":  # each frame graph its own model: ONNX Runtime serves it, or the TensorRT build's plan
         vae_version = repository / C.VAE_DECODER / "1"
         for index, frame_model in enumerate(C.VAE_DECODER_FRAME_MODELS):
@@ -131,7 +149,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             out.append(Component(
                 frame_model, "onnx_graph" if opts.engine == "onnx" else None, frame_spec,
                 dataclasses.replace(manifest(frame_model), low_memory=False),
-                _move_graph(vae_version / f"{frame_model}.onnx"),
+                _move_graph(vae_version / f"{frame_model}.onnx"), devices=pipeline_devices,
             ))
 
     # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled). With the models on
@@ -141,9 +159,9 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         spec = C.orchestrator_spec(info, stream=stream)
         out.append(Component(
             spec.name, "orchestrator", lambda s=spec: s,
-            manifest(spec.name, video_sizes=video_sizes),
+            manifest(spec.name, video_sizes=video_sizes, loras=loras, presets=PRESETS),
             instance_count=opts.orchestrator_instances, optional_inputs=C.OPTIONAL_REQUEST_INPUTS, decoupled=stream,
-            max_queue_seconds=opts.max_queue_seconds,
+            max_queue_seconds=opts.max_queue_seconds, devices=pipeline_devices,
         ))
     return out
 

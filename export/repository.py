@@ -17,6 +17,7 @@ from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.manifest import MANIFEST_PARAMETER
 
+from .loras import check_loras
 from .model_config import build_model_config, to_pbtxt
 from .options import ExportOptions
 from .registry import Component, repository_components
@@ -35,12 +36,14 @@ def _empty_version_dir(model_dir: Path) -> Path:
 
 
 def write_config(model_dir: Path, component: Component, instance_kind: str) -> None:
-    """config.pbtxt: the declaration, Triton's settings and the manifest as the one `manifest` parameter."""
+    """config.pbtxt: the declaration, Triton's settings and the manifest as the one `manifest` parameter.
+    Instances: `instance_count` on each of the component's GPUs, or as many per device on the CPU."""
     parameters = {MANIFEST_PARAMETER: component.manifest.to_json()}
     if component.gpu_inputs:
         parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     config = build_model_config(
-        component.spec(), instance_kind=instance_kind, instance_count=component.instance_count,
+        component.spec(), instance_kind=instance_kind, gpus=component.devices if instance_kind == "KIND_GPU" else (),
+        instance_count=component.instance_count * (1 if instance_kind == "KIND_GPU" else len(component.devices)),
         parameters=parameters, optional_inputs=component.optional_inputs, decoupled=component.decoupled,
         max_queue_seconds=component.max_queue_seconds,
     )
@@ -55,10 +58,12 @@ def export_repository(
 ) -> CheckpointInfo:
     opts.check()
     info = read_checkpoint(checkpoint)
+    opts.parallel.check(info)
     repo = Path(repository)
     instance_kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
     log(f"export {info.path} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision}"
         f"{', low memory' if opts.low_memory else ''})")
+    check_loras(info, opts.lora, log)  # a LoRA that does not fit its expert stops the export before any write
     for frame_model in C.VAE_DECODER_FRAME_MODELS:  # only some engines serve them: never left from an earlier export
         shutil.rmtree(repo / frame_model, ignore_errors=True)
 

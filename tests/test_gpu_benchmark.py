@@ -20,7 +20,7 @@ def benchmark(tmp_path_factory):
     out, work = tmp_path_factory.mktemp("bench-out"), tmp_path_factory.mktemp("bench-work")
     main([
         "--device", "cpu", "--preset", "tiny", "--height", "32", "--width", "48", "--num-frames", "9",
-        "--steps", "8", "--variants", "bf16", "--measured-requests", "2", "--server-arg=--log-verbose=0",
+        "--steps", "8", "--variants", "bf16,bf16_cfg2_ulysses2", "--measured-requests", "2", "--server-arg=--log-verbose=0",
         "--out-dir", str(out), "--workdir", str(work),
     ])
     return json.loads((out / "results.json").read_text()), out, work
@@ -45,6 +45,19 @@ def test_benchmark_parity_and_routing(benchmark):
     assert 0 < high < 8
     assert variant["steps"] == {"transformer_high_noise": high, "transformer_low_noise": 8 - high}
     assert results["baseline"]["steps"] == variant["steps"]
+
+
+def test_benchmark_measures_a_parallel_plan_against_its_tier_on_one_device(benchmark):
+    results, out, _ = benchmark
+    one, parallel = results["variants"]["bf16"], results["variants"]["bf16_cfg2_ulysses2"]
+    assert parallel["status"] == "ok" and parallel["gpus"] == 4
+    assert parallel["steps"] == one["steps"]  # two CFG executions a step counted as one step
+    assert parallel["parity"]["noise_pred_rel_l2"] < 1e-5  # the Ulysses forward on the baseline's inputs
+    assert parallel["parity"]["psnr_db"] > 40
+    assert parallel["step_mean_s"] * sum(parallel["steps"].values()) == pytest.approx(
+        parallel["stage_seconds"]["denoise"])
+    assert parallel["step_speedup_vs_1gpu"] == pytest.approx(one["step_mean_s"] / parallel["step_mean_s"])
+    assert "cfg2_ulysses2 (4 GPUs)" in (out / "table.md").read_text()
 
 
 def test_benchmark_reports_every_request_and_its_files(benchmark):

@@ -58,7 +58,8 @@ def _build_directly() -> SimpleNamespace:
     info = CheckpointInfo(
         path="", family="wan2.2-t2v-a14b", expert_folders=("transformer", "transformer_2"), boundary_ratio=0.875,
         num_train_timesteps=1000, in_channels=16, out_channels=16, patch_size=(1, 2, 2), text_dim=32,
-        text_len=int(_pipeline_call_default("max_sequence_length")), z_dim=16,
+        text_len=int(_pipeline_call_default("max_sequence_length")),
+        num_attention_heads=int(transformer.config.num_attention_heads), z_dim=16,
         vae_scale_factor_temporal=int(vae.config.scale_factor_temporal),
         vae_scale_factor_spatial=int(vae.config.scale_factor_spatial),
         latents_mean=tuple(vae.config.latents_mean), latents_std=tuple(vae.config.latents_std),

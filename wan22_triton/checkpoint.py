@@ -87,6 +87,7 @@ class CheckpointInfo:
     patch_size: tuple[int, int, int]
     text_dim: int
     text_len: int
+    num_attention_heads: int  # the experts'; sequence parallelism splits them
     z_dim: int
     vae_scale_factor_temporal: int
     vae_scale_factor_spatial: int
@@ -164,6 +165,7 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
         patch_size=tuple(int(p) for p in transformer["patch_size"]),  # type: ignore[arg-type]
         text_dim=int(text_encoder["d_model"]),
         text_len=int(_pipeline_call_default("max_sequence_length")),
+        num_attention_heads=int(transformer["num_attention_heads"]),
         z_dim=int(vae["z_dim"]),
         vae_scale_factor_temporal=int(_vae_config_value(vae, "scale_factor_temporal")),
         vae_scale_factor_spatial=int(_vae_config_value(vae, "scale_factor_spatial")),

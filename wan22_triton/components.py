@@ -192,6 +192,17 @@ def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
     return frozenset(t.name for t in transformer_offload_spec(info, TRANSFORMER_HIGH_NOISE).inputs)
 
 
+# LoRA adapters (export `--lora`, wan22_triton.lora): the experts' config adds two optional inputs, the adapter of
+# this call and its scale (absent: the base model); the ONNX/TensorRT contract (`transformer_spec`) is unchanged.
+EXPERT_LORA_INPUTS = (TensorSpec("lora", "object", (BATCH, 1)), TensorSpec("lora_scale", "float32", (BATCH, 1)))
+
+
+def transformer_lora_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
+    spec = transformer_spec(info, name)
+    return ComponentSpec(spec.name, (*spec.inputs, *EXPERT_LORA_INPUTS), spec.outputs, spec.max_batch_size,
+                         spec.sample_sizes)
+
+
 def vae_decoder_spec(info: CheckpointInfo) -> ComponentSpec:
     """De-normalised latents -> `video`: frames in [-1, 1] (batch, rgb, frames, height, width), float32, what
     diffusers' decode returns; `frames`: the same as uint8 (batch, frames, height, width, rgb), converted where the
@@ -261,6 +272,9 @@ REQUEST_INPUTS = (
     TensorSpec("flow_shift", "float32", SCALAR),
     TensorSpec("seed", "int64", SCALAR),
     TensorSpec("output_format", "object", SCALAR),  # "frames" (default) or "mp4"
+    TensorSpec("lora", "object", SCALAR),  # an adapter the export loaded (manifest `loras`); "" or absent: none
+    TensorSpec("lora_scale", "float32", SCALAR),  # its strength, default 1.0
+    TensorSpec("preset", "object", SCALAR),  # named sampler settings (wan22_triton.presets), its LoRA by default
 )
 OPTIONAL_REQUEST_INPUTS = frozenset(t.name for t in REQUEST_INPUTS if t.name != "prompt")
 

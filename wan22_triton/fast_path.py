@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -59,13 +59,16 @@ def _require_gpu(option: str) -> None:
 
 
 def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
-    return isinstance(module, torch.nn.Linear) and fqn.startswith("blocks.")
+    """The blocks' Linear layers, without peft's LoRA pairs (`.lora_A.`, `.lora_B.`): those stay BF16 (lora.py)."""
+    return isinstance(module, torch.nn.Linear) and fqn.startswith("blocks.") and ".lora_" not in fqn
 
 
 def optimize_transformer(
-    model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print
+    model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print, sequence_group: Any = None
 ) -> torch.nn.Module:
-    """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model."""
+    """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model.
+    `sequence_group`: a process group to run each forward over (Ulysses), set up after the attention kernel is
+    chosen (it wraps it) and before compiling (the all-to-alls compile into the block)."""
     compile, quantization, attention = speed.compile, speed.quantization, speed.attention
     speed.check()
     for option in (quantization, attention):
@@ -89,6 +92,11 @@ def optimize_transformer(
         flash_attention.import_flash_attn()
         replaced = self_attention.set_self_attention(model, flash_attention.attention)
         log(f"attention flash_attn_4 (FlashAttention-4, CuTe DSL) on {replaced} blocks' self-attention")
+    if sequence_group is not None:
+        from . import sequence_parallel
+
+        sequence_parallel.enable(model, sequence_group)
+        log(f"sequence parallel (Ulysses) over {sequence_group.size()} ranks, rank {sequence_group.rank()}")
     if compile == "regional":
         _utf8_locale()
         model.compile_repeated_blocks(fullgraph=True)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .checkpoint import CheckpointInfo
+from .parallel import ParallelPlan
+from .presets import Preset
 
 MANIFEST_PARAMETER = "manifest"
 ENGINES = ("torch", "onnx", "tensorrt")
@@ -58,6 +60,7 @@ class Limits:
     max_inference_steps: int = 100
     max_request_seconds: int = 3600  # generation stops between steps once exceeded (0: no limit)
     max_prompt_bytes: int = 16384  # UTF-8 per prompt; the text encoder reads 512 tokens of it at most
+    max_lora_scale: float = 4.0  # |lora_scale|: past a few, an adapter's delta swamps the weights it adapts
 
 
 VideoSize = tuple[int, int, int]  # (num_frames, height, width)
@@ -75,10 +78,13 @@ class Manifest:
     low_memory: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
     limits: Limits = field(default_factory=Limits)  # checked by the orchestrator and by each component
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
     video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans: the sizes they serve
     # Benchmark seam (wan22_triton.random_weights): built from the checkpoint's config with weights from this seed.
     random_weights_seed: int | None = None
     cudnn_benchmark: bool = False  # VAE decoder: autotuned cuDNN convolutions
+    loras: tuple[str, ...] = ()  # experts and orchestrators: the LoRA adapters served (wan22_triton.lora)
+    presets: tuple[Preset, ...] = ()  # orchestrators: the named sampler settings (wan22_triton.presets)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

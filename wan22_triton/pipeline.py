@@ -13,6 +13,7 @@ orchestrator instance placed there, whose BLS calls then hand CUDA tensors to th
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from .checkpoint import RequestSettings
 from .component_limits import check_prompt_bytes
 from .components import expert_models
 from .errors import Cancelled, RequestError
+from .lora import LoraChoice, name_problem
 from .manifest import Manifest
+from .presets import DEFAULT_SAMPLER, euler_sigmas, find_preset
 
 if TYPE_CHECKING:  # the annotation only: the switch belongs to the low-memory mode (offload)
     from .offload import ExpertSwitch
@@ -39,6 +42,14 @@ class GenerationRequest(RequestSettings):
 
     prompt: str
     seed: int
+    lora: str | None = None  # the adapter every expert call of this request uses; None: the base model
+    lora_scale: float = 1.0
+    preset: str | None = None
+    sampler: str = DEFAULT_SAMPLER  # set by a preset only (presets.SAMPLERS)
+
+    @property
+    def adapter(self) -> LoraChoice | None:
+        return None if self.lora is None else (self.lora, self.lora_scale)
 
 
 @dataclass
@@ -64,7 +75,8 @@ class GenerationResult:
 # Components take torch tensors (on the pipeline's device) and may answer with numpy arrays or torch tensors.
 Array = np.ndarray | torch.Tensor
 TextEncoderFn = Callable[[list[str]], Array]  # prompts -> [B, text_len, text_dim]
-ExpertFn = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], Array]  # (model, latents, t, embeds) -> noise
+# (model, latents, t, embeds) -> noise; a request with a LoRA adds the keyword `lora=(name, scale)`
+ExpertFn = Callable[..., Array]
 VaeDecoderFn = Callable[[torch.Tensor], Array]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
 
 
@@ -91,6 +103,13 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
     prompt = _scalar(inputs, "prompt", str, None)
     if prompt is None:
         raise RequestError("'prompt' is required")
+    # A preset replaces the defaults it names and brings its LoRA; the request's own inputs still override both.
+    preset_name = _scalar(inputs, "preset", str, "") or None
+    preset = None if preset_name is None else find_preset(manifest.presets, preset_name)
+    if preset_name is not None and preset is None:
+        raise RequestError(f"'preset' must be one of {[p.name for p in manifest.presets]}, got {preset_name!r}")
+    if preset is not None:
+        d = dataclasses.replace(d, **preset.settings())
     req = GenerationRequest(
         prompt=prompt,
         negative_prompt=_scalar(inputs, "negative_prompt", str, d.negative_prompt),
@@ -103,6 +122,10 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
         flow_shift=_scalar(inputs, "flow_shift", float, d.flow_shift),
         seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
         output_format=_scalar(inputs, "output_format", str, d.output_format),
+        lora=_scalar(inputs, "lora", str, preset.lora if preset else None) or None,  # "": none, even a preset's
+        lora_scale=_scalar(inputs, "lora_scale", float, preset.lora_scale if preset else 1.0),
+        preset=preset_name,
+        sampler=preset.sampler if preset else DEFAULT_SAMPLER,
     )
     for name in ("prompt", "negative_prompt"):
         check_prompt_bytes(name, len(getattr(req, name).encode()), lim, info)
@@ -136,7 +159,23 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
         raise RequestError(f"'flow_shift' must be a finite number > 0, got {req.flow_shift}")
     if not 0 <= req.seed < 2**63:
         raise RequestError(f"'seed' must be within [0, 2**63), got {req.seed}")
+    _check_lora(req, manifest, preset_name)
     return req
+
+
+def _check_lora(req: GenerationRequest, manifest: Manifest, preset: str | None) -> None:
+    """The request's adapter is one the export loaded (a name, never a path), its scale finite and bounded."""
+    bound = manifest.limits.max_lora_scale
+    if not np.isfinite(req.lora_scale) or abs(req.lora_scale) > bound:
+        raise RequestError(f"'lora_scale' must be a finite number within [-{bound:g}, {bound:g}], got {req.lora_scale}")
+    if req.lora is None:
+        return
+    problem = name_problem(req.lora)
+    if problem is not None:
+        raise RequestError(f"'lora' {problem}")
+    if req.lora not in manifest.loras:
+        origin = f" (preset {preset!r}'s default; send lora \"\" for none)" if preset else ""
+        raise RequestError(f"'lora' {req.lora!r}{origin} is not served here; served: {list(manifest.loras)}")
 
 
 def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
@@ -151,8 +190,15 @@ def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
     return experts[1], "guidance_scale_2"
 
 
-def make_scheduler(manifest: Manifest, flow_shift: float):
-    """A fresh scheduler per request (schedulers are stateful), from the checkpoint's own config."""
+def make_scheduler(manifest: Manifest, flow_shift: float, sampler: str = DEFAULT_SAMPLER):
+    """A fresh scheduler per request (schedulers are stateful): the checkpoint's own (UniPC) from its config, or for
+    `euler` (presets.SAMPLERS) diffusers' FlowMatchEulerDiscreteScheduler, the solver Wan2.2-Lightning was
+    distilled with; `flow_shift` is either one's shift."""
+    if sampler == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=manifest.checkpoint.num_train_timesteps,
+                                               shift=flow_shift)
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler.from_config(manifest.checkpoint.scheduler_config, flow_shift=flow_shift)
@@ -253,8 +299,11 @@ class Wan22T2VPipeline:
 
     def prepare_scheduler(self, req: GenerationRequest):
         """A fresh scheduler (they are stateful) holding the request's timesteps on the pipeline's device."""
-        scheduler = make_scheduler(self.manifest, req.flow_shift)
-        scheduler.set_timesteps(req.num_inference_steps, device=self.device)
+        scheduler = make_scheduler(self.manifest, req.flow_shift, req.sampler)
+        if req.sampler == "euler":  # the Lightning release's sigma grid, shifted by the scheduler
+            scheduler.set_timesteps(sigmas=euler_sigmas(req.num_inference_steps), device=self.device)
+        else:
+            scheduler.set_timesteps(req.num_inference_steps, device=self.device)
         scheduler.set_begin_index(0)
         return scheduler
 
@@ -291,7 +340,7 @@ class Wan22T2VPipeline:
             if expert_switch is not None:
                 expert_switch.before_step(expert, i)
             guidance_scale = getattr(req, guidance_field) if uses_cfg(req) else None
-            noise = self.predict_noise(expert, latents, t, embeds, guidance_scale)
+            noise = self.predict_noise(expert, latents, t, embeds, guidance_scale, req.adapter)
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             result.timesteps.append(float(t))
             result.experts.append(expert)
@@ -304,13 +353,14 @@ class Wan22T2VPipeline:
         return latents
 
     def predict_noise(self, expert: str, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
-                      guidance_scale: float | None) -> torch.Tensor:
+                      guidance_scale: float | None, lora: LoraChoice | None = None) -> torch.Tensor:
         """One expert call on [cond, uncond] as one batch, combined by CFG with `guidance_scale` (None: CFG off,
-        a batch of one)."""
+        a batch of one); `lora`: the adapter the expert applies to this call (None: the base model)."""
         batch = 1 if guidance_scale is None else 2
         model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
         timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
-        noise = self._on_device(self.expert(expert, model_input, timestep, embeds))
+        adapter = {} if lora is None else {"lora": lora}  # callables that know no LoRA keep working for the base model
+        noise = self._on_device(self.expert(expert, model_input, timestep, embeds, **adapter))
         if guidance_scale is None:
             return noise
         noise_cond, noise_uncond = noise[0:1], noise[1:2]

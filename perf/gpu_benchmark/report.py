@@ -34,6 +34,11 @@ def add_derived(results: dict[str, Any]) -> None:
         if base.get("status") == "ok" and row is not base:
             row["speedup"] = base["e2e_s"] / row["e2e_s"]
             row["step_speedup"] = base["step_mean_s"] / row["step_mean_s"]
+    for row in results["variants"].values():  # several GPUs against the same tier on one
+        one_gpu = results["variants"].get(row.get("parallel", {}).get("one_gpu"), {})
+        if row.get("status") == "ok" and one_gpu.get("status") == "ok" and "step_mean_s" in row:
+            row["step_speedup_vs_1gpu"] = one_gpu["step_mean_s"] / row["step_mean_s"]
+            row["e2e_speedup_vs_1gpu"] = one_gpu["e2e_s"] / row["e2e_s"]
 
 
 def _f(value: Any, fmt: str) -> str:
@@ -151,13 +156,28 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def render_parallel_table(results: dict[str, Any]) -> str:
+    """Several GPUs: mean step (the orchestrator's denoise stage over its steps) and the speed-ups against the same
+    tier on one GPU and against the diffusers baseline; empty without parallel rows."""
+    rows = [r for r in results["variants"].values() if r.get("status") == "ok" and "parallel" in r]
+    if not rows:
+        return ""
+    lines = ["| system | GPUs | mean step s | step speed-up vs 1 GPU | end to end s | e2e vs 1 GPU | e2e vs diffusers |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['gpus']} | {_f(r.get('step_mean_s'), '.3f')} "
+                     f"| {_f(r.get('step_speedup_vs_1gpu'), '.3f')}x | {r['e2e_s']:.2f} "
+                     f"| {_f(r.get('e2e_speedup_vs_1gpu'), '.3f')}x | {_f(r.get('speedup'), '.3f')}x |")
+    return "\n".join(lines)
+
+
 def save(results: dict[str, Any], args) -> None:
     """results.json, table.md and gpu_benchmark.png under --out-dir (after every phase: a crash keeps the rest)."""
     add_derived(results)
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = render_table(results)
-    low_memory = render_low_memory_table(results)
-    (args.out_dir / "table.md").write_text(table + "\n" + (f"\n{low_memory}\n" if low_memory else ""))
+    extra = [t for t in (render_low_memory_table(results), render_parallel_table(results)) if t]
+    (args.out_dir / "table.md").write_text(table + "\n" + "".join(f"\n{t}\n" for t in extra))
     try:
         write_chart(results, args.out_dir / "gpu_benchmark.png")
     except Exception as e:  # the numbers matter more than the picture

@@ -84,7 +84,8 @@ def count_steps(result: dict[str, Any]) -> None:
     expert includes its load: `step_s_without_swaps` takes the loads and releases (`swaps`) out."""
     models, swaps = result["models"], result.get("swaps", {})
     releases = {e: sum(c["expert"] == e for c in swaps.get("orchestrator_release_calls", [])) for e in EXPERTS}
-    steps = {e: models.get(e, {}).get("count", 0) - releases[e] for e in EXPERTS}
+    calls_per_step = result.get("parallel", {}).get("cfg_parallel", 1)  # CFG parallel: two executions a step
+    steps = {e: (models.get(e, {}).get("count", 0) - releases[e]) // calls_per_step for e in EXPERTS}
     result["steps"] = steps
     result["step_s"] = {e: models[e]["compute_infer_s"] / steps[e] for e in EXPERTS if steps[e]}
     if any(e in swaps for e in EXPERTS):

@@ -3,11 +3,13 @@
 A `Variant` holds the experts' speed options (wan22_triton.manifest.SpeedOptions), the VAE's cuDNN autotuning and,
 for the `*_lowmem` variants, the low-memory mode (experts and text encoder in page-locked host memory, on the GPU
 only while they work; wan22_triton/offload.py). The default variants are the FP8 tier `fp8_attention` and the BF16
-tier `flash_attention`; `compile` is the BF16 tier with PyTorch's SDPA.
+tier `flash_attention`; `compile` is the BF16 tier with PyTorch's SDPA. `<tier>_<plan>` runs a tier over several
+GPUs (wan22_triton.parallel: `cfg2` CFG parallel, `ulysses2` sequence parallel, `cfg2_ulysses4`, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 from wan22_triton import components as C
 from wan22_triton.manifest import SpeedOptions
+from wan22_triton.parallel import ParallelPlan
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,17 @@ class Variant:
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     vae_cudnn_benchmark: bool = False
     low_memory: bool = False
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)
+    one_gpu: str | None = None  # a parallel variant's tier on one GPU (the variant its step times compare with)
 
-    def results_row(self) -> dict[str, str]:
-        """The variant as every results.json has recorded it (strings; `attention`, `low_memory` when set)."""
-        row = {"label": self.label, "compile": self.speed.compile, "quantization": self.speed.quantization}
+    def results_row(self) -> dict[str, Any]:
+        """The variant as every results.json has recorded it (strings; `attention`, `low_memory` when set), and the
+        number of GPUs it uses."""
+        row: dict[str, Any] = {"label": self.label, "compile": self.speed.compile,
+                               "quantization": self.speed.quantization, "gpus": self.parallel.devices}
+        if self.parallel.active:
+            row["parallel"] = {"replicas": self.parallel.replicas, "cfg_parallel": self.parallel.cfg_parallel,
+                               "ulysses": self.parallel.ulysses, "one_gpu": self.one_gpu}
         if self.speed.attention != SpeedOptions().attention:
             row["attention"] = self.speed.attention
         row["vae_cudnn_benchmark"] = "1" if self.vae_cudnn_benchmark else "0"
@@ -49,6 +59,17 @@ VARIANTS: dict[str, Variant] = {
     "bf16_lowmem": Variant("Triton BF16 eager, low memory", low_memory=True),
     "compile_lowmem": Variant("Triton BF16 + compile, low memory", REGIONAL, low_memory=True),
 }
+# Several GPUs: the BF16 eager tier and the FP8 tier over each plan (names: <tier>_<plan>).
+PLANS = {
+    "cfg2": ParallelPlan(cfg_parallel=2), "ulysses2": ParallelPlan(ulysses=2), "ulysses4": ParallelPlan(ulysses=4),
+    "ulysses8": ParallelPlan(ulysses=8), "cfg2_ulysses2": ParallelPlan(cfg_parallel=2, ulysses=2),
+    "cfg2_ulysses4": ParallelPlan(cfg_parallel=2, ulysses=4), "replicas2": ParallelPlan(replicas=2),
+}
+for _tier in ("bf16", "fp8_attention"):
+    for _plan_name, _plan in PLANS.items():
+        _base = VARIANTS[_tier]
+        VARIANTS[f"{_tier}_{_plan_name}"] = dataclasses.replace(
+            _base, label=f"{_base.label}, {_plan_name} ({_plan.devices} GPUs)", parallel=_plan, one_gpu=_tier)
 DEFAULT_VARIANTS = "fp8_attention,flash_attention"
 
 EXPERTS = tuple(C.EXPERT_MODELS.values())  # high-noise first
@@ -63,7 +84,7 @@ def export_variant(checkpoint: Path, repo: Path, variant: Variant, args) -> None
     if repo.exists():
         shutil.rmtree(repo)
     opts = ExportOptions(engine="torch", device=args.device, precision=args.precision, low_memory=variant.low_memory,
-                         speed=variant.speed, random_weights_seed=args.weights_seed,
+                         speed=variant.speed, parallel=variant.parallel, random_weights_seed=args.weights_seed,
                          vae_cudnn_benchmark=variant.vae_cudnn_benchmark)
     export_repository(checkpoint, repo, opts, log=lambda _: None)
 

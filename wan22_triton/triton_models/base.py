@@ -10,6 +10,7 @@ import torch
 
 from .. import triton_io
 from ..engines import torch_dtype
+from ..loading import load_component
 from ..manifest import Manifest
 
 
@@ -39,15 +40,8 @@ class ComponentModel:
         return triton_io.execute_each(requests, self.infer, self.logger)
 
     def load_torch(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
-        """A diffusers/transformers module from `1/<folder>` in the manifest's precision, on this instance's device;
-        with the benchmark seam `random_weights_seed`, built from the config with random weights."""
-        seed = self.manifest.random_weights_seed
-        if seed is not None:
-            from ..random_weights import random_component
-
-            return random_component(kind, self.root / folder, seed, self.dtype, self.device)
-        model = model_class.from_pretrained(self.root / folder, torch_dtype=self.dtype, use_safetensors=True)
-        return model.to(self.device).eval()
+        """`loading.load_component` of `1/<folder>` on this instance's device."""
+        return load_component(self.manifest, self.root, model_class, kind, folder, self.device)
 
     def load_weights(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
         """`load_torch`, or in low-memory mode the module with its weights in host memory, kept as `self.weights`

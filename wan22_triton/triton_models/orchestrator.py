@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,8 +21,10 @@ from .. import events, offload, triton_io, watchdog
 from ..abandonment import AbandonWatch
 from ..components import TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
+from ..lora import LORA_INPUT, SCALE_INPUT, LoraChoice
 from ..manifest import Manifest
 from ..metrics import GenerationMetrics
+from ..parallel import split_cfg
 from ..pipeline import StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
 
@@ -31,9 +34,13 @@ def bls_text_encoder(prompts: list[str]) -> np.ndarray:
     return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"])["prompt_embeds"]
 
 
-def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu"):
+def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None):
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
     inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
+    if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.lora)
+        rows = latents.shape[0]
+        inputs[LORA_INPUT] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
+        inputs[SCALE_INPUT] = np.full((rows, 1), lora[1], dtype=np.float32)
     return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device)["noise_pred"]
 
 
@@ -61,7 +68,11 @@ class TritonPythonModel:
         # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
         device = triton_io.torch_device(args)
         self.metrics = GenerationMetrics(pb, self.manifest.model)
-        expert = self.metrics.timed_expert(functools.partial(bls_expert, output_device=device))
+        expert = functools.partial(bls_expert, output_device=device)
+        if self.manifest.parallel.cfg_parallel == 2:  # the two halves as concurrent BLS calls (parallel.split_cfg)
+            self.cfg_pool = ThreadPoolExecutor(2, thread_name_prefix="cfg")
+            expert = split_cfg(expert, self.cfg_pool)
+        expert = self.metrics.timed_expert(expert)
         self.pipeline = Wan22T2VPipeline(self.manifest, bls_text_encoder, expert, bls_vae_decoder, device)
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
@@ -100,6 +111,7 @@ class TritonPythonModel:
         req = validate_request(triton_io.request_inputs(request, self.input_names), self.manifest)
         self.logger.log_info(
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
+            + (f", preset {req.preset}" if req.preset else "") + (f", lora {req.lora} x{req.lora_scale:g}" if req.lora else "")
         )
         started = time.monotonic()
         client_gone = AbandonWatch(request.parameters())  # HTTP: Triton 2.51 does not say so, the HTTP guard does

@@ -9,49 +9,91 @@ Low-memory mode (the manifest's `low_memory`, torch engine; see wan22_triton.off
 memory, go onto the GPU with the first request that brings work, and back when a request carries `release`
 (BOOL, optional, declared only in this mode): after computing that request's step if it has one; a request with
 `release` alone only releases (and answers with no outputs).
+
+Sequence parallel (the manifest's `parallel.ulysses` > 1, torch engine): the instance drives a group of devices
+through worker processes (wan22_triton.worker_group) and answers with rank 0's result.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+
 import numpy as np
 import torch
 
-from .. import fast_path, triton_io
+from .. import events, fast_path, lora, triton_io
 from ..component_limits import check_latents
 from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
+from ..loading import build_expert
+from ..worker_group import WorkerGroup
 from .base import ComponentModel
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
+LORA_INPUTS = (lora.LORA_INPUT, lora.SCALE_INPUT)  # optional, declared when the export loaded LoRAs
 
 
 class TritonPythonModel(ComponentModel):
+    adapters: lora.ExpertAdapters | None = None  # torch engine: the LoRAs of the manifest, one active per call
+
     def setup(self) -> None:
         self.weights = None
         low_memory, speed = self.manifest.low_memory, self.manifest.speed
         if low_memory and self.engine != "torch":
             raise ValueError(f"{self.name}: low memory needs the torch engine, not {self.engine!r}")
-        if self.engine == "torch":
+        if self.engine == "torch" and self.manifest.parallel.ulysses > 1:
+            self.model = self._sequence_parallel_group()
+        elif self.engine == "torch":
             from diffusers import WanTransformer3DModel
 
             if low_memory and speed.quantization != "none":
                 raise ValueError(f"{self.name}: low memory is not supported with quantization {speed.quantization!r}")
             model = self.load_weights(WanTransformer3DModel, "transformer", "transformer")
+            if self.manifest.loras and (low_memory or speed.compile != "none"):
+                raise ValueError(f"{self.name}: LoRA adapters are not supported with low memory or compile")
+            # Before fast_path: FP8 quantizes the base layers, the adapters stay a BF16 low-rank path (lora.py).
+            self.adapters = lora.ExpertAdapters.load(model, self.root, self.manifest.loras, log=self.logger.log_info)
             self.model = fast_path.optimize_transformer(model, speed, log=self.logger.log_info)
         elif self.engine == "onnx":
             self.runner = OnnxRunner(self.root / ONNX_GRAPH, self.device)
         else:
             raise ValueError(f"{self.name}: unknown engine {self.engine!r}")
 
+    def _sequence_parallel_group(self) -> WorkerGroup:
+        """This instance and one worker process per further device of its group, each with the whole expert,
+        every forward spread over them (wan22_triton.sequence_parallel)."""
+        plan = self.manifest.parallel
+        devices = plan.group_devices(torch.device(self.device))
+        if devices[-1].type == "cuda" and devices[-1].index >= torch.cuda.device_count():
+            raise ValueError(f"{self.name}: ulysses {plan.ulysses} from {self.device} needs GPUs up to "
+                             f"{devices[-1]}; {torch.cuda.device_count()} visible")
+        build = functools.partial(build_expert, self.manifest, self.root)
+        return WorkerGroup(self.name, devices, build, plan.collective_timeout_s,
+                           self.logger.log_info, self.logger.log_error).start()
+
+    def finalize(self):
+        if isinstance(getattr(self, "model", None), WorkerGroup):
+            self.model.shutdown()
+
     @torch.inference_mode()
     def infer(self, request):
         if self.weights is not None:
             return self._infer_offloaded(request)
-        inputs = triton_io.request_inputs(request, INPUTS)
+        inputs = triton_io.request_inputs(request, (*INPUTS, *LORA_INPUTS))
+        adapter = lora.requested(inputs, self.manifest.limits.max_lora_scale)
         self._check(inputs)
         if self.engine == "onnx":
             return triton_io.response(self.runner(inputs))
+        self._select_adapter(adapter)
         return triton_io.response({"noise_pred": self._forward(inputs)})
+
+    def _select_adapter(self, adapter: lora.LoraChoice | None) -> None:
+        """This call's LoRA made active (None: the base model): requests of different LoRAs interleave here."""
+        if self.adapters is not None:
+            self.adapters.select(adapter)
+        elif adapter is not None:
+            raise RequestError(f"{self.name}: serves no LoRA adapters, got lora {adapter[0]!r}")
 
     def _check(self, inputs: dict) -> None:
         """The latent within the limits and divisible by the patch (else the output would come back cropped)."""
@@ -62,12 +104,15 @@ class TritonPythonModel(ComponentModel):
         """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host."""
         on_gpu = isinstance(inputs["hidden_states"], torch.Tensor) and inputs["hidden_states"].is_cuda
         t = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()}
+        started = time.time()
         noise = self.model(
             hidden_states=t["hidden_states"].to(self.dtype),
             timestep=t["timestep"],
             encoder_hidden_states=t["encoder_hidden_states"].to(self.dtype),
             return_dict=False,
         )[0].float()
+        # which instance computed what, when (tests check how CFG halves are placed; GPU: enqueue times)
+        events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), started=started)
         return noise if on_gpu else noise.cpu().numpy()
 
     def _infer_offloaded(self, request):

@@ -1,0 +1,1 @@
+"""Kubernetes deployment of the Wan2.2 Triton server, rendered from typed values (values.py) by render.py."""

@@ -1,0 +1,225 @@
+"""Several devices per request on the CPU: Ulysses sequence parallelism over gloo process groups (2 and 4 ranks)
+equals the one-process expert; a dying or hanging worker fails its step with a clear error and the group recovers;
+the served CFG-parallel x Ulysses path on a real tritonserver gives the single-device video, places the two CFG
+halves on two instances at once, survives a worker's death and still stops between steps when cancelled; the export
+places every instance where the plan says."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tritonclient.utils import InferenceServerException
+
+from clients import grpc_client
+from export.model_config import parse_pbtxt
+from export.options import ExportOptions
+from export.repository import export_repository
+from wan22_triton import events
+from wan22_triton.checkpoint import read_checkpoint
+from wan22_triton.loading import build_expert
+from wan22_triton.manifest import Limits, Manifest
+from wan22_triton.parallel import ParallelPlan
+from wan22_triton.worker_group import GroupFailed, WorkerGroup
+
+from .conftest import psnr
+
+REQUEST = dict(prompt="a lighthouse at dusk", num_frames=5, height=32, width=48, num_inference_steps=4, seed=3)
+LIMITS = Limits(max_num_frames=9, max_size=64)
+FAIL_BOUND_S = 30.0  # a worker's death to the failed step; gloo sees the closed connection at once
+
+
+def _manifest(checkpoint: Path) -> Manifest:
+    return Manifest(model="transformer_high_noise", engine="torch", precision="fp32",
+                    checkpoint=read_checkpoint(checkpoint))
+
+
+def _inputs(info) -> dict[str, torch.Tensor]:
+    """A guided batch whose token count (3 x 3 x 5 = 45 patches) divides by neither 2 nor 4."""
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(2, info.in_channels, 3, 6, 10, generator=g),
+        timestep=torch.tensor([900.0, 650.0]),
+        encoder_hidden_states=torch.randn(2, info.text_len, info.text_dim, generator=g),
+    )
+
+
+def _group(checkpoint: Path, ranks: int, timeout_s: float = 60) -> WorkerGroup:
+    # the version folder's layout (`transformer/`) is the checkpoint's own: build_expert loads it from there
+    build = functools.partial(build_expert, _manifest(checkpoint), checkpoint)
+    return WorkerGroup("test_expert", [torch.device("cpu")] * ranks, build, timeout_s).start()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    manifest = _manifest(tiny_checkpoint)
+    model = build_expert(manifest, tiny_checkpoint, "cpu")
+    inputs = _inputs(manifest.checkpoint)
+    with torch.inference_mode():
+        return inputs, model(**inputs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_sequence_parallel_noise_prediction_equals_one_process(tiny_checkpoint, reference, ranks):
+    inputs, expected = reference
+    group = _group(tiny_checkpoint, ranks)
+    try:
+        out = group(**inputs, return_dict=False)[0]
+    finally:
+        group.shutdown()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert not any(w.is_alive() for w in group.workers)
+
+
+def test_worker_death_fails_the_step_then_the_group_recovers(tiny_checkpoint, reference):
+    inputs, expected = reference
+    group = _group(tiny_checkpoint, 2)
+    try:
+        first_pid = group.workers[0].pid
+        # Killed while idle: the next call rebuilds the group first and succeeds.
+        os.kill(first_pid, signal.SIGKILL)
+        group.workers[0].join(10)
+        torch.testing.assert_close(group(**inputs, return_dict=False)[0], expected, rtol=1e-5, atol=1e-6)
+        assert group.workers[0].pid != first_pid
+        # Killed mid-step (stopped first so that the step is surely under way): the step fails, naming the rank.
+        worker = group.workers[0]
+        os.kill(worker.pid, signal.SIGSTOP)
+        killer = threading.Timer(1.0, os.kill, (worker.pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(GroupFailed, match=r"rank 1 \(cpu, pid \d+\) exited with code -9"):
+            group(**inputs, return_dict=False)
+        killer.join()
+        assert time.monotonic() - started < FAIL_BOUND_S
+        torch.testing.assert_close(group(**inputs, return_dict=False)[0], expected, rtol=1e-5, atol=1e-6)
+    finally:
+        group.shutdown()
+
+
+def test_a_hanging_worker_times_out_the_step(tiny_checkpoint, reference):
+    inputs, expected = reference
+    group = _group(tiny_checkpoint, 2, timeout_s=3)
+    try:
+        os.kill(group.workers[0].pid, signal.SIGSTOP)  # alive but never answers: only the timeout ends the step
+        started = time.monotonic()
+        with pytest.raises(GroupFailed, match="sequence-parallel step failed"):
+            group(**inputs, return_dict=False)
+        assert time.monotonic() - started < 3 + FAIL_BOUND_S
+        torch.testing.assert_close(group(**inputs, return_dict=False)[0], expected, rtol=1e-5, atol=1e-6)
+    finally:
+        group.shutdown()
+
+
+# -- served -------------------------------------------------------------------------------------------------------
+
+PLAN = ParallelPlan(cfg_parallel=2, ulysses=2)
+
+
+@pytest.fixture(scope="module")
+def parallel_server(tmp_path_factory, tiny_checkpoint):
+    from devtools.launcher import TritonServer
+
+    repo = tmp_path_factory.mktemp("repo-parallel")
+    export_repository(tiny_checkpoint, repo, ExportOptions(limits=LIMITS, parallel=PLAN), log=lambda _: None)
+    server = TritonServer(repo, log_file=repo / "tritonserver.log", env={events.EVENTS_FILE_ENV: str(repo / "events.jsonl")})
+    server.start()
+    server.events_file = repo / "events.jsonl"
+    yield server
+    server.stop()
+
+
+def test_parallel_video_equals_the_single_device_video(parallel_server, torch_server):
+    single = grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]
+    offset = events.end_offset(parallel_server.events_file)
+    out = grpc_client.generate(parallel_server.grpc_url, REQUEST)
+    assert out["video"].shape == single.shape
+    assert psnr(out["video"], single) >= 40.0  # batch-of-one halves vs one batch of two: rounding only
+    # Every guided step: two forwards of one item each, on two different expert instances, at the same time.
+    forwards = [e for e in events.read_events(parallel_server.events_file, offset) if e["event"] == "expert_forward"]
+    assert len(forwards) == 2 * REQUEST["num_inference_steps"]
+    for a, b in zip(forwards[::2], forwards[1::2]):
+        assert a["batch"] == b["batch"] == 1 and a["model"] == b["model"] and a["pid"] != b["pid"]
+        assert a["started"] < b["time"] and b["started"] < a["time"], (a, b)  # the intervals overlap
+
+
+def test_each_expert_instance_drives_a_group_of_two(parallel_server):
+    started = [e for e in events.read_events(parallel_server.events_file) if e["event"] == "sequence_group_started"]
+    # 2 experts x 2 CFG instances, each with one worker process
+    assert len(started) == 4 and all(len(e["devices"]) == PLAN.ulysses and len(e["workers"]) == 1 for e in started)
+
+
+def test_worker_death_mid_request_fails_it_clearly_then_serves(parallel_server):
+    groups = [e for e in events.read_events(parallel_server.events_file) if e["event"] in
+              ("sequence_group_started",)]
+    workers = {pid for e in groups for pid in e["workers"]}
+    progress: list[dict] = []
+
+    def kill_workers_after_first_step(p: dict) -> None:
+        progress.append(p)
+        if len(progress) == 1:
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # a group rebuilt earlier
+
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException, match="sequence-parallel step failed.*exited with code -9"):
+        grpc_client.generate_stream(parallel_server.grpc_url, {**REQUEST, "num_inference_steps": 30},
+                                    kill_workers_after_first_step, timeout=120)
+    assert time.monotonic() - started < FAIL_BOUND_S + 60
+    assert len(progress) < 30
+    # The next requests rebuild the groups and serve the same video as before.
+    again = grpc_client.generate(parallel_server.grpc_url, REQUEST)["video"]
+    assert np.array_equal(again, grpc_client.generate(parallel_server.grpc_url, REQUEST)["video"])
+
+
+def test_cancel_stops_a_parallel_generation_between_steps(parallel_server):
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.generate_stream(parallel_server.grpc_url, {**REQUEST, "num_inference_steps": 45},
+                                    cancel_after_steps=2)
+    assert err.value.status() == "StatusCode.CANCELLED"
+    assert grpc_client.generate(parallel_server.grpc_url, REQUEST)["video"].shape == (5, 32, 48, 3)
+
+
+# -- placement ------------------------------------------------------------------------------------------------------
+
+def _instance_groups(repo: Path, model: str) -> list[tuple[str, int, list[int]]]:
+    config = parse_pbtxt((repo / model / "config.pbtxt").read_text())
+    kind = {0: "KIND_AUTO", 1: "KIND_GPU", 2: "KIND_CPU", 3: "KIND_MODEL"}
+    return [(kind[g.kind], g.count, list(g.gpus)) for g in config.instance_group]
+
+
+def test_eight_gpus_as_two_replicas_of_cfg_2_x_ulysses_2(tmp_path, tiny_checkpoint):
+    plan = ParallelPlan(replicas=2, cfg_parallel=2, ulysses=2)
+    export_repository(tiny_checkpoint, tmp_path, ExportOptions(device="gpu", precision="bf16", parallel=plan),
+                      log=lambda _: None)
+    for expert in ("transformer_high_noise", "transformer_low_noise"):
+        assert _instance_groups(tmp_path, expert) == [("KIND_GPU", 1, [0, 2, 4, 6])]  # each drives GPU g and g+1
+    for model in ("text_encoder", "vae_decoder", "wan22_t2v", "wan22_t2v_stream"):
+        assert _instance_groups(tmp_path, model) == [("KIND_GPU", 1, [0, 4])]  # one per replica
+
+
+def test_cpu_plan_counts_instances(tmp_path, tiny_checkpoint):
+    export_repository(tiny_checkpoint, tmp_path, ExportOptions(parallel=ParallelPlan(replicas=3, cfg_parallel=2)),
+                      log=lambda _: None)
+    assert _instance_groups(tmp_path, "transformer_low_noise") == [("KIND_CPU", 6, [])]
+    assert _instance_groups(tmp_path, "text_encoder") == [("KIND_CPU", 3, [])]
+
+
+@pytest.mark.parametrize("plan, options, message", [
+    (ParallelPlan(ulysses=3), {}, r"ulysses 3 must divide the experts' \d+ attention heads"),
+    (ParallelPlan(cfg_parallel=3), {}, "cfg_parallel 1 or 2"),
+    (ParallelPlan(ulysses=2), {"engine": "onnx"}, "ulysses needs engine 'torch'"),
+    (ParallelPlan(replicas=2), {"low_memory": True, "device": "gpu", "precision": "bf16"}, "low_memory"),
+])
+def test_plans_that_cannot_be_served_are_refused_at_export(tmp_path, tiny_checkpoint, plan, options, message):
+    with pytest.raises(ValueError, match=message):
+        export_repository(tiny_checkpoint, tmp_path, ExportOptions(parallel=plan, **options), log=lambda _: None)
