@@ -58,3 +58,5 @@ class ExportOptions:
         if self.lora and (self.engine != "torch" or self.low_memory or self.speed.compile != "none"):
             raise ValueError("--lora needs engine 'torch', without --low-memory or --compile (adapters are chosen per "
                              "call: a compiled block would recompile for each adapter and scale; wan22_triton/lora.py)")
+        if self.lora and self.parallel.ulysses > 1:
+            raise ValueError("--lora is not supported with ulysses > 1 yet (the worker processes load no adapters)")

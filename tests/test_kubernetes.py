@@ -421,9 +421,8 @@ def test_drain_waits_for_the_generation_in_progress(torch_server, capsys):
 
 
 def test_drain_reads_the_metrics_the_server_publishes():
-    families = metric_families()
-    assert [g for g in drain.BUSY_GAUGES if g.startswith("wan22_")] == ["wan22_active_generations"]
-    assert "wan22_active_generations" in families
+    ours = [gauge for gauge in drain.BUSY_GAUGES if gauge.startswith("wan22_")]
+    assert ours and set(ours) <= set(metric_families()), ours
 
 
 # --------------------------------------------------------------------------- #

@@ -31,12 +31,15 @@ from wan22_triton.components import expert_models
 from wan22_triton.errors import RequestError
 from wan22_triton.lora import ExpertAdapters
 from wan22_triton.manifest import Limits, Manifest, SpeedOptions
+from wan22_triton.parallel import ParallelPlan, split_cfg
 from wan22_triton.pipeline import Wan22T2VPipeline, frames_to_uint8, uses_cfg, validate_request
 from wan22_triton.presets import PRESETS
 
 from .conftest import psnr, run_diffusers
 from .test_pipeline_diffusers import REQUEST, diffusers_pipeline, inputs
 
+# diffusers' own load_lora_weights of a second adapter (the reference pipeline's): expected, several are the point
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 PRESET = PRESETS[0]  # lightning_4step: its LoRA is exported below under its name, from the tiny pair
 PARITY_DB = 40.0  # measured ~90 dB (cond and uncond batched here, two calls in diffusers)
 SMALL = dict(prompt="a lighthouse at night", negative_prompt="blurry", num_frames=5, height=32, width=32,
@@ -195,6 +198,7 @@ BAD_REQUESTS = [
     ({"lora": "../../transformer/diffusion_pytorch_model"}, "'lora' must be 1-64 letters"),
     ({"lora": "style/../style"}, "'lora' must be 1-64 letters"),
     ({"lora": ".hidden"}, "'lora' must be 1-64 letters"),
+    ({"lora": "style.v2"}, "'lora' must be 1-64 letters"),  # peft refuses '.' in adapter names
     ({"lora": "style", "lora_scale": float("nan")}, "'lora_scale' must be a finite number within"),
     ({"lora": "style", "lora_scale": float("inf")}, "'lora_scale' must be a finite number within"),
     ({"lora": "style", "lora_scale": 4.5}, "'lora_scale' must be a finite number within \\[-4, 4\\]"),
@@ -259,11 +263,19 @@ def test_export_refuses_a_lora_that_does_not_fit(tiny_checkpoint, tmp_path, bad_
     (ExportOptions(engine="onnx", lora=(LoraSource("a", ("x.safetensors",)),)), "--lora needs engine 'torch'"),
     (ExportOptions(low_memory=True, lora=(LoraSource("a", ("x.safetensors",)),)), "without --low-memory"),
     (ExportOptions(speed=SpeedOptions(compile="regional"), lora=(LoraSource("a", ("x.safetensors",)),)), "--compile"),
+    (ExportOptions(parallel=ParallelPlan(ulysses=2), lora=(LoraSource("a", ("x.safetensors",)),)), "ulysses > 1"),
 ])
 def test_export_refuses_lora_options_that_cannot_be_served(tiny_checkpoint, tmp_path, opts, message):
     with pytest.raises(ValueError, match=message):
         export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_cfg_parallel_halves_carry_the_requests_lora():
+    calls = []
+    expert = split_cfg(lambda model, latents, t, embeds, **kw: (calls.append(kw), latents)[1], ThreadPoolExecutor(2))
+    expert("x", torch.zeros(2, 1), torch.zeros(2), torch.zeros(2, 1), lora=("style", 0.5))
+    assert calls == [{"lora": ("style", 0.5)}] * 2
 
 
 def test_lora_flag_parses_one_file_or_a_pair():
@@ -309,7 +321,8 @@ def lora_server(tiny_checkpoint, sources, tmp_path_factory):
     limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
     export_repository(tiny_checkpoint, repo, ExportOptions(limits=limits, orchestrator_instances=4, lora=sources),
                       log=lambda _: None)
-    server = TritonServer(repo, log_file=repo / "tritonserver.log")
+    # 4 orchestrator instances: the concurrency test's requests all run at once; a shared CPU can make that slow
+    server = TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300)
     server.start()
     yield server
     server.stop()
@@ -353,21 +366,26 @@ def test_bad_lora_inputs_are_invalid_arg_and_the_server_keeps_serving(lora_serve
     assert grpc_client.generate(lora_server.grpc_url, good)["video"].shape == (5, 32, 32, 3)
 
 
-def test_expert_called_directly_refuses_an_adapter_it_does_not_have(lora_server, manifest):
+@pytest.mark.parametrize("name, scale, message", [
+    (b"../../etc/passwd", 1.0, "'lora' '../../etc/passwd' is not loaded"),
+    (b"style", 100.0, "'lora_scale' must be a finite number within [-4, 4], got 100.0"),
+])
+def test_expert_called_directly_refuses_what_the_orchestrator_would(lora_server, manifest, name, scale, message):
     from wan22_triton.components import transformer_spec
 
-    name = expert_models(manifest.checkpoint)[0]
-    tensors = transformer_spec(manifest.checkpoint, name).sample_inputs({"batch": 1})
+    expert = expert_models(manifest.checkpoint)[0]
+    tensors = transformer_spec(manifest.checkpoint, expert).sample_inputs({"batch": 1})
     tensors["timestep"] = tensors["timestep"].reshape(-1, 1)
-    tensors["lora"] = np.array([[b"../../etc/passwd"]], dtype=object)
+    tensors["lora"] = np.array([[name]], dtype=object)
+    tensors["lora_scale"] = np.array([[scale]], dtype=np.float32)
     with grpcclient.InferenceServerClient(lora_server.grpc_url) as client:
         feeds = []
         for key, array in tensors.items():
             feeds.append(grpcclient.InferInput(key, list(array.shape), "BYTES" if array.dtype == object else "FP32"))
             feeds[-1].set_data_from_numpy(array)
         with pytest.raises(InferenceServerException) as err:
-            client.infer(name, feeds)
-    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "'../../etc/passwd' is not loaded" in err.value.message()
+            client.infer(expert, feeds)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and message in err.value.message()
 
 
 def test_served_preset_runs_its_steps_without_cfg_and_streams_progress(lora_server, reference_pipe, manifest, experts):

@@ -66,7 +66,7 @@ def reference(tiny_checkpoint):
         return inputs, model(**inputs, return_dict=False)[0]
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [2, 4, 8])
 def test_sequence_parallel_noise_prediction_equals_one_process(tiny_checkpoint, reference, ranks):
     inputs, expected = reference
     group = _group(tiny_checkpoint, ranks)

@@ -38,18 +38,18 @@ LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded
 PREFIX = "transformer."  # the component prefix of diffusers' Wan LoRA layout
 # The experts' extra inputs (components.EXPERT_LORA_INPUTS): which adapter this call uses, at which scale.
 LORA_INPUT, SCALE_INPUT = "lora", "lora_scale"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no '.': peft refuses it in adapter names
 _KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)")
 
 LoraChoice = tuple[str, float]  # (adapter name, scale) of one call; None: the base model
 
 
 def name_problem(name: str) -> str | None:
-    """Why `name` cannot name a LoRA, or None: 1-64 letters, digits, '_', '-', '.', not starting with '.' (a name
+    """Why `name` cannot name a LoRA, or None: 1-64 letters, digits, '_' or '-', a letter or digit first (a name
     is a file name inside the experts' LoRA folder, never a path)."""
     if _NAME.fullmatch(name):
         return None
-    return f"must be 1-64 letters, digits, '_', '-' or '.' (not first), not a path; got {name!r}"
+    return f"must be 1-64 letters, digits, '_' or '-', a letter or digit first (a name, not a path); got {name!r}"
 
 
 def lora_path(version: Path, name: str) -> Path:

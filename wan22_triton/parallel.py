@@ -73,10 +73,12 @@ def split_cfg(expert: ExpertCall, pool: ThreadPoolExecutor) -> ExpertCall:
     """`expert` with a guided batch [cond, uncond] sent as two concurrent calls of one item each (two instances of
     the expert work on them at once); a batch of one (CFG off) goes as it is."""
 
-    def call(model: str, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor):
+    def call(model: str, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor, **kwargs):
+        # kwargs: the request's `lora` (pipeline.predict_noise), the same for both halves
         if latents.shape[0] == 1:
-            return expert(model, latents, timestep, embeds)
-        halves = [pool.submit(expert, model, latents[i:i + 1], timestep[i:i + 1], embeds[i:i + 1]) for i in (0, 1)]
+            return expert(model, latents, timestep, embeds, **kwargs)
+        halves = [pool.submit(expert, model, latents[i:i + 1], timestep[i:i + 1], embeds[i:i + 1], **kwargs)
+                  for i in (0, 1)]
         cond, uncond = (torch.as_tensor(h.result()) for h in halves)
         return torch.cat([cond, uncond.to(cond.device)])
 
