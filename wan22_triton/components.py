@@ -74,8 +74,29 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class CompilePoint:
+    """One video size at one expert batch: what the export compiles an expert for and the server warms it up with
+    (`--compile-artifacts`, wan22_triton.compile_cache)."""
+
+    num_frames: int
+    height: int
+    width: int
+    batch: int
+
+    def sizes(self, info: CheckpointInfo) -> dict[str, int]:
+        """The symbols' values the expert's tensors have at this point."""
+        _, frames, height, width = info.latent_shape(self.num_frames, self.height, self.width)
+        return {"batch": self.batch, "latent_frames": frames, "latent_height": height, "latent_width": width}
+
+    @property
+    def label(self) -> str:
+        return f"{self.num_frames}x{self.height}x{self.width}_batch{self.batch}"
+
+
+@dataclass(frozen=True)
 class ShapeSpec:
-    """Video sizes an engine must serve; TensorRT optimization profiles are derived from it.
+    """Video sizes an engine must serve; TensorRT optimization profiles and the compile points of
+    `--compile-artifacts` are derived from it.
 
     Users edit this (export CLI `--shape-spec file.json`); the defaults cover 81 frames at 480p and 720p.
     """
@@ -83,6 +104,10 @@ class ShapeSpec:
     num_frames: tuple[int, ...] = (81,)
     resolutions: tuple[tuple[int, int], ...] = ((480, 832), (720, 1280))  # (height, width)
     max_batch: int = 2  # cond + uncond
+
+    def compile_points(self, batches: Iterable[int]) -> tuple[CompilePoint, ...]:
+        """Every size at every batch, in the spec's order (the first size first: the common case)."""
+        return tuple(CompilePoint(f, h, w, b) for f in self.num_frames for (h, w) in self.resolutions for b in batches)
 
     def symbol_ranges(self, info: CheckpointInfo) -> dict[str, tuple[int, int, int]]:
         """(min, opt, max) of every symbol; opt is the first listed size (the common case)."""

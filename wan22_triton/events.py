@@ -14,6 +14,9 @@ Events (fields besides `event`, `time`, `pid`, `process`):
 * ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
 * ``component_died``: model, instance, stub_pid, exit_status; then ``component_restarted``: model, instance,
   seconds, stub_pids, or ``component_restart_failed``: model, instance, error (wan22_triton.watchdog)
+* ``compile_cache_loaded``: model, bytes, seconds, artifacts, points; ``compile_cache_mismatch``: model, differs
+  ({field: [at export, here]}), reason; ``expert_compiled``: model, shape, seconds, graphs, cache_hits,
+  cache_misses, cache_bypasses (a forward that compiled; wan22_triton.compile_cache)
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ The defaults run the diffusers module eagerly, as loaded; the options:
   quantization of the transformer blocks' Linear layers (``fp8_rowwise``: float8 e4m3 weights and activations,
   one scale per row, ``torch._scaled_mm``), then regional compilation (``regional``: diffusers'
   ``compile_repeated_blocks``, one compiled graph reused by all 40 identical blocks, so the compile cost is one
-  block's). Both need a CUDA device (FP8 needs compute capability >= 8.9).
+  block's). Both need a CUDA device (FP8 needs compute capability >= 8.9). With `--compile-artifacts` the graphs
+  are static, one per compile point, and the export's compile cache is loaded first (wan22_triton.compile_cache).
 * ``attention``, the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
   compiling so the compiled block fuses the work around it: ``sdpa`` (diffusers' processor, PyTorch's SDPA),
   ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.fp8_attention, `nvidia-cudnn-frontend`) or
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .manifest import SpeedOptions
+
+if TYPE_CHECKING:
+    from .compile_cache import CompileCache
 
 def _utf8_locale() -> None:
     """UTF-8 text I/O for Inductor, which reads and writes its sources with the locale's encoding.
@@ -64,11 +68,13 @@ def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
 
 
 def optimize_transformer(
-    model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print, sequence_group: Any = None
+    model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print, sequence_group: Any = None,
+    compile_cache: CompileCache | None = None,
 ) -> torch.nn.Module:
     """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model.
     `sequence_group`: a process group to run each forward over (Ulysses), set up after the attention kernel is
-    chosen (it wraps it) and before compiling (the all-to-alls compile into the block)."""
+    chosen (it wraps it) and before compiling (the all-to-alls compile into the block). `compile_cache`: the
+    expert's compile points and artifacts (`--compile-artifacts`), prepared before compiling."""
     compile, quantization, attention = speed.compile, speed.quantization, speed.attention
     speed.check()
     for option in (quantization, attention):
@@ -99,6 +105,9 @@ def optimize_transformer(
         log(f"sequence parallel (Ulysses) over {sequence_group.size()} ranks, rank {sequence_group.rank()}")
     if compile == "regional":
         _utf8_locale()
-        model.compile_repeated_blocks(fullgraph=True)
-        log(f"compile: regional (compile_repeated_blocks, fullgraph), on the first request ({sys.executable})")
+        options = compile_cache.prepare(log) if compile_cache is not None else {}
+        model.compile_repeated_blocks(fullgraph=True, **options)
+        shapes = "static, one graph per compile point" if options else "torch's default shapes"
+        log(f"compile: regional (compile_repeated_blocks, fullgraph, {shapes}), on the first forward of each shape "
+            f"({sys.executable})")
     return model

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -26,12 +26,29 @@ def load_component(manifest: Manifest, root: Path, model_class: Any, kind: str, 
 
 
 def build_expert(manifest: Manifest, root: Path, device: str | torch.device, sequence_group: Any = None,
-                 log: Callable[[str], None] = print) -> torch.nn.Module:
+                 log: Callable[[str], None] = print, load_artifacts: bool = True) -> torch.nn.Module:
     """The torch engine's expert with the manifest's speed options; with `sequence_group` (a process group), one
-    rank of a Ulysses forward over it (wan22_triton.sequence_parallel)."""
+    rank of a Ulysses forward over it (wan22_triton.sequence_parallel). With compile points, the compile artifacts
+    in `root` are loaded when they fit this machine (`load_artifacts`: False while the export makes them)."""
     from diffusers import WanTransformer3DModel
 
     from . import fast_path
+    from .compile_cache import CompileCache
 
     model = load_component(manifest, root, WanTransformer3DModel, "transformer", "transformer", device)
-    return fast_path.optimize_transformer(model, manifest.speed, log=log, sequence_group=sequence_group)
+    cache = CompileCache.of_expert(manifest, root, device, load=load_artifacts)
+    return fast_path.optimize_transformer(model, manifest.speed, log=log, sequence_group=sequence_group,
+                                          compile_cache=cache)
+
+
+def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The noise prediction (float32, on `device`) for the expert contract's inputs (components.transformer_spec),
+    as the served expert runs them; the export's compile calls the same, so that its graphs are the served ones."""
+    t = {name: torch.as_tensor(inputs[name]).to(device) for name in ("hidden_states", "timestep", "encoder_hidden_states")}
+    return model(
+        hidden_states=t["hidden_states"].to(dtype),
+        timestep=t["timestep"],
+        encoder_hidden_states=t["encoder_hidden_states"].to(dtype),
+        return_dict=False,
+    )[0].float()

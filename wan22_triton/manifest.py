@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .checkpoint import CheckpointInfo
+from .components import CompilePoint
 from .parallel import ParallelPlan
 from .presets import Preset
 
@@ -79,12 +80,15 @@ class Manifest:
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
     limits: Limits = field(default_factory=Limits)  # checked by the orchestrator and by each component
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
-    video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans: the sizes they serve
+    video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans or compile points: sizes served
     # Benchmark seam (wan22_triton.random_weights): built from the checkpoint's config with weights from this seed.
     random_weights_seed: int | None = None
     cudnn_benchmark: bool = False  # VAE decoder: autotuned cuDNN convolutions
     loras: tuple[str, ...] = ()  # experts and orchestrators: the LoRA adapters served (wan22_triton.lora)
     presets: tuple[Preset, ...] = ()  # orchestrators: the named sampler settings (wan22_triton.presets)
+    # Experts of `--compile-artifacts`: compiled one static graph per point, at export and in the server's warm-up
+    # (wan22_triton.compile_cache); empty: torch's default (compiled on first use, dynamic after a new shape).
+    compile_points: tuple[CompilePoint, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

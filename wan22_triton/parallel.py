@@ -43,10 +43,7 @@ class ParallelPlan:
         """ValueError naming what the checkpoint or the plan does not allow."""
         if self.replicas < 1 or self.ulysses < 1 or self.cfg_parallel not in (1, 2):
             raise ValueError(f"parallel plan needs replicas >= 1, cfg_parallel 1 or 2, ulysses >= 1; got {self}")
-        heads = info.num_attention_heads
-        if heads % self.ulysses:
-            raise ValueError(f"ulysses {self.ulysses} must divide the experts' {heads} attention heads "
-                             f"(choose from {[d for d in range(1, heads + 1) if heads % d == 0]})")
+        check_heads(info.num_attention_heads, self.ulysses)
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
 
@@ -63,6 +60,13 @@ class ParallelPlan:
         if lead.type == "cpu":
             return [lead] * self.ulysses
         return [torch.device(lead.type, (lead.index or 0) + u) for u in range(self.ulysses)]
+
+
+def check_heads(num_heads: int, ulysses: int) -> None:
+    """Ulysses gives each rank num_heads / ulysses heads: ValueError naming the divisors otherwise."""
+    if num_heads % ulysses:
+        raise ValueError(f"ulysses {ulysses} must divide the experts' {num_heads} attention heads "
+                         f"(choose from {[d for d in range(1, num_heads + 1) if num_heads % d == 0]})")
 
 
 # (served expert, latents, timesteps, embeddings) -> noise, as Wan22T2VPipeline calls its expert

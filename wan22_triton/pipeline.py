@@ -145,8 +145,8 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
     if manifest.video_sizes and (req.num_frames, req.height, req.width) not in manifest.video_sizes:
         sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in manifest.video_sizes)
         raise RequestError(
-            f"'num_frames' x 'height' x 'width' {req.num_frames}x{req.height}x{req.width} has no TensorRT profile here; "
-            f"served: {sizes}"
+            f"'num_frames' x 'height' x 'width' {req.num_frames}x{req.height}x{req.width} is not a size this repository "
+            f"was built for (TensorRT profiles or compiled experts); served: {sizes}"
         )
     if not 1 <= req.num_inference_steps <= lim.max_inference_steps:
         raise RequestError(

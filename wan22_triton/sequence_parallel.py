@@ -11,7 +11,7 @@ repeated blocks (`rope`, `patch_embedding`, `proj_out`, the places diffusers' ow
 splits and gathers) and a Ulysses-wrapped kernel on each block's self-attention: whatever kernel the speed options
 chose (wan22_triton.fast_path), or SDPA for diffusers' default processor. The collectives are torch's functional
 collectives, which torch.compile traces, so a regionally compiled block keeps its all-to-alls inside the graph.
-The number of heads must divide by the group size (components' check: `check_heads`).
+The number of heads must divide by the group size (`parallel.check_heads`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
+from .parallel import check_heads
 from .self_attention import Attention, SelfAttnProcessor, WanAttnProcessor
 
 
@@ -32,12 +33,6 @@ def shard_sizes(tokens: int, world: int) -> list[int]:
     """Tokens per rank, contiguous, the first `tokens % world` ranks one more (torch.tensor_split's rule)."""
     base, extra = divmod(tokens, world)
     return [base + (1 if r < extra else 0) for r in range(world)]
-
-
-def check_heads(num_heads: int, world: int) -> None:
-    if world < 1 or num_heads % world:
-        raise ValueError(f"sequence parallel over {world} ranks needs a divisor of the expert's {num_heads} "
-                         f"attention heads (choose from {[d for d in range(1, num_heads + 1) if num_heads % d == 0]})")
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -108,7 +103,7 @@ def _parallel_processor(processor: object, ulysses: Ulysses) -> WanAttnProcessor
 def enable(model: torch.nn.Module, group: dist.ProcessGroup) -> Ulysses:
     """Make `model`'s forward a Ulysses forward over `group` (every rank calls it with the same inputs)."""
     ulysses = Ulysses(group)
-    check_heads(model.config.num_attention_heads, ulysses.world)
+    check_heads(model.config.num_attention_heads, ulysses.world)  # the export checked it; a hand-made group too
     for block in model.blocks:
         block.attn1.set_processor(_parallel_processor(block.attn1.processor, ulysses))
 

@@ -105,16 +105,45 @@ def bls_infer(
 
 def execute_each(requests, handle, logger) -> list:
     """Run `handle(request) -> response` per request; an exception becomes that request's error response."""
-    from .errors import Cancelled, RequestError
-
     responses = []
     for request in requests:
         try:
             responses.append(handle(request))
-        except (RequestError, Cancelled) as e:
-            logger.log_info(f"request rejected: {e}")
-            responses.append(error_response(e))
         except Exception as e:  # a failure must answer this request, never take the stub down
-            logger.log_error(f"request failed: {type(e).__name__}: {e}")
-            responses.append(error_response(e))
+            responses.append(_failed(e, logger))
     return responses
+
+
+def execute_together(requests, names: tuple[str, ...], run, logger) -> list | None:
+    """Requests that carry exactly the inputs `names`, of one shape past the batch axis, run as one batch:
+    `run(inputs) -> outputs` on their concatenation, each request answered with its own rows (a failure answers
+    all). None when they differ: the caller runs them one by one."""
+    if any(len(r.inputs()) != len(names) for r in requests):
+        return None  # optional inputs (an adapter, a release) belong to one request
+    parts = [request_inputs(r, names) for r in requests]
+    if any(set(p) != set(names) for p in parts) or len({tuple(p[n].shape[1:] for n in names) for p in parts}) != 1:
+        return None
+    import torch
+
+    def concat(values: list) -> Any:
+        if all(isinstance(v, np.ndarray) for v in values):
+            return np.concatenate(values)
+        return torch.cat([torch.as_tensor(v) for v in values])
+
+    rows = np.cumsum([0] + [p[names[0]].shape[0] for p in parts])
+    try:
+        outputs = run({n: concat([p[n] for p in parts]) for n in names})
+    except Exception as e:
+        return [_failed(e, logger) for _ in requests]
+    return [response({k: v[rows[i]:rows[i + 1]] for k, v in outputs.items()}) for i in range(len(requests))]
+
+
+def _failed(exc: BaseException, logger):
+    """The error response of a request, logged: bad input and cancellations as info, anything else as an error."""
+    from .errors import Cancelled, RequestError
+
+    if isinstance(exc, (RequestError, Cancelled)):
+        logger.log_info(f"request rejected: {exc}")
+    else:
+        logger.log_error(f"request failed: {type(exc).__name__}: {exc}")
+    return error_response(exc)

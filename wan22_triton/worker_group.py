@@ -95,6 +95,15 @@ class WorkerGroup:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> WorkerGroup:
+        """Spawn the workers, join the group, load the model on every rank; on any failure nothing is left behind
+        (workers stopped, group left), so a later start begins afresh."""
+        try:
+            return self._start()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self) -> WorkerGroup:
         ctx = mp.get_context("spawn")
         port = _free_port()
         for rank in range(1, len(self.devices)):
@@ -121,7 +130,6 @@ class WorkerGroup:
         worker = self.workers[rank - 1]
         while not pipe.poll(1.0):  # loading the weights may take minutes; a worker that dies meanwhile fails fast
             if not worker.is_alive():
-                self.shutdown()
                 raise GroupFailed(f"{self.name}: rank {rank} ({self.devices[rank]}) exited with code "
                                   f"{worker.exitcode} while loading")
         if pipe.recv() != "ready":

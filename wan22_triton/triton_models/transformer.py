@@ -12,6 +12,10 @@ memory, go onto the GPU with the first request that brings work, and back when a
 
 Sequence parallel (the manifest's `parallel.ulysses` > 1, torch engine): the instance drives a group of devices
 through worker processes (wan22_triton.worker_group) and answers with rank 0's result.
+
+Compile artifacts (the manifest's `compile_points`, `--compile-artifacts`; wan22_triton.compile_cache): loaded in
+setup when made on a machine like this one; Triton's warm-up (model_warmup, one sample per point) then runs every
+point before the model is READY. A forward that compiles logs it and emits `expert_compiled`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import time
 import numpy as np
 import torch
 
-from .. import events, fast_path, lora, triton_io
+from .. import compile_cache, events, fast_path, lora, triton_io
 from ..component_limits import check_latents
 from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
-from ..loading import build_expert
+from ..loading import build_expert, expert_forward
 from ..worker_group import WorkerGroup
 from .base import ComponentModel
 
@@ -54,7 +58,8 @@ class TritonPythonModel(ComponentModel):
                 raise ValueError(f"{self.name}: LoRA adapters are not supported with low memory or compile")
             # Before fast_path: FP8 quantizes the base layers, the adapters stay a BF16 low-rank path (lora.py).
             self.adapters = lora.ExpertAdapters.load(model, self.root, self.manifest.loras, log=self.logger.log_info)
-            self.model = fast_path.optimize_transformer(model, speed, log=self.logger.log_info)
+            cache = compile_cache.CompileCache.of_expert(self.manifest, self.root, self.device)
+            self.model = fast_path.optimize_transformer(model, speed, log=self.logger.log_info, compile_cache=cache)
         elif self.engine == "onnx":
             self.runner = OnnxRunner(self.root / ONNX_GRAPH, self.device)
         else:
@@ -75,6 +80,21 @@ class TritonPythonModel(ComponentModel):
     def finalize(self):
         if isinstance(getattr(self, "model", None), WorkerGroup):
             self.model.shutdown()
+
+    def execute(self, requests):
+        # Several requests in one call run as one batch when they can: Triton's warm-up sends a sample of batch_size
+        # N as N batch-1 requests at once, and the batch-2 graph of CFG steps must be what it compiles (serving,
+        # without a dynamic batcher, hands over one request at a time).
+        if len(requests) > 1 and self.engine == "torch" and self.weights is None and not self.manifest.loras:
+            responses = triton_io.execute_together(requests, INPUTS, self._infer_inputs, self.logger)
+            if responses is not None:
+                return responses
+        return super().execute(requests)
+
+    @torch.inference_mode()
+    def _infer_inputs(self, inputs: dict) -> dict:
+        self._check(inputs)
+        return {"noise_pred": self._forward(inputs)}
 
     @torch.inference_mode()
     def infer(self, request):
@@ -103,14 +123,12 @@ class TritonPythonModel(ComponentModel):
     def _forward(self, inputs: dict) -> np.ndarray | torch.Tensor:
         """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host."""
         on_gpu = isinstance(inputs["hidden_states"], torch.Tensor) and inputs["hidden_states"].is_cuda
-        t = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()}
         started = time.time()
-        noise = self.model(
-            hidden_states=t["hidden_states"].to(self.dtype),
-            timestep=t["timestep"],
-            encoder_hidden_states=t["encoder_hidden_states"].to(self.dtype),
-            return_dict=False,
-        )[0].float()
+        if self.manifest.speed.compile == "none":
+            noise = expert_forward(self.model, inputs, self.device, self.dtype)
+        else:  # a compile after the warm-up (a shape outside the compile points) is logged and an event
+            with compile_cache.reported_compiles(self.name, inputs["hidden_states"].shape, self.logger.log_info):
+                noise = expert_forward(self.model, inputs, self.device, self.dtype)
         # which instance computed what, when (tests check how CFG halves are placed; GPU: enqueue times)
         events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), started=started)
         return noise if on_gpu else noise.cpu().numpy()
