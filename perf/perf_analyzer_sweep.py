@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", default="torch", choices=("torch", "onnx", "tensorrt"))
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="export: whole pipelines, one per device group (throughput of concurrent requests)")
     p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS) + " (default: all served)")
     p.add_argument("--concurrency", type=int, default=4, help="sweep concurrency 1..N")
     p.add_argument("--prompts", type=Path, default=Path(__file__).with_name("prompts.json"))
@@ -311,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
             repo = args.repository or Path(tmp)
+            from wan22_triton.parallel import ParallelPlan
+
             opts = ExportOptions(engine=args.engine, device=args.device, precision=args.precision,
-                                 orchestrator_instances=args.concurrency)
+                                 orchestrator_instances=args.concurrency, parallel=ParallelPlan(replicas=args.replicas))
             export_repository(args.checkpoint, repo, opts)
             # Load what this export configured, not every folder of a reused repository (other engines' models).
             load = [f"--load-model={d.name}" for d in sorted(repo.iterdir()) if (d / "config.pbtxt").is_file()]
