@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -30,6 +30,7 @@ def build_model_config(
     optional_inputs: frozenset[str] = frozenset(),
     decoupled: bool = False,
     max_queue_seconds: float = 0,
+    warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend:
@@ -59,6 +60,17 @@ def build_model_config(
         policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
         policy.default_timeout_microseconds = int(max_queue_seconds * 1e6)
         policy.allow_timeout_override = True
+    for name, sizes in warmup:
+        # Triton runs each sample through the model before it reports READY (compiles happen then, not in a
+        # request). Zeros: only the shapes matter, and they are the same on every run.
+        sample = config.model_warmup.add(name=name, batch_size=sizes["batch"] if batched else 1, count=1)
+        for t in spec.inputs:
+            if t.name not in optional_inputs:
+                shape = t.resolve(sizes)
+                sample.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(
+                    data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"),
+                    dims=list(shape[1:] if batched else shape) or [1],  # as the input's dims: [B] is [1] per item
+                    zero_data=True))
     return config
 
 

@@ -20,10 +20,13 @@ class ExportOptions:
     limits: Limits = field(default_factory=Limits)
     orchestrator_instances: int = 1
     max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected (Triton's queue policy)
-    shape_spec: str | None = None  # ENGINE=tensorrt: JSON of the video sizes to build profiles for
+    shape_spec: str | None = None  # JSON of the video sizes: TensorRT profiles, or the compile points below
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     low_memory: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
+    # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind
+    # for device gpu), torch's compile cache saved beside them, warmed up before READY (docs/compile_artifacts.md)
+    compile_artifacts: bool = False
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
     # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
     random_weights_seed: int | None = None
@@ -60,3 +63,22 @@ class ExportOptions:
                              "call: a compiled block would recompile for each adapter and scale; wan22_triton/lora.py)")
         if self.lora and self.parallel.ulysses > 1:
             raise ValueError("--lora is not supported with ulysses > 1 yet (the worker processes load no adapters)")
+        if self.compile_artifacts:
+            self._check_compile_artifacts()
+
+    def _check_compile_artifacts(self) -> None:
+        if self.engine != "torch" or self.speed.compile == "none":
+            raise ValueError("--compile-artifacts needs engine 'torch' with --compile regional (it saves what the "
+                             "compile makes)")
+        if self.low_memory:
+            raise ValueError("--compile-artifacts is not supported with --low-memory yet (the warm-up would leave "
+                             "every expert's weights on the GPU)")
+        if self.parallel.ulysses > 1:
+            raise ValueError("--compile-artifacts is not supported with ulysses > 1 yet (the export compiles one "
+                             "device's graphs, not a sequence-parallel group's)")
+        if self.device == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--compile-artifacts with --device gpu compiles on this machine's GPU, which must be "
+                                 "of the serving kind (same GPU, torch, CUDA, Triton); no CUDA GPU is visible")

@@ -22,6 +22,7 @@ from wan22_triton.presets import PRESETS
 from wan22_triton.random_weights import component_seed
 from wan22_triton.vae_frames import load_cache_layout
 
+from .compile_artifacts import compile_points, compile_writer
 from .loras import expert_lora_writer
 from .options import ExportOptions
 
@@ -94,7 +95,8 @@ def _move_graph(src: Path) -> ArtifactWriter:
     return write
 
 
-def repository_components(info: CheckpointInfo, opts: ExportOptions, repository: Path) -> list[Component]:
+def repository_components(info: CheckpointInfo, opts: ExportOptions, repository: Path,
+                          log: Callable[[str], None] = print) -> list[Component]:
     """Every model of the repository for this checkpoint and these options, in the order they must be written."""
     ckpt = Path(info.path)
     gpu_inputs = opts.engine == "torch" and opts.device == "gpu"
@@ -116,6 +118,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
 
     loras = tuple(source.name for source in opts.lora)
     lora_inputs = frozenset(t.name for t in C.EXPERT_LORA_INPUTS) if opts.lora else frozenset()
+    points = compile_points(opts) if opts.compile_artifacts else ()  # torch engine with compile (options.check)
     for folder, name in zip(info.expert_folders, C.expert_models(info)):
         spec = C.transformer_spec(info, name)
         if opts.engine == "torch":
@@ -125,10 +128,13 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         if opts.lora:  # torch engine (options.check): the files, and the adapter of each call as optional inputs
             spec = C.transformer_lora_spec(info, name)
             write = _both(write, expert_lora_writer(opts.lora, info.expert_folders.index(folder)))
+        expert_manifest = manifest(name, folder, speed=opts.speed, loras=loras, compile_points=points)
+        if points:  # compiled after the copy, from the version folder's weights
+            write = _both(write, compile_writer(expert_manifest, opts.device, log))
         low_memory = opts.low_memory  # the same tensors plus an optional `release`, all optional (components.py)
         out.append(Component(
             name, entry, (lambda n=name: C.transformer_offload_spec(info, n)) if low_memory else (lambda s=spec: s),
-            manifest(name, folder, speed=opts.speed, loras=loras), write,
+            expert_manifest, write,
             optional_inputs=C.transformer_offload_optional_inputs(info) if low_memory else lora_inputs,
             gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
         ))
@@ -154,7 +160,8 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
 
     # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled). With the models on
     # a GPU it runs there too: the denoising loop's tensors stay in GPU memory across the BLS calls.
-    video_sizes = _video_sizes(opts.shape_spec) if opts.engine == "tensorrt" else None
+    # TensorRT plans and compiled experts serve their shape spec's sizes only: others are refused up front.
+    video_sizes = _video_sizes(opts.shape_spec) if opts.engine == "tensorrt" or opts.compile_artifacts else None
     for stream in (False, True):
         spec = C.orchestrator_spec(info, stream=stream)
         out.append(Component(
@@ -167,7 +174,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
 
 
 def _video_sizes(shape_spec: str | None) -> tuple[tuple[int, int, int], ...]:
-    """(frames, height, width) the TensorRT profiles cover; the orchestrator rejects others up front."""
+    """(frames, height, width) the TensorRT profiles or the compile points cover; the orchestrator rejects others."""
     from .tensorrt_build import load_shape_spec
 
     spec = load_shape_spec(shape_spec)

@@ -1,4 +1,5 @@
-"""Compile artifacts of the torch engine's experts (`--compile regional --compile-artifacts`; docs/compile_artifacts.md).
+"""Compile artifacts of the torch engine's experts (`--compile regional --compile-artifacts`): see
+docs/compile_artifacts.md.
 
 The export compiles each expert for every compile point of its manifest (video size x batch, from the shape spec;
 export/compile_artifacts.py) and saves torch's portable compile cache into the expert's version folder:
@@ -9,9 +10,10 @@ export/compile_artifacts.py) and saves torch's portable compile cache into the e
     compile_cache/artifacts.json   the `environment` they were made in, the points compiled, what was saved
 
 The served expert loads them (`CompileCache.prepare`, before its first compile) only when the record's environment
-equals its own on every `MATCHED` field: torch keys its caches on its own version, but not on the GPU a kernel was
-tuned for. Otherwise one log line and a `compile_cache_mismatch` event say what differs and the expert compiles just
-in time (the server's warm-up still runs every point before READY): slower to start, the same results.
+equals its own on every `MATCHED` field. Torch's own keys (its build, the GPU's name, CUDA and Triton versions) would
+make foreign entries miss anyway; checking first says why in one log line and a `compile_cache_mismatch` event
+instead of a silently slow start. The expert then compiles just in time (the server's warm-up still runs every point
+before READY): slower to start, the same results.
 
 Either way an expert with compile points compiles one static graph per point, exactly as the export did, so the
 loaded keys are the ones asked for, and each size runs kernels made for its shapes; a shape outside them compiles
@@ -40,7 +42,7 @@ RECORD = "artifacts.json"
 # Fields of `environment` that must be equal for the artifacts to be loaded.
 MATCHED = ("torch", "cuda", "triton", "device", "capability", "precision", "speed")
 # Dynamo keeps this many graphs per code object past the compile points (torch's default limit): room for shapes
-# outside the spec before it falls back to eager.
+# outside the spec (direct expert calls); past it, under fullgraph=True, torch fails the call.
 OFF_SPEC_GRAPHS = 8
 
 

@@ -45,7 +45,8 @@ def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.de
                    dtype: torch.dtype) -> torch.Tensor:
     """The noise prediction (float32, on `device`) for the expert contract's inputs (components.transformer_spec),
     as the served expert runs them; the export's compile calls the same, so that its graphs are the served ones."""
-    t = {name: torch.as_tensor(inputs[name]).to(device) for name in ("hidden_states", "timestep", "encoder_hidden_states")}
+    names = ("hidden_states", "timestep", "encoder_hidden_states")
+    t = {name: torch.as_tensor(inputs[name]).to(device) for name in names}
     return model(
         hidden_states=t["hidden_states"].to(dtype),
         timestep=t["timestep"],
