@@ -173,7 +173,10 @@ def generate_stream(
                     on_progress(json.loads(progress[0]))
                 if cancel_after_steps is not None and steps >= cancel_after_steps:
                     client.stop_stream(cancel_requests=True)
+                    # progress sent before the cancellation reached the server may still be queued ahead of it
                     result, error = responses.get(timeout=60)
+                    while error is None and result is not None and result.as_numpy("progress") is not None:
+                        result, error = responses.get(timeout=60)
                     raise error or RuntimeError("stream ended without the CANCELLED error")
         finally:
             client.stop_stream(cancel_requests=True)
