@@ -360,6 +360,7 @@ def test_export_job_exports_the_tier(tier_name, tiny_checkpoint, tmp_path):
     for option in ("compile", "quantization", "attention"):
         assert getattr(expert.speed, option) == (_flag(args, f"--{option}") or getattr(type(expert.speed)(), option))
     assert expert.low_memory == ("--low-memory" in args)
+    assert expert.parallel.devices == tier.gpus_per_pod  # the pod gets exactly the GPUs its parallel plan uses
     kind = "KIND_GPU" if _flag(args, "--device") == "gpu" else "KIND_CPU"
     for config_file in repository.glob("*/config.pbtxt"):
         for group in parse_pbtxt(config_file.read_text()).instance_group:
