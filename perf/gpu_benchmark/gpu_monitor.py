@@ -3,6 +3,7 @@ so the benchmark's own process never holds GPU memory the servers and the baseli
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -11,13 +12,20 @@ import time
 from wan22_triton.events import process_name
 
 
+def monitored_gpu() -> str:
+    """The GPU this process's CUDA device 0 is (the first of CUDA_VISIBLE_DEVICES: an index or a UUID), so that two
+    benchmarks pinned to two GPUs of one host each watch their own; NVML itself ignores CUDA_VISIBLE_DEVICES."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible or "0"
+
+
 def nvidia_smi(query: str) -> list[str]:
-    """The first GPU's values for an nvidia-smi --query-gpu list; [] without nvidia-smi."""
+    """The monitored GPU's values for an nvidia-smi --query-gpu list; [] without nvidia-smi."""
     if not shutil.which("nvidia-smi"):
         return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "-i", monitored_gpu(), f"--query-gpu={query}", "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
@@ -31,7 +39,7 @@ def gpu_used_gb() -> float | None:
 
 
 class GpuMemoryPeak:
-    """Peak device memory in use (all processes) while the block runs: NVML polling, else nvidia-smi."""
+    """Peak memory in use on the monitored GPU (all processes) while the block runs: NVML polling, else nvidia-smi."""
 
     def __init__(self, interval: float = 0.25):
         self.interval = interval
@@ -45,7 +53,9 @@ class GpuMemoryPeak:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            gpu = monitored_gpu()
+            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(gpu)) if gpu.isdigit()
+                      else pynvml.nvmlDeviceGetHandleByUUID(gpu))
             self._read = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
             self._processes = lambda: {
                 p.pid: (p.usedGpuMemory or 0) / 2**30 for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
