@@ -43,6 +43,7 @@ from devtools.launcher import TritonServer, printable_command
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 
+from .gpu_benchmark.measure import bundle_backend_args, stub_env_bin
 from .perf_analyzer_env import perf_analyzer_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--replicas", type=int, default=1,
                    help="export: whole pipelines, one per device group (throughput of concurrent requests)")
+    p.add_argument("--weights-seed", type=int,
+                   help="export: random weights from this seed (a configs-only checkpoint, as the GPU benchmark's)")
+    p.add_argument("--compare-to", type=Path,
+                   help="another sweep's summary.json: throughput of each model and concurrency over that one's")
     p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS) + " (default: all served)")
     p.add_argument("--concurrency", type=int, default=4, help="sweep concurrency 1..N")
     p.add_argument("--prompts", type=Path, default=Path(__file__).with_name("prompts.json"))
@@ -259,6 +264,16 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def throughput_ratio(results: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per model and concurrency: this sweep's requests/s over `other`'s (e.g. 2 replicas over 1), where both ran."""
+    ratios: dict[str, dict[str, float]] = {}
+    for model, result in results.items():
+        theirs = {r["concurrency"]: r["requests_per_sec"] for r in other.get("models", {}).get(model, {}).get("rows", [])}
+        ratios[model] = {str(r["concurrency"]): r["requests_per_sec"] / theirs[r["concurrency"]]
+                         for r in result.get("rows", []) if theirs.get(r["concurrency"])}
+    return ratios
+
+
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
     served = [C.TEXT_ENCODER, *C.expert_models(info), C.VAE_DECODER]
@@ -288,6 +303,9 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
         "machine": machine_info(url, args.protocol),
         "models": results,
     }
+    if args.compare_to:
+        summary["throughput_ratio"] = throughput_ratio(results, json.loads(args.compare_to.read_text()))
+        summary["compared_to"] = str(args.compare_to)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     req = summary["request"]
     device = summary["machine"].get("gpus", [summary["machine"]["cpu"]])[0]
@@ -316,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
             from wan22_triton.parallel import ParallelPlan
 
             opts = ExportOptions(engine=args.engine, device=args.device, precision=args.precision,
-                                 orchestrator_instances=args.concurrency, parallel=ParallelPlan(replicas=args.replicas))
+                                 orchestrator_instances=args.concurrency, parallel=ParallelPlan(replicas=args.replicas),
+                                 random_weights_seed=args.weights_seed)
             export_repository(args.checkpoint, repo, opts)
             # Load what this export configured, not every folder of a reused repository (other engines' models).
             load = [f"--load-model={d.name}" for d in sorted(repo.iterdir()) if (d / "config.pbtxt").is_file()]
-            extra = ["--model-control-mode=explicit", *load]
-            with TritonServer(repo, log_file=out / "tritonserver.log", extra_args=extra) as server:
+            extra = ["--model-control-mode=explicit", *load, *bundle_backend_args()]
+            stub_bin = stub_env_bin()  # on a GPU host: the bundle's numpy-1 venv for the Python-backend stub
+            with TritonServer(repo, log_file=out / "tritonserver.log", extra_args=extra,
+                              path_first=[stub_bin] if stub_bin else []) as server:
                 print(f"[perf] tritonserver ready in {server.startup_seconds:.1f}s", flush=True)
                 url = server.grpc_url if args.protocol == "grpc" else server.http_url
                 summary = sweep(args, url, info, out, server.admin_key)

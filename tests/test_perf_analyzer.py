@@ -66,3 +66,13 @@ def test_input_data_matches_the_contract(sweep, tiny_checkpoint):
     assert entry["hidden_states"]["shape"] == list(info.latent_shape(5, 32, 48))
     assert entry["timestep"]["shape"] == [1]
     assert entry["encoder_hidden_states"]["shape"] == [info.text_len, info.text_dim]
+
+
+def test_throughput_ratio_pairs_each_model_and_concurrency():
+    """--compare-to: requests/s over the other sweep's at the same concurrency; rows the other lacks are left out."""
+    ours = {"wan22_t2v": {"rows": [{"concurrency": 1, "requests_per_sec": 0.2},
+                                   {"concurrency": 2, "requests_per_sec": 0.38}]}}
+    theirs = {"models": {"wan22_t2v": {"rows": [{"concurrency": 1, "requests_per_sec": 0.1}]}}}
+    ratios = perf_analyzer_sweep.throughput_ratio(ours, theirs)
+    assert ratios == {"wan22_t2v": {"1": 2.0}}
+    assert perf_analyzer_sweep.throughput_ratio(ours, {"models": {}}) == {"wan22_t2v": {}}

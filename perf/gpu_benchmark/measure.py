@@ -70,13 +70,17 @@ def request_values(args, steps: int) -> dict[str, Any]:
     }
 
 
+def bundle_backend_args() -> list[str]:
+    """gpu-bundle's python backend with its 3.12 stub, where the bundle is active ($TRITON_BACKENDS)."""
+    backends = os.environ.get("TRITON_BACKENDS")
+    return [f"--backend-directory={backends}"] if backends else []
+
+
 def start_server(name: str, repo: Path, args):
     """tritonserver on the variant's repository; its log and events file next to the results."""
     from devtools.launcher import TritonServer
 
-    extra = ["--log-info=true", *args.server_args]
-    if os.environ.get("TRITON_BACKENDS"):  # gpu-bundle's python backend with its 3.12 stub
-        extra.append(f"--backend-directory={os.environ['TRITON_BACKENDS']}")
+    extra = ["--log-info=true", *args.server_args, *bundle_backend_args()]
     events_file = args.out_dir / f"events-{name}.jsonl"
     events_file.unlink(missing_ok=True)
     server = TritonServer(repo, log_file=args.out_dir / f"tritonserver-{name}.log", extra_args=extra,
