@@ -12,6 +12,9 @@ values from fixed seeds, so the files are byte-identical across runs:
 * `low_noise.safetensors`: diffusers' layout without metadata, for the low-noise expert (with `high_noise`: a pair).
 
     python -m devtools.tiny_lora --checkpoint checkpoints/tiny-wan2.2-t2v-a14b --out checkpoints/tiny-loras
+
+`write_random_lora` makes the same kind of file for any transformer config at any rank (the LoRA GPU benchmark's
+rank-64 A14B pair, perf/lora_benchmark.py): the community layout on every block's attention and FFN Linears.
 """
 
 from __future__ import annotations
@@ -34,24 +37,34 @@ WAN_ORIGINAL_NAMES = {
 DELTA = 0.3
 
 
-def block_linears(checkpoint: Path, folder: str) -> dict[str, tuple[int, int]]:
-    """{module name: (in_features, out_features)} of the transformer blocks' Linear layers of one expert."""
+def config_linears(config: dict) -> dict[str, tuple[int, int]]:
+    """{module name: (in_features, out_features)} of the transformer blocks' Linear layers of an expert with this
+    WanTransformer3DModel config (built on the meta device: no memory, any size)."""
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
     with torch.device("meta"):
-        model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(checkpoint / folder))
+        model = WanTransformer3DModel.from_config(config)
     return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and name.startswith("blocks.")}
 
 
-def lora_pairs(linears: dict[str, tuple[int, int]], seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module: (down [rank, in], up [out, rank])}, float32, from `seed`."""
+def block_linears(checkpoint: Path, folder: str) -> dict[str, tuple[int, int]]:
+    """`config_linears` of one expert of a checkpoint."""
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+    return config_linears(WanTransformer3DModel.load_config(checkpoint / folder))
+
+
+def lora_pairs(linears: dict[str, tuple[int, int]], seed: int, rank: int = RANK, delta: float = DELTA,
+               dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module: (down [rank, in], up [out, rank])} from `seed`, in `dtype`. The delta B·A·x has about `delta` times
+    the input's scale whatever the rank (down ~ 1/sqrt(in), up ~ delta/sqrt(rank))."""
     generator = torch.Generator().manual_seed(seed)
     pairs = {}
     for name, (fan_in, fan_out) in sorted(linears.items()):
-        down = torch.randn(RANK, fan_in, generator=generator) / fan_in**0.5
-        up = torch.randn(fan_out, RANK, generator=generator) * DELTA / RANK**0.5
-        pairs[name] = (down, up)
+        down = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+        up = torch.randn(fan_out, rank, generator=generator) * delta / rank**0.5
+        pairs[name] = (down.to(dtype), up.to(dtype))  # cast per layer: a rank-64 A14B file in float32 is 1.2 GB
     return pairs
 
 
@@ -86,6 +99,16 @@ def write_community_layout(path: Path, pairs: dict, alpha: float) -> Path:
         tensors[f"{key}.alpha"] = torch.tensor(alpha)
     save_file(tensors, path)
     return path
+
+
+def write_random_lora(config: dict, path: str | Path, rank: int, seed: int, delta: float = DELTA,
+                      dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A random LoRA for the expert of `config` in the layout Wan2.2-Lightning ships (`diffusion_model.blocks.N.
+    {self_attn,cross_attn}.{q,k,v,o}` and `ffn.{0,2}`, `lora_down`/`lora_up`, `alpha` = rank: peft scale 1)."""
+    linears = {k: v for k, v in config_linears(config).items() if k.split(".", 2)[2] in WAN_ORIGINAL_NAMES}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_community_layout(path, lora_pairs(linears, seed, rank, delta, dtype), alpha=float(rank))
 
 
 def write_loras(checkpoint: str | Path, out: str | Path) -> dict[str, Path]:

@@ -23,6 +23,8 @@ HELP = {
     "quantization": "ENGINE=torch experts on a GPU",
     "attention": "ENGINE=torch experts on a GPU",
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",
+    "keep_workspace": "ENGINE=torch: keep each model's PyTorch GPU cache when it goes idle (default: handed back "
+                      "after each encode and decode and after each expert's last step; nothing to free on a CPU)",
     "replicas": "whole pipelines, one per device group (concurrent requests side by side)",
     "cfg_parallel": "2: a guided step's two halves on two expert instances at once",
     "ulysses": "ENGINE=torch: devices per expert instance, sequence parallel (divides the attention heads)",

@@ -23,6 +23,9 @@ class ExportOptions:
     shape_spec: str | None = None  # JSON of the video sizes: TensorRT profiles, or the compile points below
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     low_memory: bool = False
+    # ENGINE=torch: keep each model's PyTorch GPU cache between calls (faster to reuse, never handed back); by default
+    # the cache's unused blocks are released after every call (the manifest's `release_workspace`)
+    keep_workspace: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
     # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind
     # for device gpu), torch's compile cache saved beside them, warmed up before READY (docs/compile_artifacts.md)
@@ -33,6 +36,12 @@ class ExportOptions:
     vae_cudnn_benchmark: bool = False
     # `--lora NAME=FILE` or `NAME=HIGH,LOW`, repeatable: adapters requests choose by name (export/loras.py)
     lora: tuple[LoraSource, ...] = ()
+
+    @property
+    def release_workspace(self) -> bool:
+        """What the models' manifests say: the torch engine's models release their workspace unless kept (on a CPU
+        the release runs but has nothing to free)."""
+        return self.engine == "torch" and not self.keep_workspace
 
     def check(self) -> None:
         """ValueError naming the first choice that cannot be served."""
@@ -46,6 +55,9 @@ class ExportOptions:
             raise ValueError(f"{', '.join(chosen)} need engine 'torch', got {self.engine!r}")
         if (self.speed.quantization != "none" or self.speed.attention != "sdpa") and self.device != "gpu":
             raise ValueError("FP8 quantization and the attention kernels need --device gpu")
+        if self.keep_workspace and self.engine != "torch":
+            raise ValueError(f"keep_workspace needs engine 'torch' (only its models keep a PyTorch cache to release), "
+                             f"got {self.engine!r}")
         if self.low_memory and self.engine != "torch":
             raise ValueError(f"low_memory needs engine 'torch' (weights the Python model can move), got {self.engine!r}")
         if self.parallel.ulysses > 1 and self.engine != "torch":

@@ -106,7 +106,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         seed = opts.random_weights_seed
         return Manifest(
             model=name, engine=opts.engine, precision=opts.precision, checkpoint=info, low_memory=opts.low_memory,
-            limits=opts.limits, parallel=opts.parallel, random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None,
+            release_workspace=opts.release_workspace, limits=opts.limits, parallel=opts.parallel, random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None,
             **fields,
         )
 
@@ -117,7 +117,9 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     )]
 
     loras = tuple(source.name for source in opts.lora)
-    lora_inputs = frozenset(t.name for t in C.EXPERT_LORA_INPUTS) if opts.lora else frozenset()
+    # optional expert inputs: each call's adapter; the last call of an expert's steps (low memory has its own)
+    extra_inputs = (*(C.EXPERT_LORA_INPUTS if opts.lora else ()),
+                    *((C.EXPERT_WORKSPACE_INPUT,) if opts.release_workspace and not opts.low_memory else ()))
     points = compile_points(opts) if opts.compile_artifacts else ()  # torch engine with compile (options.check)
     for folder, name in zip(info.expert_folders, C.expert_models(info)):
         spec = C.transformer_spec(info, name)
@@ -125,9 +127,9 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             write, entry = copy_folders((ckpt / folder, "transformer")), "transformer"
         else:  # the TensorRT build turns the ONNX graph into a plan and writes the config
             write, entry = _onnx_expert(ckpt / folder, spec), ("transformer" if opts.engine == "onnx" else None)
-        if opts.lora:  # torch engine (options.check): the files, and the adapter of each call as optional inputs
-            spec = C.transformer_lora_spec(info, name)
+        if opts.lora:  # torch engine (options.check): the files; the adapter of each call comes as optional inputs
             write = _both(write, expert_lora_writer(opts.lora, info.expert_folders.index(folder)))
+        spec = C.with_inputs(spec, *extra_inputs)
         expert_manifest = manifest(name, folder, speed=opts.speed, loras=loras, compile_points=points)
         if points:  # compiled after the copy, from the version folder's weights
             write = _both(write, compile_writer(expert_manifest, opts.device, log))
@@ -135,7 +137,8 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         out.append(Component(
             name, entry, (lambda n=name: C.transformer_offload_spec(info, n)) if low_memory else (lambda s=spec: s),
             expert_manifest, write,
-            optional_inputs=C.transformer_offload_optional_inputs(info) if low_memory else lora_inputs,
+            optional_inputs=(C.transformer_offload_optional_inputs(info) if low_memory
+                             else frozenset(t.name for t in extra_inputs)),
             gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
         ))
 

@@ -90,8 +90,11 @@ def test_normal_export_is_unchanged(tiny_checkpoint, tmp_path):
 
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(engine="torch"), log=lambda _: None)
     config = parse_pbtxt((tmp_path / HIGH / "config.pbtxt").read_text())
-    assert [i.name for i in config.input] == ["hidden_states", "timestep", "encoder_hidden_states"]
-    assert not any(i.optional for i in config.input) and not read_manifest(tmp_path / HIGH).low_memory
+    # the data inputs required; no `release` (the optional mark of an expert's last step stays: workspace release)
+    assert [i.name for i in config.input] == ["hidden_states", "timestep", "encoder_hidden_states",
+                                              "release_workspace"]
+    assert [i.name for i in config.input if i.optional] == ["release_workspace"]
+    assert not read_manifest(tmp_path / HIGH).low_memory
     assert not read_manifest(tmp_path / "wan22_t2v").low_memory
 
 

@@ -199,6 +199,11 @@ def transformer_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
     )
 
 
+def with_inputs(spec: ComponentSpec, *extra: TensorSpec) -> ComponentSpec:
+    """`spec` with more (optional) inputs in its config.pbtxt; the ONNX/TensorRT contract stays `spec`'s."""
+    return ComponentSpec(spec.name, (*spec.inputs, *extra), spec.outputs, spec.max_batch_size, spec.sample_sizes)
+
+
 # Low-memory mode (export `low_memory`, wan22_triton.offload): the experts' config adds one optional input.
 TRITON_DTYPES.setdefault("bool", "BOOL")
 EXPERT_RELEASE_INPUT = TensorSpec("release", "bool", (BATCH, 1))  # true: weights back to host memory after this
@@ -208,9 +213,7 @@ def transformer_offload_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
     """The expert contract of the low-memory mode (config.pbtxt only, never an ONNX/TensorRT graph): the same
     tensors plus the optional `release`; the data inputs become optional too, so that a request may carry
     `release` alone. `transformer_spec` itself, and so the ONNX/TensorRT contract, does not change."""
-    spec = transformer_spec(info, name)
-    return ComponentSpec(spec.name, (*spec.inputs, EXPERT_RELEASE_INPUT), spec.outputs, spec.max_batch_size,
-                         spec.sample_sizes)
+    return with_inputs(transformer_spec(info, name), EXPERT_RELEASE_INPUT)
 
 
 def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
@@ -222,10 +225,9 @@ def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
 EXPERT_LORA_INPUTS = (TensorSpec("lora", "object", (BATCH, 1)), TensorSpec("lora_scale", "float32", (BATCH, 1)))
 
 
-def transformer_lora_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
-    spec = transformer_spec(info, name)
-    return ComponentSpec(spec.name, (*spec.inputs, *EXPERT_LORA_INPUTS), spec.outputs, spec.max_batch_size,
-                         spec.sample_sizes)
+# Workspace release (the manifest's `release_workspace`): true on the last call of an expert's run of steps for
+# its request (the switch, the last step); the expert hands its PyTorch cache back after that call.
+EXPERT_WORKSPACE_INPUT = TensorSpec("release_workspace", "bool", (BATCH, 1))
 
 
 def vae_decoder_spec(info: CheckpointInfo) -> ComponentSpec:

@@ -12,11 +12,17 @@ Events (fields besides `event`, `time`, `pid`, `process`):
 * ``expert_released``: expert, after_step, when, seconds (offload.ExpertSwitch in the orchestrator: the round trip
   of the release call)
 * ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
+* ``workspace_released``: model, device, after ("load", or "call" with the manifest's release_workspace),
+  reserved_before, reserved_after (bytes the PyTorch cache held; 0 on a CPU), seconds; requests (a call's count) or
+  rank (a sequence-parallel worker) (loading.release_workspace)
 * ``component_died``: model, instance, stub_pid, exit_status; then ``component_restarted``: model, instance,
   seconds, stub_pids, or ``component_restart_failed``: model, instance, error (wan22_triton.watchdog)
 * ``compile_cache_loaded``: model, bytes, seconds, artifacts, points; ``compile_cache_mismatch``: model, differs
   ({field: [at export, here]}), reason; ``expert_compiled``: model, shape, seconds, graphs, cache_hits,
   cache_misses, cache_bypasses (a forward that compiled; wan22_triton.compile_cache)
+* ``lora_loaded``: model, loras (names), seconds (an expert's adapters loaded at start, wan22_triton.lora)
+* ``lora_selected``: model, lora (name, or null: the base model), scale, previous, seconds (an expert's switch of
+  the active LoRA adapter, wan22_triton.lora.ExpertAdapters.select; only when the selection changes)
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
+from . import events
 from .engines import torch_dtype
 from .manifest import Manifest
 
@@ -53,3 +55,21 @@ def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.de
         encoder_hidden_states=t["encoder_hidden_states"].to(dtype),
         return_dict=False,
     )[0].float()
+
+
+def release_workspace(model: str, device: str | torch.device, after: str, **fields: Any) -> tuple[int, int]:
+    """Hand the PyTorch cache's unused blocks on `device` back to the driver: what the process once used (weights
+    replaced by quantization, a call's activations) stops counting against the GPU; weights and live tensors stay.
+    `after`: "load" or "call". Emits `workspace_released` (on a CPU too: 0 bytes, the release ran); returns the
+    bytes reserved before and after."""
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    before = after_bytes = 0
+    if device.type == "cuda":
+        before = torch.cuda.memory_reserved(device)
+        with torch.cuda.device(device):  # empty_cache acts on the current device
+            torch.cuda.empty_cache()
+        after_bytes = torch.cuda.memory_reserved(device)
+    events.emit("workspace_released", model=model, device=str(device), after=after, reserved_before=before,
+                reserved_after=after_bytes, seconds=time.perf_counter() - t0, **fields)
+    return before, after_bytes

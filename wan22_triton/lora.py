@@ -24,6 +24,7 @@ Where the files live: the export copies each expert's file, as given and after c
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from . import events
 from .errors import RequestError
 
 LORA_FOLDER = "loras"  # in each expert's version folder
@@ -140,25 +142,43 @@ def requested(inputs: dict[str, Any], max_scale: float) -> LoraChoice | None:
 class ExpertAdapters:
     """The adapters loaded into one expert and the one active for the current call (see module docstring)."""
 
-    def __init__(self, model: Any, names: tuple[str, ...]):  # a diffusers model (its peft adapter methods)
+    def __init__(self, model: Any, names: tuple[str, ...], label: str = ""):  # a diffusers model (peft methods)
         self.model, self.names = model, frozenset(names)
+        self.label = label  # the served model's name, for the events
         self._active: LoraChoice | None = None
 
     @classmethod
     def load(cls, model: Any, version: Path, names: tuple[str, ...],
              log: Callable[[str], None] = print) -> ExpertAdapters:
         """Every named adapter from `version`/loras/, checked against `model`; then the base model is active."""
+        label = Path(version).parent.name  # <repository>/<model>/<version>
+        started = time.perf_counter()
         for name in names:
             load_adapter(model, lora_path(version, name), name)
         if names:
             model.disable_lora()
-            log(f"LoRA adapters loaded (unfused, chosen per call): {', '.join(names)}")
-        return cls(model, names)
+            _synchronize(model)  # the adapters' host-to-device copies belong to the load time
+            seconds = time.perf_counter() - started
+            events.emit("lora_loaded", model=label, loras=list(names), seconds=seconds)
+            log(f"{label}: LoRA adapters loaded in {seconds:.3f} s (unfused, chosen per call): {', '.join(names)}")
+        return cls(model, names, label)
 
     def select(self, choice: LoraChoice | None) -> None:
-        """Make `choice` the active adapter (None: the base layers alone); RequestError for a name not loaded."""
+        """Make `choice` the active adapter (None: the base layers alone); RequestError for a name not loaded.
+        A change emits `lora_selected` with its wall time: peft only sets Python attributes of each adapted layer
+        (active adapter, scaling, requires_grad flags), no kernel is launched, so no CUDA sync is needed or wanted
+        (it would add the previous call's queued GPU work to the number)."""
         if choice == self._active:
             return
+        started = time.perf_counter()
+        self._switch(choice)
+        seconds = time.perf_counter() - started
+        previous, self._active = self._active, choice
+        events.emit("lora_selected", model=self.label, lora=None if choice is None else choice[0],
+                    scale=None if choice is None else choice[1], previous=None if previous is None else previous[0],
+                    seconds=seconds)
+
+    def _switch(self, choice: LoraChoice | None) -> None:
         if choice is None:
             self.model.disable_lora()
         else:
@@ -168,4 +188,10 @@ class ExpertAdapters:
                 raise RequestError(f"'{LORA_INPUT}' {name!r} is not loaded in this expert (loaded: {known})")
             self.model.enable_lora()
             self.model.set_adapters(name, scale)
-        self._active = choice
+
+
+def _synchronize(model: Any) -> None:
+    """Wait for the GPU work queued on `model`'s device (nothing on a CPU)."""
+    param = next(model.parameters(), None)
+    if param is not None and param.is_cuda:
+        torch.cuda.synchronize(param.device)

@@ -334,13 +334,15 @@ class Wan22T2VPipeline:
         Low-memory mode: `expert_switch` hears of each step's expert before the call (the other expert leaves the
         GPU first) and settles after the last step, so that the VAE and the next request's text encoder get the GPU.
         """
+        timesteps = [float(t) for t in scheduler.timesteps]
         for i, t in enumerate(scheduler.timesteps):
             _raise_if_cancelled(is_cancelled)
             expert, guidance_field = expert_for_timestep(float(t), self.manifest)
             if expert_switch is not None:
                 expert_switch.before_step(expert, i)
             guidance_scale = getattr(req, guidance_field) if uses_cfg(req) else None
-            noise = self.predict_noise(expert, latents, t, embeds, guidance_scale, req.adapter)
+            noise = self.predict_noise(expert, latents, t, embeds, guidance_scale, req.adapter,
+                                       release_workspace=self.last_of_expert(timesteps, i, expert))
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             result.timesteps.append(float(t))
             result.experts.append(expert)
@@ -352,15 +354,25 @@ class Wan22T2VPipeline:
             expert_switch.settle()
         return latents
 
+    def last_of_expert(self, timesteps: list[float], i: int, expert: str) -> bool:
+        """With the manifest's `release_workspace` (not in low-memory mode, whose switch releases more): whether
+        step `i` is `expert`'s last before the other expert or the decode, so that it hands its workspace back."""
+        if not self.manifest.release_workspace or self.manifest.low_memory:
+            return False
+        return i + 1 == len(timesteps) or expert_for_timestep(timesteps[i + 1], self.manifest)[0] != expert
+
     def predict_noise(self, expert: str, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
-                      guidance_scale: float | None, lora: LoraChoice | None = None) -> torch.Tensor:
+                      guidance_scale: float | None, lora: LoraChoice | None = None,
+                      release_workspace: bool = False) -> torch.Tensor:
         """One expert call on [cond, uncond] as one batch, combined by CFG with `guidance_scale` (None: CFG off,
-        a batch of one); `lora`: the adapter the expert applies to this call (None: the base model)."""
+        a batch of one); `lora`: the adapter the expert applies to this call (None: the base model);
+        `release_workspace`: the expert's last call for now (it hands its PyTorch cache back after it)."""
         batch = 1 if guidance_scale is None else 2
         model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
         timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
-        adapter = {} if lora is None else {"lora": lora}  # callables that know no LoRA keep working for the base model
-        noise = self._on_device(self.expert(expert, model_input, timestep, embeds, **adapter))
+        # optional arguments only when set: callables that know neither keep working for the base model
+        options = {**({} if lora is None else {"lora": lora}), **({"release_workspace": True} if release_workspace else {})}
+        noise = self._on_device(self.expert(expert, model_input, timestep, embeds, **options))
         if guidance_scale is None:
             return noise
         noise_cond, noise_uncond = noise[0:1], noise[1:2]

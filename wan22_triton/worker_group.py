@@ -27,7 +27,9 @@ import torch
 import torch.distributed as dist
 
 from . import events
+from .loading import release_workspace as _release_workspace
 
+RELEASE = "release_workspace"  # a message to the workers between steps (loading.release_workspace)
 # (device, process group) -> the model every rank runs; picklable (a module-level function or a partial of one)
 Build = Callable[[torch.device, Any], torch.nn.Module]
 
@@ -62,14 +64,18 @@ def _sync(device: torch.device) -> None:
 
 
 def _worker_main(rank: int, devices: list[torch.device], port: int, timeout_s: float, build: Build,
-                 conn: Connection) -> None:
+                 conn: Connection, name: str = "") -> None:
     _die_with_parent()
     device = devices[rank]
     _init_group(rank, devices, port, timeout_s)
     model = build(device, dist.group.WORLD)
+    _release_workspace(name, device, "load", rank=rank)  # as rank 0's model instance does after its setup
     conn.send("ready")
     with torch.inference_mode():
         while (message := conn.recv()) is not None:  # EOFError, and exit, once the instance is gone
+            if message == RELEASE:  # rank 0 released its workspace: so does every rank
+                _release_workspace(name, device, "call", rank=rank)
+                continue
             shapes, options = message
             tensors = {name: torch.empty(shape, dtype=dtype, device=device) for name, shape, dtype in shapes}
             for tensor in tensors.values():
@@ -109,7 +115,7 @@ class WorkerGroup:
         for rank in range(1, len(self.devices)):
             ours, theirs = ctx.Pipe()
             worker = ctx.Process(target=_worker_main, name=f"{self.name}-rank{rank}",
-                                 args=(rank, self.devices, port, self.timeout_s, self.build, theirs))
+                                 args=(rank, self.devices, port, self.timeout_s, self.build, theirs, self.name))
             worker.start()
             theirs.close()
             self.workers.append(worker)
@@ -158,6 +164,14 @@ class WorkerGroup:
                 self.log_error(f"{self.name}: leaving the process group: {exc}")
         if self.devices[0].type == "cuda":
             torch.cuda.empty_cache()
+
+    def release_workspace(self) -> None:
+        """Every worker hands its PyTorch cache back (rank 0's model instance releases its own)."""
+        for pipe in self.pipes:
+            try:
+                pipe.send(RELEASE)
+            except OSError:  # a dead worker: the next step rebuilds the group
+                pass
 
     # -- faults ------------------------------------------------------------------------------------------------
     def _start_monitor(self) -> None:

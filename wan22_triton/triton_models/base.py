@@ -10,12 +10,14 @@ import torch
 
 from .. import triton_io
 from ..engines import torch_dtype
-from ..loading import load_component
+from ..loading import load_component, release_workspace
 from ..manifest import Manifest
 
 
 class ComponentModel:
-    """Subclasses implement `setup()` (load) and `infer(request) -> response`; errors become error responses."""
+    """Subclasses implement `setup()` (load) and `infer(request) -> response` (or `respond(requests)`); errors become
+    error responses. The torch engine's cache is emptied after `setup` and, with the manifest's `release_workspace`,
+    after each call (loading.release_workspace)."""
 
     def initialize(self, args):
         self.logger = triton_io.pb_utils().Logger
@@ -27,8 +29,14 @@ class ComponentModel:
         self.engine = self.manifest.engine
         self.dtype = torch_dtype(self.manifest.precision)
         self.setup()
+        if self.engine == "torch":  # what loading left cached (e.g. the BF16 weights FP8 quantization replaced)
+            before, after = release_workspace(self.name, self.device, "load")
+            if before:
+                self.logger.log_info(f"{self.name}: PyTorch cache after loading {before / 1e9:.2f} GB -> "
+                                     f"{after / 1e9:.2f} GB reserved")
         self.logger.log_info(f"{self.name} ready: engine {self.engine}, precision {self.manifest.precision}, "
-                             f"{self.device}{', low memory' if self.manifest.low_memory else ''}")
+                             f"{self.device}{', low memory' if self.manifest.low_memory else ''}"
+                             f"{', workspace released when idle' if self.manifest.release_workspace else ''}")
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -37,6 +45,23 @@ class ComponentModel:
         raise NotImplementedError
 
     def execute(self, requests):
+        try:
+            return self.respond(requests)
+        finally:
+            # the manifest's release_workspace (torch engine): the call's workspace back to the driver
+            if self.manifest.release_workspace and self.engine == "torch" and self.releases_after(requests):
+                self.release_workspace(len(requests))
+
+    def releases_after(self, requests) -> bool:
+        """Whether this call ends the model's work for now (its cache is released then): for the text encoder and
+        the VAE, every call is once per generation."""
+        return True
+
+    def release_workspace(self, requests: int) -> None:
+        release_workspace(self.name, self.device, "call", requests=requests)
+
+    def respond(self, requests) -> list:
+        """One response per request (`infer` each; errors become error responses)."""
         return triton_io.execute_each(requests, self.infer, self.logger)
 
     def load_torch(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import events, offload, triton_io, watchdog
 from ..abandonment import AbandonWatch
-from ..components import TEXT_ENCODER, VAE_DECODER, expert_models
+from ..components import EXPERT_WORKSPACE_INPUT, TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
 from ..lora import LORA_INPUT, SCALE_INPUT, LoraChoice
 from ..manifest import Manifest
@@ -34,13 +34,16 @@ def bls_text_encoder(prompts: list[str]) -> np.ndarray:
     return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"])["prompt_embeds"]
 
 
-def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None):
+def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None,
+               release_workspace: bool = False):
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
     inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
+    rows = latents.shape[0]
     if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.lora)
-        rows = latents.shape[0]
         inputs[LORA_INPUT] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
         inputs[SCALE_INPUT] = np.full((rows, 1), lora[1], dtype=np.float32)
+    if release_workspace:  # this expert's last step for now: its workspace back after it (components.py)
+        inputs[EXPERT_WORKSPACE_INPUT.name] = np.ones((rows, 1), dtype=bool)
     return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device)["noise_pred"]
 
 

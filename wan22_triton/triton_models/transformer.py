@@ -10,6 +10,11 @@ memory, go onto the GPU with the first request that brings work, and back when a
 (BOOL, optional, declared only in this mode): after computing that request's step if it has one; a request with
 `release` alone only releases (and answers with no outputs).
 
+Workspace (the manifest's `release_workspace`, torch engine; base.ComponentModel): after a call the orchestrator
+marks as the expert's last step before the switch or the decode (optional input `release_workspace`), the PyTorch
+cache's unused blocks go back to the driver, on every rank of a sequence-parallel group, so that the expert waiting
+for its turn holds its weights and not its last forward's activations. Steps in between keep the cache.
+
 Sequence parallel (the manifest's `parallel.ulysses` > 1, torch engine): the instance drives a group of devices
 through worker processes (wan22_triton.worker_group) and answers with rank 0's result.
 
@@ -28,6 +33,7 @@ import torch
 
 from .. import compile_cache, events, fast_path, lora, triton_io
 from ..component_limits import check_latents
+from ..components import EXPERT_WORKSPACE_INPUT
 from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
 from ..loading import build_expert, expert_forward
@@ -74,14 +80,14 @@ class TritonPythonModel(ComponentModel):
             raise ValueError(f"{self.name}: ulysses {plan.ulysses} from {self.device} needs GPUs up to "
                              f"{devices[-1]}; {torch.cuda.device_count()} visible")
         build = functools.partial(build_expert, self.manifest, self.root)
-        return WorkerGroup(self.name, devices, build, plan.collective_timeout_s,
-                           self.logger.log_info, self.logger.log_error).start()
+        return WorkerGroup(self.name, devices, build, plan.collective_timeout_s, self.logger.log_info,
+                           self.logger.log_error).start()
 
     def finalize(self):
         if isinstance(getattr(self, "model", None), WorkerGroup):
             self.model.shutdown()
 
-    def execute(self, requests):
+    def respond(self, requests):
         # Several requests in one call run as one batch when they can: Triton's warm-up sends a sample of batch_size
         # N as N batch-1 requests at once, and the batch-2 graph of CFG steps must be what it compiles (serving,
         # without a dynamic batcher, hands over one request at a time).
@@ -89,7 +95,18 @@ class TritonPythonModel(ComponentModel):
             responses = triton_io.execute_together(requests, INPUTS, self._infer_inputs, self.logger)
             if responses is not None:
                 return responses
-        return super().execute(requests)
+        return super().respond(requests)
+
+    def releases_after(self, requests) -> bool:
+        if self.weights is not None:  # low-memory mode: its `release` moves the weights and empties the cache
+            return False
+        marked = (triton_io.request_inputs(r, (EXPERT_WORKSPACE_INPUT.name,)) for r in requests)
+        return any(bool(torch.as_tensor(m[EXPERT_WORKSPACE_INPUT.name]).any()) for m in marked if m)
+
+    def release_workspace(self, requests: int) -> None:
+        super().release_workspace(requests)
+        if isinstance(self.model, WorkerGroup):
+            self.model.release_workspace()
 
     @torch.inference_mode()
     def _infer_inputs(self, inputs: dict) -> dict:
