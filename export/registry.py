@@ -11,7 +11,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo
@@ -43,6 +43,8 @@ class Component:
     decoupled: bool = False
     max_queue_seconds: int = 0
     gpu_inputs: bool = False  # takes CUDA tensors from a GPU caller as they come (FORCE_CPU_ONLY_INPUT_TENSORS no)
+    # Triton's model_warmup: (sample name, symbol values incl. batch) each, run before the model is READY
+    warmup: tuple[tuple[str, Mapping[str, int]], ...] = ()
 
 
 def copy_folders(*folders: tuple[Path, str]) -> ArtifactWriter:
@@ -110,17 +112,20 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             **fields,
         )
 
+    points = compile_points(opts) if opts.compile_artifacts else ()  # torch engine with compile (options.check)
+    # With compile points the server is READY only at full speed: every model's first call runs in its warm-up
+    # (the experts' compiles, the VAE's cuDNN autotuning per size, the text encoder's first kernels).
+    text_warmup = (("prompts", {"batch": C.text_encoder_spec(info).max_batch_size}),) if points else ()
     out = [Component(
         C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), manifest(C.TEXT_ENCODER, "text_encoder"),
         copy_folders((ckpt / "text_encoder", "text_encoder"), (ckpt / "tokenizer", "tokenizer")),
-        devices=pipeline_devices,
+        devices=pipeline_devices, warmup=text_warmup,
     )]
 
     loras = tuple(source.name for source in opts.lora)
     # optional expert inputs: each call's adapter; the last call of an expert's steps (low memory has its own)
     extra_inputs = (*(C.EXPERT_LORA_INPUTS if opts.lora else ()),
                     *((C.EXPERT_WORKSPACE_INPUT,) if opts.release_workspace and not opts.low_memory else ()))
-    points = compile_points(opts) if opts.compile_artifacts else ()  # torch engine with compile (options.check)
     for folder, name in zip(info.expert_folders, C.expert_models(info)):
         spec = C.transformer_spec(info, name)
         if opts.engine == "torch":
@@ -140,6 +145,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             optional_inputs=(C.transformer_offload_optional_inputs(info) if low_memory
                              else frozenset(t.name for t in extra_inputs)),
             gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
+            warmup=tuple((point.label, point.sizes(info)) for point in points),
         ))
 
     # vae_decoder: diffusers' decode (torch), or a loop over the first-frame/step graph pair, each its own model.
@@ -147,8 +153,9 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     vae_manifest = dataclasses.replace(manifest(C.VAE_DECODER, "vae"), precision=vae_precision,
                                        cudnn_benchmark=opts.vae_cudnn_benchmark, low_memory=False)
     vae_write = copy_folders((ckpt / "vae", "vae")) if opts.engine == "torch" else _onnx_vae_frames(ckpt / "vae", info)
+    sizes = {f"{p.num_frames}x{p.height}x{p.width}": {**p.sizes(info), "batch": 1} for p in points}  # a video a call
     out.append(Component(C.VAE_DECODER, "vae_decoder", lambda: C.vae_decoder_spec(info), vae_manifest, vae_write,
-                         gpu_inputs=gpu_inputs, devices=pipeline_devices))
+                         gpu_inputs=gpu_inputs, devices=pipeline_devices, warmup=tuple(sizes.items())))
     if opts.engine != "torch":  # each frame graph its own model: ONNX Runtime serves it, or the TensorRT build's plan
         vae_version = repository / C.VAE_DECODER / "1"
         for index, frame_model in enumerate(C.VAE_DECODER_FRAME_MODELS):

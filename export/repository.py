@@ -39,15 +39,13 @@ def write_config(model_dir: Path, component: Component, instance_kind: str) -> N
     """config.pbtxt: the declaration, Triton's settings and the manifest as the one `manifest` parameter.
     Instances: `instance_count` on each of the component's GPUs, or as many per device on the CPU."""
     parameters = {MANIFEST_PARAMETER: component.manifest.to_json()}
-    info = component.manifest.checkpoint  # experts of --compile-artifacts: one warm-up sample per compile point
-    warmup = [(point.label, point.sizes(info)) for point in component.manifest.compile_points]
     if component.gpu_inputs:
         parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     config = build_model_config(
         component.spec(), instance_kind=instance_kind, gpus=component.devices if instance_kind == "KIND_GPU" else (),
         instance_count=component.instance_count * (1 if instance_kind == "KIND_GPU" else len(component.devices)),
         parameters=parameters, optional_inputs=component.optional_inputs, decoupled=component.decoupled,
-        max_queue_seconds=component.max_queue_seconds, warmup=warmup,
+        max_queue_seconds=component.max_queue_seconds, warmup=component.warmup,
     )
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
 

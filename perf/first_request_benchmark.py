@@ -28,12 +28,8 @@ this process never holds a CUDA context.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -539,23 +535,12 @@ def save(results: dict[str, Any], args) -> None:
 
 
 def describe(args, argv: list[str] | None, served: list[str], spec: Path) -> dict[str, Any]:
-    import torch
-
-    from perf.gpu_benchmark.__main__ import PACKAGES
-    from perf.gpu_benchmark.gpu_monitor import nvidia_smi
+    from perf.gpu_benchmark.__main__ import machine_meta
     from perf.gpu_benchmark.variants import VARIANTS
 
-    gpu = nvidia_smi("name,driver_version,memory.total")
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for package in PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
     return {
         "meta": {
-            "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python3 -m perf.first_request_benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
-            "gpu": gpu[0] if gpu else "cpu", "driver": gpu[1] if gpu else None,
-            "gpu_memory_mib": gpu[2] if gpu else None, "host": platform.node(), "versions": versions,
+            **machine_meta("perf.first_request_benchmark", argv),
             "server_args": args.server_args,
             "checkpoint": f"configs-only Wan2.2-T2V-A14B ({args.preset}"
                           f"{f', {args.layers} layers' if args.layers else ''}), "

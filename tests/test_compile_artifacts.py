@@ -142,7 +142,17 @@ def test_export_writes_artifacts_their_record_and_warmup(exported, tiny_checkpoi
             assert list(warmup.inputs["hidden_states"].dims) == [info.in_channels, frames, height, width]
             assert list(warmup.inputs["timestep"].dims) == [1]  # the input's dims, reshaped to a scalar per item
             assert all(i.zero_data for i in warmup.inputs.values())
-    for model in ("text_encoder", "vae_decoder", "wan22_t2v", "wan22_t2v_stream"):
+    # The other first calls too, so that READY means full speed: the text encoder once (prompt and negative
+    # prompt), the VAE once per video size; the orchestrators warm their own schedulers in initialize.
+    text = parse_pbtxt((exported / "text_encoder" / "config.pbtxt").read_text()).model_warmup
+    assert [(w.name, w.batch_size, list(w.inputs["text"].dims), w.inputs["text"].zero_data) for w in text] == [
+        ("prompts", 2, [1], True)]
+    vae = parse_pbtxt((exported / "vae_decoder" / "config.pbtxt").read_text()).model_warmup
+    sizes = sorted({(p.num_frames, p.height, p.width) for p in POINTS})
+    assert [(w.name, w.batch_size) for w in vae] == [(f"{f}x{h}x{w}", 1) for f, h, w in sizes]
+    for warmup, size in zip(vae, sizes):
+        assert list(warmup.inputs["latents"].dims) == [info.z_dim, *info.latent_shape(*size)[1:]]
+    for model in ("wan22_t2v", "wan22_t2v_stream"):
         assert not parse_pbtxt((exported / model / "config.pbtxt").read_text()).model_warmup
     assert read_manifest(exported / "wan22_t2v").video_sizes == ((5, 32, 48), (9, 32, 48))
 
@@ -150,8 +160,9 @@ def test_export_writes_artifacts_their_record_and_warmup(exported, tiny_checkpoi
 @pytest.mark.parametrize("opts", [ExportOptions(), ExportOptions(speed=REGIONAL)])
 def test_no_warmup_or_artifacts_without_the_option(tiny_checkpoint, tmp_path, opts):
     export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
+    for model in ("text_encoder", *EXPERTS, "vae_decoder"):
+        assert not parse_pbtxt((tmp_path / model / "config.pbtxt").read_text()).model_warmup
     for expert in EXPERTS:
-        assert not parse_pbtxt((tmp_path / expert / "config.pbtxt").read_text()).model_warmup
         assert not read_manifest(tmp_path / expert).compile_points
         assert not (tmp_path / expert / "1" / compile_cache.FOLDER).exists()
     assert read_manifest(tmp_path / "wan22_t2v").video_sizes is None  # any size, compiled on first use

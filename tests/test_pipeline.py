@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,29 @@ def test_tensorrt_repositories_reject_sizes_without_a_profile(config):
 @pytest.mark.parametrize("frames", [1, 5, 161])
 def test_valid_frame_counts(config, frames):
     assert validate_request(request(num_frames=frames, height=32, width=32), config).num_frames == frames
+
+
+def test_warm_up_loads_every_sampler_the_orchestrator_serves(tmp_path, tiny_checkpoint):
+    """The orchestrator's initialize warms its pipeline, so a first request does not import the schedulers (~2 s):
+    in a fresh process, warm_up loads UniPC and, for the presets' `euler`, the flow-match scheduler."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    export_repository(tiny_checkpoint, repo, ExportOptions(), log=lambda _: None)
+    assert {p.sampler for p in read_manifest(repo / "wan22_t2v").presets} == {"euler"}  # lightning_4step
+    code = (
+        "import sys\n"
+        "from export.model_config import read_manifest\n"
+        "from wan22_triton.pipeline import Wan22T2VPipeline\n"
+        f"manifest = read_manifest({str(repo / 'wan22_t2v')!r})\n"
+        "modules = ('diffusers.schedulers.scheduling_unipc_multistep',\n"
+        "           'diffusers.schedulers.scheduling_flow_match_euler_discrete')\n"
+        "before = [m in sys.modules for m in modules]\n"
+        "unused = lambda *a, **k: None\n"
+        "seconds = Wan22T2VPipeline(manifest, unused, unused, unused).warm_up()\n"
+        "print(before, [m in sys.modules for m in modules], seconds > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.strip().splitlines()[-1]
+    assert out == "[False, False] [True, True] True"

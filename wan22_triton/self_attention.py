@@ -55,14 +55,19 @@ class WanAttnProcessor:
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
+        out = self.attend(query, key, value, rotary_emb, attention_mask)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3)))
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary_emb=None,
+               attention_mask=None) -> torch.Tensor:
+        """RoPE on Q and K, then the kernel; (B, S, H, D) in, (B, S, H, D) out in the projections' dtype."""
         dtype = query.dtype
         if rotary_emb is not None:
             query, key = rope(query, *rotary_emb), rope(key, *rotary_emb)
             if not self.rope_in_float32:
                 query, key = query.to(dtype), key.to(dtype)
         mask = () if attention_mask is None else (attention_mask,)  # the served kernels take no mask
-        out = self.attention(query, key, value, *mask).flatten(2, 3).to(dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.attention(query, key, value, *mask).to(dtype)
 
 
 class SelfAttnProcessor(WanAttnProcessor):

@@ -3,8 +3,8 @@
 Each rank holds the whole expert. The video's tokens are split into contiguous shards (`shard_sizes`, uneven when
 the count does not divide); each rank runs every block on its shard, and around the self-attention kernel two
 all-to-alls turn token shards into head shards (every rank attends over ALL tokens with H/N heads) and back.
-Cross-attention reads the full text states on every rank, the feed-forward is per token, RoPE is computed for all
-tokens and each rank keeps its shard's rows. The projected output is gathered back in token order on every rank.
+Cross-attention reads the full text states on every rank, the feed-forward is per token, and RoPE runs after the
+first exchange, on every token with the full tables (so Q and K travel in BF16, not in RoPE's float32). The projected output is gathered back in token order on every rank.
 
 `enable(model, group)` installs it with three forward hooks on modules that run once per forward outside the
 repeated blocks (`rope`, `patch_embedding`, `proj_out`, the places diffusers' own context-parallel plan for Wan
@@ -22,7 +22,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
 from .parallel import check_heads
-from .self_attention import Attention, SelfAttnProcessor, WanAttnProcessor
+from .self_attention import SelfAttnProcessor, WanAttnProcessor
 
 
 # torch >= 2.12 names it all_gather_single (all_gather_tensor, deprecated there, is the older hosts' name)
@@ -74,15 +74,6 @@ class Ulysses:
         recv = funcol.wait_tensor(funcol.all_to_all_single(send, [s] * n, self.sizes, self.group))
         return recv.view(n, s, b, hn, d).permute(2, 1, 0, 3, 4).reshape(b, s, n * hn, d)
 
-    def attention(self, kernel: Attention) -> Attention:
-        """`kernel` over all tokens with this rank's heads, between the two all-to-alls."""
-
-        def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-            heads = [self.tokens_to_heads(x.contiguous()) for x in (query, key, value)]
-            return self.heads_to_tokens(kernel(*heads).contiguous())
-
-        return attend
-
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S_rank, C) from every rank -> (B, S, C) in token order (padded to the largest shard to gather)."""
         longest = max(self.sizes)
@@ -92,12 +83,30 @@ class Ulysses:
         return torch.cat([shards[r, :, :n] for r, n in enumerate(self.sizes)], dim=1)
 
 
+class UlyssesAttnProcessor(WanAttnProcessor):
+    """A self-attention processor whose RoPE and kernel run between Ulysses' all-to-alls: Q, K and V travel in the
+    projections' dtype (BF16; after RoPE the FP8 kernel's Q and K would be float32, twice the bytes), RoPE uses the
+    full tables on the full sequence, and the output travels back in the projections' dtype. Elementwise, RoPE
+    gives the same values before or after the exchange."""
+
+    def __init__(self, inner: WanAttnProcessor, ulysses: Ulysses):
+        super().__init__(inner.attention, inner.rope_in_float32)
+        self.ulysses = ulysses
+
+    def attend(self, query, key, value, rotary_emb=None, attention_mask=None):
+        if attention_mask is not None:
+            raise ValueError("Ulysses self-attention is unmasked (the blocks' attn1)")
+        heads = [self.ulysses.tokens_to_heads(x.contiguous()) for x in (query, key, value)]
+        out = super().attend(*heads, rotary_emb)
+        return self.ulysses.heads_to_tokens(out.contiguous())
+
+
 def _parallel_processor(processor: object, ulysses: Ulysses) -> WanAttnProcessor:
-    """The block's self-attention processor with its kernel between Ulysses' all-to-alls."""
+    """The block's self-attention processor with RoPE and its kernel between Ulysses' all-to-alls."""
     if isinstance(processor, SelfAttnProcessor):  # a speed option's kernel
-        return SelfAttnProcessor(ulysses.attention(processor.attention))
+        return UlyssesAttnProcessor(processor, ulysses)
     # diffusers' processor: the same arithmetic (Q, K rounded back after RoPE) on SDPA
-    return WanAttnProcessor(ulysses.attention(sdpa))
+    return UlyssesAttnProcessor(WanAttnProcessor(sdpa), ulysses)
 
 
 def enable(model: torch.nn.Module, group: dist.ProcessGroup) -> Ulysses:
@@ -107,10 +116,10 @@ def enable(model: torch.nn.Module, group: dist.ProcessGroup) -> Ulysses:
     for block in model.blocks:
         block.attn1.set_processor(_parallel_processor(block.attn1.processor, ulysses))
 
-    def shard_rope(module, args, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        # the forward's first step: the tables' length is the token count of this forward
+    def start_forward(module, args, out: tuple[torch.Tensor, ...]) -> None:
+        # the forward's first step: the tables' length is the token count of this forward; they stay whole (RoPE
+        # runs after the exchange, on every token)
         ulysses.begin(out[0].shape[1])
-        return tuple(t[:, ulysses.local] for t in out)  # (1, S, 1, D) cos and sin tables -> this rank's rows
 
     def shard_patches(module, args, out: torch.Tensor) -> torch.Tensor:
         # (B, C, f, h, w) -> (B, C, S_rank, 1, 1): the forward's flatten(2).transpose(1, 2) then yields this
@@ -120,7 +129,7 @@ def enable(model: torch.nn.Module, group: dist.ProcessGroup) -> Ulysses:
     def gather_output(module, args, out: torch.Tensor) -> torch.Tensor:
         return ulysses.gather_tokens(out)
 
-    model.rope.register_forward_hook(shard_rope)
+    model.rope.register_forward_hook(start_forward)
     model.patch_embedding.register_forward_hook(shard_patches)
     model.proj_out.register_forward_hook(gather_output)
     return ulysses

@@ -90,6 +90,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def machine_meta(module: str, argv: list[str] | None) -> dict[str, Any]:
+    """Where and when a benchmark ran, with which command and package versions (results.json `meta`)."""
+    import torch
+
+    gpu = nvidia_smi("name,driver_version,memory.total")
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": f"python3 -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "gpu": gpu[0] if gpu else "cpu", "driver": gpu[1] if gpu else None,
+        "gpu_memory_mib": gpu[2] if gpu else None, "host": platform.node(), "versions": versions,
+    }
+
+
 def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous: dict[str, Any]) -> dict[str, Any]:
     """results.json's `meta` (where, what, with which versions) and `workload`, and the phases of `previous`
     (--resume) that finished."""
@@ -103,22 +120,11 @@ def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous:
     meta_model = random_component("transformer", checkpoint / "transformer", 0, torch.bfloat16, "meta")
     params_b = sum(p.numel() for p in meta_model.parameters()) / 1e9
     del meta_model
-    gpu = nvidia_smi("name,driver_version,memory.total")
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for package in PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
     return {
         "meta": {
-            "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python3 -m perf.gpu_benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
-            "gpu": gpu[0] if gpu else "cpu",
-            "driver": gpu[1] if gpu else None,
-            "gpu_memory_mib": gpu[2] if gpu else None,
-            "host": platform.node(),
+            **machine_meta("perf.gpu_benchmark", argv),
             "reference_variant": args.reference_variant,
             "server_args": args.server_args,
-            "versions": versions,
             "checkpoint": (
                 f"configs-only Wan2.2-T2V-A14B ({args.preset}"
                 f"{f', {args.layers} layers' if args.layers else ''}), RANDOM weights "

@@ -77,6 +77,7 @@ class TritonPythonModel:
             expert = split_cfg(expert, self.cfg_pool)
         expert = self.metrics.timed_expert(expert)
         self.pipeline = Wan22T2VPipeline(self.manifest, bls_text_encoder, expert, bls_vae_decoder, device)
+        warm_s = self.pipeline.warm_up()  # the schedulers' imports and first steps, before READY
         self.generation_lock = (
             offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
             if self.manifest.low_memory else None
@@ -89,7 +90,8 @@ class TritonPythonModel:
         ).start()
         self.logger.log_info(
             f"{self.manifest.model} ready: experts {expert_models(self.manifest.checkpoint)}, streaming "
-            f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}"
+            f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}, "
+            f"schedulers warmed up in {warm_s:.2f}s"
         )
 
     def finalize(self):
