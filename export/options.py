@@ -23,8 +23,8 @@ class ExportOptions:
     shape_spec: str | None = None  # JSON of the video sizes: TensorRT profiles, or the compile points below
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     low_memory: bool = False
-    # ENGINE=torch: keep each model's PyTorch GPU cache between calls (faster to reuse, never handed back); by default
-    # the cache's unused blocks are released after every call (the manifest's `release_workspace`)
+    # ENGINE=torch: keep each model's PyTorch GPU cache when it goes idle (never handed back); by default the cache's
+    # unused blocks are released then (the manifest's `release_workspace`)
     keep_workspace: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
     # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind

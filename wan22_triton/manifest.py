@@ -77,8 +77,9 @@ class Manifest:
     checkpoint: CheckpointInfo
     # Low-memory mode (wan22_triton.offload): weights in page-locked host memory, on the GPU only while they work.
     low_memory: bool = False
-    # Torch engine (text encoder, experts, VAE decoder): after each call, the PyTorch cache's unused GPU blocks go
-    # back to the driver (loading.release_workspace), so idle models hold their weights only. Frees nothing on a CPU.
+    # Torch engine (text encoder, experts, VAE decoder): when a model goes idle (each encode and decode, an expert's
+    # last step before the switch or the decode), the PyTorch cache's unused GPU blocks go back to the driver
+    # (loading.release_workspace), so idle models hold their weights only. Frees nothing on a CPU.
     release_workspace: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
     limits: Limits = field(default_factory=Limits)  # checked by the orchestrator and by each component

@@ -384,7 +384,9 @@ class Wan22T2VPipeline:
         model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
         timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
         # optional arguments only when set: callables that know neither keep working for the base model
-        options = {**({} if lora is None else {"lora": lora}), **({"release_workspace": True} if release_workspace else {})}
+        options: dict[str, Any] = {} if lora is None else {"lora": lora}
+        if release_workspace:
+            options["release_workspace"] = True
         noise = self._on_device(self.expert(expert, model_input, timestep, embeds, **options))
         if guidance_scale is None:
             return noise

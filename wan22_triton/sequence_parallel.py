@@ -4,7 +4,8 @@ Each rank holds the whole expert. The video's tokens are split into contiguous s
 the count does not divide); each rank runs every block on its shard, and around the self-attention kernel two
 all-to-alls turn token shards into head shards (every rank attends over ALL tokens with H/N heads) and back.
 Cross-attention reads the full text states on every rank, the feed-forward is per token, and RoPE runs after the
-first exchange, on every token with the full tables (so Q and K travel in BF16, not in RoPE's float32). The projected output is gathered back in token order on every rank.
+first exchange, on every token with the full tables (so Q and K travel in BF16, not in RoPE's float32). The
+projected output is gathered back in token order on every rank.
 
 `enable(model, group)` installs it with three forward hooks on modules that run once per forward outside the
 repeated blocks (`rope`, `patch_embedding`, `proj_out`, the places diffusers' own context-parallel plan for Wan

@@ -17,7 +17,7 @@ from ..manifest import Manifest
 class ComponentModel:
     """Subclasses implement `setup()` (load) and `infer(request) -> response` (or `respond(requests)`); errors become
     error responses. The torch engine's cache is emptied after `setup` and, with the manifest's `release_workspace`,
-    after each call (loading.release_workspace)."""
+    after each call that `releases_after` (loading.release_workspace)."""
 
     def initialize(self, args):
         self.logger = triton_io.pb_utils().Logger
@@ -48,7 +48,7 @@ class ComponentModel:
         try:
             return self.respond(requests)
         finally:
-            # the manifest's release_workspace (torch engine): the call's workspace back to the driver
+            # the manifest's release_workspace (torch engine): an idle model's workspace back to the driver
             if self.manifest.release_workspace and self.engine == "torch" and self.releases_after(requests):
                 self.release_workspace(len(requests))
 
