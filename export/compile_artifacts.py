@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from wan22_triton import compile_cache
+from wan22_triton import compile_cache, events
 from wan22_triton.components import CompilePoint, ShapeSpec, transformer_spec
 from wan22_triton.engines import torch_dtype
 from wan22_triton.loading import build_expert, expert_forward
@@ -61,7 +61,9 @@ def compile_writer(manifest: Manifest, device_kind: str,
                     expert_forward(model, inputs, device, torch_dtype(manifest.precision))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                log(f"  {manifest.model}: compiled {point.label} in {time.perf_counter() - started:.1f}s")
+                seconds = time.perf_counter() - started
+                events.emit("export_point_compiled", model=manifest.model, point=point.label, seconds=seconds)
+                log(f"  {manifest.model}: compiled {point.label} in {seconds:.1f}s")
             cache = compile_cache.CompileCache.of_expert(manifest, version, device, load=False)
             assert cache is not None  # ExportOptions.check: compile on, and the points come with the option
             cache.save(log)

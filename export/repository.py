@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from wan22_triton import components as C
+from wan22_triton import events
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.manifest import MANIFEST_PARAMETER
 
@@ -75,7 +76,9 @@ def export_repository(
         if component.entry is not None:  # a TensorRT plan's config comes from the TensorRT build
             (version / "model.py").write_text(ENTRY_POINT.format(entry=component.entry))
             write_config(model_dir, component, instance_kind)
-        log(f"  {component.name}: {time.perf_counter() - t0:.1f}s")
+        seconds = time.perf_counter() - t0
+        events.emit("export_component_written", model=component.name, seconds=seconds)
+        log(f"  {component.name}: {seconds:.1f}s")
 
     if opts.engine == "tensorrt":
         from .tensorrt_build import build_repository_engines, load_shape_spec

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from perf.gpu_benchmark import ROOT, STARTED, log
+from wan22_triton import events
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # CPU dry runs: Inductor compiles in-process, no worker pool; on a small loaded host the pool starved the expert
@@ -237,10 +237,6 @@ def export_child(payload: dict[str, Any]) -> None:
     export_repository(payload["checkpoint"], payload["repo"], opts, log=lambda m: print(m, flush=True))
 
 
-COMPILED_LINE = re.compile(r"^\s*(\w+): compiled (\S+) in ([\d.]+)s")
-COMPONENT_LINE = re.compile(r"^\s*(\w+): ([\d.]+)s$")
-
-
 def export_repo(tier: str, mode: str, checkpoint: Path, spec: Path, args) -> tuple[Path, dict[str, Any]]:
     repo = args.workdir / f"repo-{tier}-{mode}"
     shutil.rmtree(repo, ignore_errors=True)
@@ -251,21 +247,26 @@ def export_repo(tier: str, mode: str, checkpoint: Path, spec: Path, args) -> tup
     code = ("import json, sys; from perf.first_request_benchmark import export_child; "
             "export_child(json.loads(sys.argv[1]))")
     out: dict[str, Any] = {"compile_s": {}, "component_s": {}}
+    events_file = args.out_dir / f"events-export-{tier}-{mode}.jsonl"  # the export's progress, structured
+    events_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(args.out_dir / f"export-{tier}-{mode}.log", "w") as export_log:
         proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(payload)], cwd=ROOT, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **device_env(args), INDUCTOR_CACHE_ENV: str(cache)})
+                                env={**os.environ, **device_env(args), INDUCTOR_CACHE_ENV: str(cache),
+                                     events.EVENTS_FILE_ENV: str(events_file)})
         assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in proc.stdout:  # kept for people; the numbers come from the events
             export_log.write(line)
-            if m := COMPILED_LINE.match(line):
-                out["compile_s"].setdefault(m[1], {})[m[2]] = float(m[3])
+            if ": compiled " in line:
                 log(f"export| {line.strip()}")
-            elif m := COMPONENT_LINE.match(line):
-                out["component_s"][m[1]] = float(m[2])
         exit_code = proc.wait()
     out["wall_s"] = time.perf_counter() - t0
+    for event in events.read_events(events_file):
+        if event["event"] == "export_point_compiled":
+            out["compile_s"].setdefault(event["model"], {})[event["point"]] = event["seconds"]
+        elif event["event"] == "export_component_written":
+            out["component_s"][event["model"]] = event["seconds"]
     if exit_code != 0:
         raise RuntimeError(f"export failed with exit code {exit_code} (see {args.out_dir}/export-{tier}-{mode}.log)")
     from wan22_triton import compile_cache
@@ -358,7 +359,6 @@ def serve_phase(tier: str, mode: str, repo: Path, args, results: dict[str, Any])
     from perf.gpu_benchmark.gpu_monitor import GpuMemoryPeak, gpu_used_gb
     from perf.gpu_benchmark.measure import request_values, start_server
     from perf.gpu_benchmark.quality import psnr
-    from wan22_triton import events
 
     run = results["runs"][tier][mode]
     run["status"] = "serving"

@@ -20,6 +20,8 @@ Events (fields besides `event`, `time`, `pid`, `process`):
 * ``compile_cache_loaded``: model, bytes, seconds, artifacts, points; ``compile_cache_mismatch``: model, differs
   ({field: [at export, here]}), reason; ``expert_compiled``: model, shape, seconds, graphs, cache_hits,
   cache_misses, cache_bypasses (a forward that compiled; wan22_triton.compile_cache)
+* ``export_component_written``: model, seconds; ``export_point_compiled``: model, point, seconds (the export's
+  progress, export/repository.py and export/compile_artifacts.py)
 * ``lora_loaded``: model, loras (names), seconds (an expert's adapters loaded at start, wan22_triton.lora)
 * ``lora_selected``: model, lora (name, or null: the base model), scale, previous, seconds (an expert's switch of
   the active LoRA adapter, wan22_triton.lora.ExpertAdapters.select; only when the selection changes)
