@@ -225,15 +225,12 @@ def write_shape_spec(args) -> tuple[Path, list[str]]:
 def export_child(payload: dict[str, Any]) -> None:
     """The export, in its own process (its own Inductor cache and CUDA context): a tier of variants.py, ENGINE=torch,
     random weights, the given shape spec, artifacts on or off."""
-    from export.options import ExportOptions
     from export.repository import export_repository
-    from perf.gpu_benchmark.variants import VARIANTS
+    from perf.gpu_benchmark.variants import VARIANTS, export_options
 
-    variant = VARIANTS[payload["tier"]]
-    opts = ExportOptions(engine="torch", device=payload["device"], precision=payload["precision"],
-                         speed=variant.speed, random_weights_seed=payload["weights_seed"],
-                         vae_cudnn_benchmark=variant.vae_cudnn_benchmark, shape_spec=payload["shape_spec"],
-                         compile_artifacts=payload["artifacts"])
+    opts = export_options(VARIANTS[payload["tier"]], payload["device"], payload["precision"],
+                          payload["weights_seed"], shape_spec=payload["shape_spec"],
+                          compile_artifacts=payload["artifacts"])
     export_repository(payload["checkpoint"], payload["repo"], opts, log=lambda m: print(m, flush=True))
 
 

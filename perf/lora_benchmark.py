@@ -43,7 +43,7 @@ from perf.gpu_benchmark.gpu_monitor import GpuMemoryPeak, nvidia_smi, wait_gpu_f
 from perf.gpu_benchmark.measure import request_values, run_baseline, start_server, stub_env_bin
 from perf.gpu_benchmark.quality import psnr
 from perf.gpu_benchmark.stats import count_steps, overhead, read_stats_after, stats_delta
-from perf.gpu_benchmark.variants import EXPERTS, Variant
+from perf.gpu_benchmark.variants import EXPERTS, Variant, export_variant
 from wan22_triton import events
 from wan22_triton.manifest import SpeedOptions
 from wan22_triton.presets import PRESETS, find_preset
@@ -181,17 +181,9 @@ def adapter_load_s(events_file: Path) -> dict[str, float]:
 
 def export_tier(checkpoint: Path, repo: Path, tier: Variant, pair: list[str], args) -> None:
     """variants.export_variant's repository, with the LoRA pair (`--lora lightning=HIGH,LOW`)."""
-    import shutil
-
     from export.loras import LoraSource
-    from export.repository import ExportOptions, export_repository
 
-    if repo.exists():
-        shutil.rmtree(repo)
-    opts = ExportOptions(engine="torch", device=args.device, precision=args.precision, speed=tier.speed,
-                         random_weights_seed=args.weights_seed, vae_cudnn_benchmark=tier.vae_cudnn_benchmark,
-                         lora=(LoraSource(LORA, tuple(pair)),))
-    export_repository(checkpoint, repo, opts, log=lambda _: None)
+    export_variant(checkpoint, repo, tier, args, lora=(LoraSource(LORA, tuple(pair)),))
 
 
 def run_tier(name: str, tier: Variant, checkpoint: Path, pair: list[str], args, row: dict[str, Any],

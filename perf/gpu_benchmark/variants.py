@@ -76,16 +76,23 @@ EXPERTS = tuple(C.EXPERT_MODELS.values())  # high-noise first
 COMPONENT_MODELS = (C.TEXT_ENCODER, *EXPERTS, C.VAE_DECODER)
 
 
-def export_variant(checkpoint: Path, repo: Path, variant: Variant, args) -> None:
-    """A fresh model repository for the variant: ENGINE=torch, every component with random weights from
-    --weights-seed (the export derives each component's seed as the baseline does)."""
-    from export.repository import ExportOptions, export_repository
+def export_options(variant: Variant, device: str, precision: str, weights_seed: int, **more: Any):
+    """The variant as ExportOptions: ENGINE=torch, every component with random weights from `weights_seed` (the
+    export derives each component's seed as the baseline does); `more`: other fields (LoRAs, compile artifacts)."""
+    from export.repository import ExportOptions
+
+    return ExportOptions(engine="torch", device=device, precision=precision, low_memory=variant.low_memory,
+                         speed=variant.speed, parallel=variant.parallel, random_weights_seed=weights_seed,
+                         vae_cudnn_benchmark=variant.vae_cudnn_benchmark, **more)
+
+
+def export_variant(checkpoint: Path, repo: Path, variant: Variant, args, **more: Any) -> None:
+    """A fresh model repository for the variant (export_options)."""
+    from export.repository import export_repository
 
     if repo.exists():
         shutil.rmtree(repo)
-    opts = ExportOptions(engine="torch", device=args.device, precision=args.precision, low_memory=variant.low_memory,
-                         speed=variant.speed, parallel=variant.parallel, random_weights_seed=args.weights_seed,
-                         vae_cudnn_benchmark=variant.vae_cudnn_benchmark)
+    opts = export_options(variant, args.device, args.precision, args.weights_seed, **more)
     export_repository(checkpoint, repo, opts, log=lambda _: None)
 
 
