@@ -30,6 +30,10 @@ from pathlib import Path
 import torch
 
 PHASES = ("jit", "artifacts", "disk")
+# Inductor's autotuning of its own kernels. torchao's quantize_ switches on coordinate descent over every direction
+# (its `set_inductor_config`, on by default) for the whole process: "torchao" keeps that, the others turn it down.
+TUNINGS = {"torchao": {}, "coordesc": {"coordinate_descent_check_all_directions": False},
+           "off": {"coordinate_descent_tuning": False, "coordinate_descent_check_all_directions": False}}
 
 
 def forward_seconds(model: torch.nn.Module, inputs: dict) -> float:
@@ -48,13 +52,15 @@ def inductor_counters() -> dict[str, int]:
         "graphs": counters["stats"]["unique_graphs"]}
 
 
-def compiled_block(layers: int) -> tuple[torch.nn.Module, dict]:
+def compiled_block(layers: int, tuning: str = "torchao") -> tuple[torch.nn.Module, dict]:
     from perf.fp16_probe import a14b_blocks_480p
     from wan22_triton.fast_path import optimize_transformer
     from wan22_triton.manifest import SpeedOptions
 
     model, inputs = a14b_blocks_480p(layers, seed=0)
     optimize_transformer(model, SpeedOptions(quantization="fp8_rowwise", attention="fp8_cudnn"))
+    for name, value in TUNINGS[tuning].items():
+        setattr(torch._inductor.config, name, value)
     model.compile_repeated_blocks(fullgraph=True, dynamic=False)
     return model, inputs
 
@@ -64,6 +70,17 @@ def stage_times() -> dict[str, float]:
     from torch._dynamo.utils import compilation_time_metrics
 
     return {name: round(sum(times), 3) for name, times in compilation_time_metrics.items()}
+
+
+def run_time(layers: int, tuning: str, forwards: int = 20) -> dict:
+    """Compile time and the median forward of one tuning (`--tuning`, compiled in this process)."""
+    model, inputs = compiled_block(layers, tuning)
+    result = {"tuning": tuning, "first_forward_s": forward_seconds(model, inputs),
+              "coordinate_descent_s": stage_times().get("CachingAutotuner.coordinate_descent_tuning", 0.0)}
+    for _ in range(3):
+        forward_seconds(model, inputs)
+    times = sorted(forward_seconds(model, inputs) for _ in range(forwards))
+    return result | {"forward_median_s": times[len(times) // 2], "forward_min_s": times[0], "forwards": forwards}
 
 
 def run_phase(phase: str, layers: int, out_dir: Path) -> dict:
@@ -105,9 +122,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--phase", choices=PHASES, help="run one phase in this process (the driver's children)")
+    parser.add_argument("--tunings", default="", help=f"instead of the phases: compile and forward time of each "
+                        f"of {list(TUNINGS)}, each in its own process, in this order")
+    parser.add_argument("--tuning", choices=TUNINGS, help="one tuning in this process (the driver's children)")
     parser.add_argument("--py-spy", default="", help="py-spy binary: the artifacts phase runs under `py-spy record`")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.tuning:
+        result = run_time(args.layers, args.tuning)
+        print(json.dumps(result), flush=True)
+        (args.out_dir / f"tuning-{args.tuning}.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    if args.tunings:
+        for tuning in args.tunings.split(","):
+            with open(args.out_dir / f"tuning-{tuning}.log", "w") as log:
+                subprocess.run([sys.executable, "-m", "perf.compile_profile", "--tuning", tuning, "--layers",
+                                str(args.layers), "--out-dir", str(args.out_dir)], stdout=log, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(args.out_dir.resolve() / f"inductor-{tuning}")))
+        return
     if args.phase:
         result = run_phase(args.phase, args.layers, args.out_dir)
         (args.out_dir / f"{args.phase}.json").write_text(json.dumps(result, indent=2) + "\n")

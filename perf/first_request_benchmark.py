@@ -63,14 +63,15 @@ DEFINITIONS = {
                           "gpu_processes_at_peak_gb: each process's memory at that moment",
     "parity": "per tier and size: the warm video of mode artifacts vs mode jit, same seed (PSNR dB; inf: equal)",
 }
-# Seconds for --deadline-s and the printed estimates (guesses from perf/results/gpu, H200, full A14B: the fp8 tier's
-# 2-step warm-up compiled both experts in ~230 s, BF16 compile in ~30 s; a CFG step at 480x832x81: fp8_attention
-# 3.9 s, compile 5.8 s, bf16 6.7 s). `second_expert`: the second expert's compile as a share of the first's (same
-# architecture: local cache hits; kept at 1 on the GPU in case FP8 graphs bypass the cache); `cache_load`: a warm-up
-# compile from the artifacts as a share of a full compile (the experts warm up side by side).
-GPU_COST = {"base_export_s": 60.0, "base_start_s": 20.0, "request_s": 1.0, "cache_load": 0.2, "second_expert": 1.0,
+# Seconds for --deadline-s and the printed estimates (from perf/results/gpu, H200, full A14B: a fast-tier block
+# compiles in ~15 s since Inductor's coordinate descent tuning is off (perf/compile_profile.py; it was ~180 s), BF16
+# compile in ~30 s; a CFG step at 480x832x81: fp8_attention 3.9 s, compile 5.8 s, bf16 6.7 s). `second_expert`: the
+# second expert's compile as a share of the first's (same architecture: local cache hits; kept at 1 on the GPU in
+# case FP8 graphs bypass the cache); `cache_load`: a warm-up compile from the artifacts as a share of a full
+# compile (the experts warm up side by side).
+GPU_COST = {"base_export_s": 60.0, "base_start_s": 30.0, "request_s": 1.0, "cache_load": 0.5, "second_expert": 1.0,
             "vae_s": 2.0,
-            "compile_s": {"fp8_attention": 110.0, "compile": 15.0, "bf16": 0.0},
+            "compile_s": {"fp8_attention": 20.0, "compile": 15.0, "bf16": 0.0},
             "step_s": {"fp8_attention": 3.9, "compile": 5.8, "bf16": 6.7}}
 CPU_COST = {"base_export_s": 10.0, "base_start_s": 15.0, "request_s": 1.5, "cache_load": 1.0, "second_expert": 0.1,
             "vae_s": 0.5,

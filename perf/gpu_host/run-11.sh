@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run 11 on a 2-GPU host (device kind nvidia-h200-x2), from the repository root with gpu-bundle and
+# pa-bundle/perf_analyzer.tar.xz carried:
+#   RUN_HEAD=<commit> setsid nohup bash perf/gpu_host/run-11.sh /tmp/res > /tmp/run-11.log 2>&1 &
+# then poll for /tmp/res/done. Same layout as run-10.sh (parts.txt, <part>.log, <part>.exit; PART_LIMIT_S guard):
+#   GPU 0: the fast tier's first requests with compile artifacts at 480p and 720p (issue 14), after Inductor's
+#          coordinate descent tuning was turned off (perf/compile_profile.py)
+#   GPU 1: perf_analyzer throughput of one whole pipeline, BF16 (issue 13)
+#   both:  the same with a replica per GPU
+set -u
+res=${1:-/tmp/res}
+mkdir -p "$res"
+limit=${PART_LIMIT_S:-540}
+s=$(df --output=size -k /dev/shm | tail -1)
+if [ "$s" -lt 33554432 ]; then mount -o remount,size=96G /dev/shm; fi
+# shellcheck disable=SC1091
+source gpu-bundle/activate.sh > "$res/activate.log" 2>&1
+# perf_analyzer from the tritonclient 2.50 wheel, its libcudart 12 and libb64 beside it (bin/perf_analyzer is a
+# wrapper that puts them on LD_LIBRARY_PATH for perf_analyzer alone)
+mkdir -p /tmp/pa && tar -C /tmp/pa -xJf pa-bundle/perf_analyzer.tar.xz
+export PYTHONUNBUFFERED=1
+nvidia-smi > "$res/nvidia-smi.txt" 2>&1
+echo "started $(date -u +%FT%TZ) head ${RUN_HEAD:-unknown}" > "$res/started.txt"
+
+part() {  # part NAME GPUS COMMAND...: one benchmark, its log and exit code
+  local name=$1 gpus=$2
+  shift 2
+  if [ "$SECONDS" -gt "$limit" ]; then
+    echo "$(date -u +%T) skip $name ($SECONDS s > $limit s)" >> "$res/parts.txt"
+    return
+  fi
+  echo "$(date -u +%T) start $name (GPUs $gpus)" >> "$res/parts.txt"
+  CUDA_VISIBLE_DEVICES=$gpus "$@" > "$res/$name.log" 2>&1
+  echo $? > "$res/$name.exit"
+  echo "$(date -u +%T) end $name exit $(cat "$res/$name.exit") at $SECONDS s" >> "$res/parts.txt"
+}
+
+sweep=(--checkpoint /tmp/w-pa/checkpoint --weights-seed 1234 --device gpu --precision bf16 --models wan22_t2v
+       --concurrency 4 --warmup 1 --measurement-request-count 2 --num-frames 17 --height 480 --width 832
+       --num-inference-steps 2 --results "$res/replicas")
+python3 -c "from perf.gpu_checkpoint import write_configs_checkpoint as w; w('/tmp/w-pa/checkpoint')" \
+  > "$res/checkpoint.log" 2>&1
+gpu0() {
+  part first-request 0 python3 -m perf.first_request_benchmark --sizes 480x832x81,720x1280x81 --tiers fp8_attention \
+    --modes artifacts --steps 2 --out-dir "$res/first_request" --workdir /tmp/w-first --deadline-s 470
+}
+gpu1() {
+  part replicas1 1 env PATH="/tmp/pa/bin:$PATH" python3 -m perf.perf_analyzer_sweep "${sweep[@]}" --replicas 1 \
+    --label replicas1
+}
+gpu0 &
+gpu1 &
+wait
+part replicas2 0,1 env PATH="/tmp/pa/bin:$PATH" python3 -m perf.perf_analyzer_sweep "${sweep[@]}" --replicas 2 \
+  --label replicas2 --compare-to "$res/replicas/replicas1/summary.json"
+touch "$res/done"
