@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance-scale-2", type=float)
     p.add_argument("--negative-prompt")
     p.add_argument("--data-entries", type=int, default=2, help="input-data entries per component model")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured requests per model before its sweep")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="unmeasured requests per model before its sweep, times --concurrency (sent at that concurrency)")
     p.add_argument("--measurement-request-count", type=int, default=4, help="requests per count window")
     # perf_analyzer accepts a concurrency once the last 3 windows' max/min throughput and p90 latency ratios are within
     # 1 + this/100, and aborts (no CSV) after --max-trials windows. A shared 2-core box swings several-fold between
@@ -142,7 +143,10 @@ def run_model(name: str, url: str, args: argparse.Namespace, data_file: Path, ba
     base += [arg for header in headers.items() for arg in ("-H", ":".join(header))]
     result: dict[str, Any] = {"batch_size": batch}
     if args.warmup:  # first calls pay lazy initialisation (torch/oneDNN kernels for these shapes, CUDA context...)
-        warmup = [*base, "--concurrency-range", "1", "--request-count", str(args.warmup)]
+        # at the sweep's top concurrency, so that every instance (every replica's) has had its first call: run 11's
+        # warm-up at concurrency 1 left the second replica's first call in a measured window (5.2 s for 2.7 s)
+        warmup = [*base, "--concurrency-range", str(args.concurrency),
+                  "--request-count", str(args.warmup * args.concurrency)]
         result["warmup_command"] = printable_command(warmup, admin_key)
         subprocess.run(warmup, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_file = out / f"{name}.csv"

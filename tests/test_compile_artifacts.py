@@ -210,6 +210,15 @@ def test_served_experts_load_the_artifacts_and_compile_every_point_before_ready(
         assert all(e["time"] < served.ready_at for e in mine)
 
 
+def test_each_warmup_compile_hands_its_workspace_back_before_ready(served):
+    """So the READY server holds its weights, not the workspace of its largest warm-up sample."""
+    for expert in EXPERTS:
+        order = [e["event"] for e in events.read_events(served.events_file) if e.get("model") == expert
+                 and e["time"] < served.ready_at and (e["event"] == "expert_compiled" or (
+                     e["event"] == "workspace_released" and e["after"] == "call"))]
+        assert order == ["expert_compiled", "workspace_released"] * len(POINTS), order
+
+
 def test_first_requests_after_ready_compile_nothing(served, torch_server):
     offset = events.end_offset(served.events_file)
     video = grpc_client.generate(served.grpc_url, REQUEST)["video"]  # CFG: batch 2, 5 frames
