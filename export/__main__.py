@@ -15,11 +15,14 @@ from .repository import export_repository
 
 HELP = {
     "device": "instance kind of the component models",
-    "shape_spec": "JSON of video sizes (export/shape_spec.json): TensorRT profiles, --compile-artifacts' sizes",
+    "shape_spec": "JSON of video sizes (export/shape_spec.json): TensorRT profiles, --compile-artifacts' and "
+                  "--warmup's sizes",
     "compile": "ENGINE=torch experts",
     "compile_artifacts": "with --compile regional: compile the experts here for every --shape-spec size (GPU "
                          "repository: on a GPU of the serving kind), warm them up before READY, serve only those "
                          "sizes (docs/compile_artifacts.md)",
+    "warmup": "ENGINE=torch: Triton's model_warmup for every model at each --shape-spec size, so READY means full "
+              "speed; other sizes are still served (implied by --compile-artifacts)",
     "quantization": "ENGINE=torch experts on a GPU",
     "attention": "ENGINE=torch experts on a GPU",
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",

@@ -30,12 +30,21 @@ class ExportOptions:
     # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind
     # for device gpu), torch's compile cache saved beside them, warmed up before READY (docs/compile_artifacts.md)
     compile_artifacts: bool = False
+    # ENGINE=torch: Triton's model_warmup for the text encoder, the experts and the VAE, one sample per `shape_spec`
+    # size (and expert batch), so that READY comes after every first call; implied by compile_artifacts. Other sizes
+    # are still served (only compile_artifacts and TensorRT restrict them).
+    warmup: bool = False
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
     # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
     random_weights_seed: int | None = None
     vae_cudnn_benchmark: bool = False
     # `--lora NAME=FILE` or `NAME=HIGH,LOW`, repeatable: adapters requests choose by name (export/loras.py)
     lora: tuple[LoraSource, ...] = ()
+
+    @property
+    def warms_up(self) -> bool:
+        """Whether the models get model_warmup samples from the shape spec."""
+        return self.warmup or self.compile_artifacts
 
     @property
     def release_workspace(self) -> bool:
@@ -75,6 +84,9 @@ class ExportOptions:
                              "call: a compiled block would recompile for each adapter and scale; wan22_triton/lora.py)")
         if self.lora and self.parallel.ulysses > 1:
             raise ValueError("--lora is not supported with ulysses > 1 yet (the worker processes load no adapters)")
+        if self.warmup and (self.engine != "torch" or self.low_memory):
+            raise ValueError("--warmup needs engine 'torch' without --low-memory (the warm-up would leave every "
+                             "model's weights on the GPU; other engines' warm-up is not tested)")
         if self.compile_artifacts:
             self._check_compile_artifacts()
 

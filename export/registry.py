@@ -113,9 +113,10 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
         )
 
     points = compile_points(opts) if opts.compile_artifacts else ()  # torch engine with compile (options.check)
-    # With compile points the server is READY only at full speed: every model's first call runs in its warm-up
-    # (the experts' compiles, the VAE's cuDNN autotuning per size, the text encoder's first kernels).
-    text_warmup = (("prompts", {"batch": C.text_encoder_spec(info).max_batch_size}),) if points else ()
+    # With a warm-up the server is READY only at full speed: every model's first call runs in its warm-up (the
+    # experts' compiles and first kernels, the VAE's cuDNN autotuning per size, the text encoder's first kernels).
+    warm_points = compile_points(opts) if opts.warms_up else ()
+    text_warmup = (("prompts", {"batch": C.text_encoder_spec(info).max_batch_size}),) if warm_points else ()
     out = [Component(
         C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), manifest(C.TEXT_ENCODER, "text_encoder"),
         copy_folders((ckpt / "text_encoder", "text_encoder"), (ckpt / "tokenizer", "tokenizer")),
@@ -145,7 +146,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             optional_inputs=(C.transformer_offload_optional_inputs(info) if low_memory
                              else frozenset(t.name for t in extra_inputs)),
             gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
-            warmup=tuple((point.label, point.sizes(info)) for point in points),
+            warmup=tuple((point.label, point.sizes(info)) for point in warm_points),
         ))
 
     # vae_decoder: diffusers' decode (torch), or a loop over the first-frame/step graph pair, each its own model.
@@ -153,7 +154,8 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     vae_manifest = dataclasses.replace(manifest(C.VAE_DECODER, "vae"), precision=vae_precision,
                                        cudnn_benchmark=opts.vae_cudnn_benchmark, low_memory=False)
     vae_write = copy_folders((ckpt / "vae", "vae")) if opts.engine == "torch" else _onnx_vae_frames(ckpt / "vae", info)
-    sizes = {f"{p.num_frames}x{p.height}x{p.width}": {**p.sizes(info), "batch": 1} for p in points}  # a video a call
+    sizes = {f"{p.num_frames}x{p.height}x{p.width}": {**p.sizes(info), "batch": 1}  # a video a call
+             for p in warm_points}
     out.append(Component(C.VAE_DECODER, "vae_decoder", lambda: C.vae_decoder_spec(info), vae_manifest, vae_write,
                          gpu_inputs=gpu_inputs, devices=pipeline_devices, warmup=tuple(sizes.items())))
     if opts.engine != "torch":  # each frame graph its own model: ONNX Runtime serves it, or the TensorRT build's plan

@@ -3,7 +3,8 @@ export compiles each expert for every point of a small shape spec (2 sizes x bat
 cache with its record; a real tritonserver loads it, runs every point in Triton's warm-up before READY and the first
 requests compile nothing; a record from elsewhere (torch version edited) falls back to a compile with one event and
 serves the same video; sizes outside the spec are refused by the orchestrator, and a direct expert call with another
-shape is served with a logged compile; model_warmup is in the experts' configs only with the option.
+shape is served with a logged compile; model_warmup is in the experts' configs only with the option. `--warmup` alone
+(eager experts) warms every model at the spec's sizes before READY and serves any size.
 
 Two server starts: the matching repository with an empty Inductor cache (so only the artifacts can give hits), then
 the mismatched copy, which reuses that server's local Inductor cache as any restart on one machine would.
@@ -85,6 +86,18 @@ def _serve(repo: Path, inductor_cache: Path):
 @pytest.fixture(scope="module")
 def served(exported, workdir):
     server = _serve(exported, workdir / "inductor-served")  # empty: hits can only come from the artifacts
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def warmed(workdir, tiny_checkpoint):
+    """Eager experts exported with `--warmup` alone: Triton's warm-up at the spec's sizes, nothing compiled."""
+    spec, repo = workdir / "warmup_spec.json", workdir / "repo-warmup"
+    spec.write_text(json.dumps(SPEC))
+    export_repository(tiny_checkpoint, repo, ExportOptions(warmup=True, shape_spec=str(spec)), log=lambda _: None)
+    server = _serve(repo, workdir / "inductor-warmup")
+    server.repo = repo
     yield server
     server.stop()
 
@@ -179,8 +192,10 @@ def test_batches_are_those_the_orchestrator_sends():
     (ExportOptions(speed=REGIONAL, compile_artifacts=True, parallel=ParallelPlan(ulysses=2)), "ulysses"),
     (ExportOptions(device="gpu", precision="bf16", speed=REGIONAL, compile_artifacts=True, low_memory=True),
      "low-memory"),
+    (ExportOptions(engine="onnx", warmup=True), "--warmup needs engine 'torch'"),
+    (ExportOptions(low_memory=True, warmup=True), "--warmup needs engine 'torch' without --low-memory"),
 ])
-def test_compile_artifacts_refused_where_they_cannot_apply(tiny_checkpoint, tmp_path, opts, message):
+def test_compile_artifacts_and_warmup_refused_where_they_cannot_apply(tiny_checkpoint, tmp_path, opts, message):
     with pytest.raises(ValueError, match=message):
         export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
     assert not any(tmp_path.iterdir())
@@ -217,6 +232,23 @@ def test_each_warmup_compile_hands_its_workspace_back_before_ready(served):
                  and e["time"] < served.ready_at and (e["event"] == "expert_compiled" or (
                      e["event"] == "workspace_released" and e["after"] == "call"))]
         assert order == ["expert_compiled", "workspace_released"] * len(POINTS), order
+
+
+def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, tiny_checkpoint):
+    repo = warmed.repo
+    for model, samples in (("text_encoder", 1), *((e, len(POINTS)) for e in EXPERTS), ("vae_decoder", 2)):
+        assert len(parse_pbtxt((repo / model / "config.pbtxt").read_text()).model_warmup) == samples, model
+        assert not read_manifest(repo / model).compile_points
+    assert read_manifest(repo / "wan22_t2v").video_sizes is None
+    before = [e for e in events.read_events(warmed.events_file) if e["time"] < warmed.ready_at]
+    released = [e["model"] for e in before if e["event"] == "workspace_released" and e["after"] == "call"]
+    assert released.count("text_encoder") == 1 and released.count("vae_decoder") == 2
+    for expert in EXPERTS:  # each sample's first call at its shape hands its workspace back
+        order = [e["event"] for e in before if e.get("model") == expert and (
+            e["event"] == "expert_forward" or (e["event"] == "workspace_released" and e["after"] == "call"))]
+        assert order == ["expert_forward", "workspace_released"] * len(POINTS), order
+    video = grpc_client.generate(warmed.grpc_url, {**REQUEST, "height": 64})["video"]  # not a size of the spec
+    assert video.shape[-3:-1] == (64, REQUEST["width"])  # (..., height, width, rgb)
 
 
 def test_first_requests_after_ready_compile_nothing(served, torch_server):

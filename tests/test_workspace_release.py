@@ -1,12 +1,12 @@
 """Workspace release (the manifest's `release_workspace`, export `--keep-workspace` to turn it off): the torch
 engine's models hand the PyTorch cache's unused GPU blocks back to the driver when they go idle: the text encoder
 and the VAE after each call, an expert after the call the orchestrator marks as its last step before the switch or
-the decode.
+the decode, and after its first call at each input shape (a warm-up sample, a compile, a new size).
 
 The option's path export -> manifest -> model is checked without a server, and which steps are marked; then two
-real tritonservers on the CPU (released, kept) serve one request: one `workspace_released` event per encode, per
-decode and per expert's run of steps, in that order (nothing freed on a CPU, but the release ran), none when kept,
-and the same video. A sequence-parallel worker releases when rank 0 tells it.
+real tritonservers on the CPU (released, kept) serve two requests: in the second, one `workspace_released` event
+per encode, per decode and per expert's run of steps, in that order (nothing freed on a CPU, but the release ran),
+none when kept, and the same video; in the first, each expert's first call at the size releases too. A sequence-parallel worker releases when rank 0 tells it.
 """
 
 from __future__ import annotations
@@ -185,15 +185,28 @@ def test_loaded_models_release_once(servers):
         assert _released(_events(server), "load") == {model: 1 for model in COMPONENTS}
 
 
+def _forwards(found: list[dict]) -> dict[str, int]:
+    return {model: sum(1 for e in found if e["event"] == "expert_forward" and e["model"] == model) for model in EXPERTS}
+
+
 def test_one_release_per_idle_model_and_the_same_video(servers):
     released, kept = servers
+    # The first request at a size: each expert also releases after its first call at the new shape (what a
+    # warm-up sample leaves behind is not kept), which is its last step too when it has one step only.
+    offset = events.end_offset(released.env[events.EVENTS_FILE_ENV])
+    first = grpc_client.generate(released.grpc_url, REQUEST)["video"]
+    found = _events(released, offset)
+    steps = _forwards(found)
+    assert _released(found, "call") == {"text_encoder": 1, "vae_decoder": 1,
+                                        **{model: 1 if steps[model] == 1 else 2 for model in EXPERTS}}
+
     offsets = [events.end_offset(server.env[events.EVENTS_FILE_ENV]) for server in servers]
     video = grpc_client.generate(released.grpc_url, REQUEST)["video"]
+    assert np.array_equal(video, first)
     assert np.array_equal(video, grpc_client.generate(kept.grpc_url, REQUEST)["video"])
 
     found = _events(released, offsets[0])  # every model writes its events before it answers
-    forwards = {model: sum(1 for e in found if e["event"] == "expert_forward" and e["model"] == model)
-                for model in EXPERTS}
+    forwards = _forwards(found)
     assert sum(forwards.values()) == REQUEST["num_inference_steps"] and all(forwards.values())
     # one encode (prompt and negative prompt together), each expert after its last step, one decode
     assert _released(found, "call") == {model: 1 for model in COMPONENTS}

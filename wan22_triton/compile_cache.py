@@ -163,14 +163,12 @@ def _counts() -> dict[str, int]:
 
 
 @contextmanager
-def reported_compiles(model: str, shape: Any, log: Callable[[str], None]) -> Iterator[dict[str, int]]:
+def reported_compiles(model: str, shape: Any, log: Callable[[str], None]) -> Iterator[None]:
     """A call that compiled says so: one log line and an `expert_compiled` event (graphs made, Inductor cache hits,
-    misses and bypasses, seconds), so a compile after the warm-up (a shape outside the compile points) is seen.
-    Yields a dict filled on exit with those counts (`graphs` 0: nothing compiled)."""
+    misses and bypasses, seconds), so a compile after the warm-up (a shape outside the compile points) is seen."""
     before, started = _counts(), time.perf_counter()
-    new: dict[str, int] = {}
-    yield new
-    new.update({k: v - before[k] for k, v in _counts().items()})
+    yield
+    new = {k: v - before[k] for k, v in _counts().items()}
     if new["graphs"]:
         seconds = time.perf_counter() - started
         events.emit("expert_compiled", model=model, shape=list(shape), seconds=seconds, **new)

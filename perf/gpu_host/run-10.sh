@@ -12,28 +12,9 @@
 # Each part writes <name>.log and <name>.exit into the results folder; parts.txt has their times.
 set -u
 res=${1:-/tmp/res}
-mkdir -p "$res"
 limit=${PART_LIMIT_S:-1260}
-s=$(df --output=size -k /dev/shm | tail -1)
-if [ "$s" -lt 33554432 ]; then mount -o remount,size=96G /dev/shm; fi
-# shellcheck disable=SC1091
-source gpu-bundle/activate.sh > "$res/activate.log" 2>&1
-export PYTHONUNBUFFERED=1
-nvidia-smi > "$res/nvidia-smi.txt" 2>&1
-echo "started $(date -u +%FT%TZ) head ${RUN_HEAD:-unknown}" > "$res/started.txt"
-
-part() {  # part NAME GPUS COMMAND...: one benchmark, its log and exit code
-  local name=$1 gpus=$2
-  shift 2
-  if [ "$SECONDS" -gt "$limit" ]; then
-    echo "$(date -u +%T) skip $name ($SECONDS s > $limit s)" >> "$res/parts.txt"
-    return
-  fi
-  echo "$(date -u +%T) start $name (GPUs $gpus)" >> "$res/parts.txt"
-  CUDA_VISIBLE_DEVICES=$gpus "$@" > "$res/$name.log" 2>&1
-  echo $? > "$res/$name.exit"
-  echo "$(date -u +%T) end $name exit $(cat "$res/$name.exit") at $SECONDS s" >> "$res/parts.txt"
-}
+# shellcheck source=perf/gpu_host/host.sh
+source perf/gpu_host/host.sh
 
 # Throughput of whole pipelines: BF16 eager, a short video so that each concurrency gets its windows in the time
 # there is; the 720p benchmark's configs-only checkpoint, written first.

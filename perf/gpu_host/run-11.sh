@@ -9,31 +9,12 @@
 #   both:  the same with a replica per GPU
 set -u
 res=${1:-/tmp/res}
-mkdir -p "$res"
 limit=${PART_LIMIT_S:-540}
-s=$(df --output=size -k /dev/shm | tail -1)
-if [ "$s" -lt 33554432 ]; then mount -o remount,size=96G /dev/shm; fi
-# shellcheck disable=SC1091
-source gpu-bundle/activate.sh > "$res/activate.log" 2>&1
+# shellcheck source=perf/gpu_host/host.sh
+source perf/gpu_host/host.sh
 # perf_analyzer from the tritonclient 2.50 wheel, its libcudart 12 and libb64 beside it (bin/perf_analyzer is a
 # wrapper that puts them on LD_LIBRARY_PATH for perf_analyzer alone)
 mkdir -p /tmp/pa && tar -C /tmp/pa -xJf pa-bundle/perf_analyzer.tar.xz
-export PYTHONUNBUFFERED=1
-nvidia-smi > "$res/nvidia-smi.txt" 2>&1
-echo "started $(date -u +%FT%TZ) head ${RUN_HEAD:-unknown}" > "$res/started.txt"
-
-part() {  # part NAME GPUS COMMAND...: one benchmark, its log and exit code
-  local name=$1 gpus=$2
-  shift 2
-  if [ "$SECONDS" -gt "$limit" ]; then
-    echo "$(date -u +%T) skip $name ($SECONDS s > $limit s)" >> "$res/parts.txt"
-    return
-  fi
-  echo "$(date -u +%T) start $name (GPUs $gpus)" >> "$res/parts.txt"
-  CUDA_VISIBLE_DEVICES=$gpus "$@" > "$res/$name.log" 2>&1
-  echo $? > "$res/$name.exit"
-  echo "$(date -u +%T) end $name exit $(cat "$res/$name.exit") at $SECONDS s" >> "$res/parts.txt"
-}
 
 sweep=(--checkpoint /tmp/w-pa/checkpoint --weights-seed 1234 --device gpu --precision bf16 --models wan22_t2v
        --concurrency 4 --warmup 1 --measurement-request-count 2 --num-frames 17 --height 480 --width 832

@@ -117,7 +117,7 @@ TIERS: dict[str, Tier] = {tier.name: tier for tier in (
         export_flags=(*_GPU_BF16, "--quantization", "fp8_rowwise", "--attention", "fp8_cudnn",
                       "--compile", "regional"),
         memory="160Gi",
-        warmup_steps=4,  # the first request compiles both experts (~4 min on an H200)
+        warmup_steps=4,  # the first request compiles both experts (~40 s on an H200)
     ),
     Tier(
         name="bf16",
