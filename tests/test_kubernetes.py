@@ -8,7 +8,6 @@ No cluster here: nothing is applied, scheduled or scaled (docker/kubernetes/READ
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import re
@@ -211,20 +210,6 @@ def test_checkov_finds_no_failed_check(rendered, tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-def test_a_tier_with_warmup_steps_starts_with_a_generation():
-    """A repository exported without --warmup whose first request is slow: ready, then one generation through the
-    HTTP port, before any traffic."""
-    tier = dataclasses.replace(TIERS["bf16"], warmup_steps=4)
-    startup = server_container(bundle.tier_manifests(SITE, tier))["startupProbe"]
-    command = startup["exec"]["command"]
-    assert command[:2] == ["python3", f"{workload.SCRIPTS_DIR}/warmup.py"]
-    options = dict(zip(command[2::2], command[3::2]))
-    assert options["--url"] == f"http://127.0.0.1:{DEFAULT_PORTS['http']}"
-    assert int(options["--steps"]) == tier.warmup_steps
-    assert float(options["--timeout"]) < startup["timeoutSeconds"]  # the script gives up before the kubelet
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= tier.load_budget_s
-
-
 @pytest.mark.parametrize("tier_name", TIERS)
 def test_probes_point_at_triton_health_endpoints(tier_name):
     tier, docs = TIERS[tier_name], tier_docs(tier_name)
@@ -241,9 +226,15 @@ def test_probes_point_at_triton_health_endpoints(tier_name):
 
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= tier.load_budget_s
-    assert startup["httpGet"] == ready["httpGet"] and not tier.warmup_steps
-    if "--compile" in tier.export_args():  # READY only once Triton's model_warmup has compiled every size
-        assert "--warmup" in tier.export_args()
+    if tier.warmup_steps:  # ready, then one generation through the HTTP port, before any traffic
+        command = startup["exec"]["command"]
+        assert command[:2] == ["python3", f"{workload.SCRIPTS_DIR}/warmup.py"]
+        options = dict(zip(command[2::2], command[3::2]))
+        assert options["--url"] == f"http://127.0.0.1:{DEFAULT_PORTS['http']}"
+        assert int(options["--steps"]) == tier.warmup_steps
+        assert float(options["--timeout"]) < startup["timeoutSeconds"]  # the script gives up before the kubelet
+    else:
+        assert startup["httpGet"] == ready["httpGet"]
 
     # Scale-down and roll-outs: preStop drains through the metrics port, inside the grace period.
     command = container["lifecycle"]["preStop"]["exec"]["command"]
