@@ -21,8 +21,8 @@ HELP = {
     "compile_artifacts": "with --compile regional: compile the experts here for every --shape-spec size (GPU "
                          "repository: on a GPU of the serving kind), warm them up before READY, serve only those "
                          "sizes (docs/compile_artifacts.md)",
-    "warmup": "ENGINE=torch: Triton's model_warmup for every model at each --shape-spec size, so READY means full "
-              "speed; other sizes are still served (implied by --compile-artifacts)",
+    "warmup": "ENGINE=torch, eager experts: Triton's model_warmup for every model at each --shape-spec size, so "
+              "READY means full speed; other sizes are still served (compiled experts: --compile-artifacts)",
     "quantization": "ENGINE=torch experts on a GPU",
     "attention": "ENGINE=torch experts on a GPU",
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",

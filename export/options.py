@@ -30,9 +30,9 @@ class ExportOptions:
     # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind
     # for device gpu), torch's compile cache saved beside them, warmed up before READY (docs/compile_artifacts.md)
     compile_artifacts: bool = False
-    # ENGINE=torch: Triton's model_warmup for the text encoder, the experts and the VAE, one sample per `shape_spec`
-    # size (and expert batch), so that READY comes after every first call; implied by compile_artifacts. Other sizes
-    # are still served (only compile_artifacts and TensorRT restrict them).
+    # ENGINE=torch, eager experts: Triton's model_warmup for the text encoder, the experts and the VAE, one sample per
+    # `shape_spec` size (and expert batch), so that READY comes after every first call; compile_artifacts implies
+    # it for compiled experts. Other sizes are still served (only compile_artifacts and TensorRT restrict them).
     warmup: bool = False
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
     # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
@@ -87,6 +87,10 @@ class ExportOptions:
         if self.warmup and (self.engine != "torch" or self.low_memory):
             raise ValueError("--warmup needs engine 'torch' without --low-memory (the warm-up would leave every "
                              "model's weights on the GPU; other engines' warm-up is not tested)")
+        if self.warmup and self.speed.compile != "none" and not self.compile_artifacts:
+            raise ValueError("--warmup with --compile regional needs --compile-artifacts: warming several sizes "
+                             "under torch's default shapes would leave dynamic-shape graphs, where the artifacts' "
+                             "compile makes one static graph per size")
         if self.compile_artifacts:
             self._check_compile_artifacts()
 

@@ -194,6 +194,7 @@ def test_batches_are_those_the_orchestrator_sends():
      "low-memory"),
     (ExportOptions(engine="onnx", warmup=True), "--warmup needs engine 'torch'"),
     (ExportOptions(low_memory=True, warmup=True), "--warmup needs engine 'torch' without --low-memory"),
+    (ExportOptions(speed=REGIONAL, warmup=True), "--warmup with --compile regional needs --compile-artifacts"),
 ])
 def test_compile_artifacts_and_warmup_refused_where_they_cannot_apply(tiny_checkpoint, tmp_path, opts, message):
     with pytest.raises(ValueError, match=message):
