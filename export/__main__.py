@@ -28,6 +28,8 @@ HELP = {
     "low_memory": "ENGINE=torch: weights in host memory, on the GPU only while a model works",
     "keep_workspace": "ENGINE=torch: keep each model's PyTorch GPU cache when it goes idle (default: handed back "
                       "after each encode and decode and after each expert's last step; nothing to free on a CPU)",
+    "text_encoder_offload": "ENGINE=torch: the text encoder's weights in host memory, on the GPU only while it "
+                            "encodes (~11 GB less for A14B, 0.21 s a request on an H200)",
     "replicas": "whole pipelines, one per device group (concurrent requests side by side)",
     "cfg_parallel": "2: a guided step's two halves on two expert instances at once",
     "ulysses": "ENGINE=torch: devices per expert instance, sequence parallel (divides the attention heads)",

@@ -117,8 +117,10 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     # experts' compiles and first kernels, the VAE's cuDNN autotuning per size, the text encoder's first kernels).
     warm_points = compile_points(opts) if opts.warms_up else ()
     text_warmup = (("prompts", {"batch": C.text_encoder_spec(info).max_batch_size}),) if warm_points else ()
+    text_manifest = dataclasses.replace(manifest(C.TEXT_ENCODER, "text_encoder"),
+                                        low_memory=opts.low_memory or opts.text_encoder_offload)
     out = [Component(
-        C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), manifest(C.TEXT_ENCODER, "text_encoder"),
+        C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), text_manifest,
         copy_folders((ckpt / "text_encoder", "text_encoder"), (ckpt / "tokenizer", "tokenizer")),
         devices=pipeline_devices, warmup=text_warmup,
     )]

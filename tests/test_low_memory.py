@@ -1,4 +1,5 @@
-"""Low-memory mode (export `low_memory`): experts and text encoder in host memory, swapped in when they work.
+"""Low-memory mode (export `low_memory`): experts and text encoder in host memory, swapped in when they work; and
+`text_encoder_offload`, the text encoder alone so.
 
 Against a real tritonserver on the CPU (the weight movement is the same code as on a GPU, with a second host
 buffer standing in for the device one): the video equals the normal mode's for the same seed, and the
@@ -289,3 +290,38 @@ def test_a_line_still_being_written_is_read_once_whole(tmp_path):
     assert [e["event"] for e in events.read_events(path)] == ["weights_loaded"]
     path.write_text(whole + partial)
     assert [e["event"] for e in events.read_events(path)] == ["weights_loaded", "weights_released"]
+
+
+def test_text_encoder_offload_alone_moves_only_its_weights_and_keeps_the_video(tiny_checkpoint, tmp_path,
+                                                                              torch_server):
+    """`--text-encoder-offload`: the text encoder as in low-memory mode, the experts as normal."""
+    from devtools.launcher import TritonServer
+    from export.model_config import read_manifest
+    from export.repository import ExportOptions, export_repository
+    from wan22_triton.manifest import Limits
+
+    opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),
+                         text_encoder_offload=True)
+    export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
+    assert read_manifest(tmp_path / "text_encoder").low_memory
+    assert not any(read_manifest(tmp_path / m).low_memory for m in (HIGH, LOW, "vae_decoder", "wan22_t2v"))
+    server = TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log",
+                          env={events.EVENTS_FILE_ENV: str(tmp_path / "events.jsonl")})
+    server.start()
+    try:
+        offset = events.end_offset(_events_file(server))
+        video = grpc_client.generate(server.grpc_url, REQUEST)["video"]
+        found = _events_since(server, offset)
+    finally:
+        server.stop()
+    assert np.array_equal(video, grpc_client.generate(torch_server.grpc_url, REQUEST)["video"])
+    assert _weight_moves(found, "text_encoder") == ["load", "release"]  # around its one encode
+    assert not _weight_moves(found, HIGH) and not _weight_moves(found, LOW) and not _expert_releases(found)
+
+
+def test_text_encoder_offload_needs_the_torch_engine(tiny_checkpoint, tmp_path):
+    from export.repository import ExportOptions, export_repository
+
+    with pytest.raises(ValueError, match="text_encoder_offload needs engine 'torch'"):
+        export_repository(tiny_checkpoint, tmp_path, ExportOptions(engine="onnx", text_encoder_offload=True),
+                          log=lambda _: None)
