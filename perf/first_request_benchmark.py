@@ -1,7 +1,8 @@
 """First request after READY, with and without compile artifacts (issue 14; docs/compile_artifacts.md).
 
 For each tier x mode on one GPU: export (mode `artifacts`: `--compile-artifacts` over a shape spec of exactly
---sizes; mode `jit`: plain `--compile regional`, the first request compiles), start tritonserver and time process
+--sizes; mode `warmup`, eager tiers: `--warmup` over that spec; mode `jit`: neither, the first request of each size
+pays its first calls, compiles included), start tritonserver and time process
 start -> READY (`ready_s`, Triton's `model_warmup` included), then requests in a fixed order: a first round that
 alternates the sizes (A, B, A, B; one size: A, A), then warm repeats (A, A, B, B). Videos of the same size and seed
 are compared across modes (PSNR), and the experts' `expert_compiled` events (wan22_triton/events.py) are counted
@@ -9,6 +10,7 @@ before and after READY. results.json (saved after every phase and request) and t
 
 On the GPU host, after `source gpu-bundle/activate.sh`:
     python3 -m perf.first_request_benchmark                                   # 480p + 720p, fp8_attention, both modes
+    python3 -m perf.first_request_benchmark --tiers bf16 --steps 2            # BF16 eager: --warmup vs plain
     python3 -m perf.first_request_benchmark --sizes 480x832x81 --modes artifacts --steps 4 --deadline-s 780
     python3 -m perf.first_request_benchmark ... --estimate-only               # the phases' estimated seconds, no run
 In two processes (e.g. two commands of at most 10 minutes), the same flags and --workdir:
@@ -47,7 +49,10 @@ INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # stub's health check during a just-in-time compile ("Stub process ... is not healthy").
 CPU_ENV = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
 TIERS = ("fp8_attention", "compile", "bf16")
-MODES = ("artifacts", "jit")
+MODES = ("artifacts", "jit", "warmup")
+# The mode whose server warms up before READY, per kind of tier: compiled experts through their artifacts, eager
+# ones through `--warmup`; its targets are checked and its videos compared with mode jit's.
+WARMED_MODE = {"compiled": "artifacts", "eager": "warmup"}
 EXPERT_NAMES = ("transformer_high_noise", "transformer_low_noise")
 # The issue's targets (checked in each run's `targets`).
 MAX_FIRST_RATIO, MAX_READY_S, MAX_ALTERNATING_PCT, MIN_PSNR_DB, MAX_FAST_TIER_GB = 1.15, 90.0, 5.0, 40.0, 76.0
@@ -61,7 +66,8 @@ DEFINITIONS = {
     "expert_compiled_after_ready": "expert_compiled events written after READY (the artifacts mode's target: 0)",
     "peak_gpu_memory_gb": "per size: the largest whole-device memory in use during that size's requests (NVML); "
                           "gpu_processes_at_peak_gb: each process's memory at that moment",
-    "parity": "per tier and size: the warm video of mode artifacts vs mode jit, same seed (PSNR dB; inf: equal)",
+    "parity": "per tier and size: the warm video of the mode that warms up (artifacts; eager tiers: warmup) vs mode "
+              "jit, same seed (PSNR dB; inf: equal)",
 }
 # Seconds for --deadline-s and the printed estimates (from perf/results/gpu, H200, full A14B: a fast-tier block
 # compiles in ~15 s since Inductor's coordinate descent tuning is off (perf/compile_profile.py; it was ~180 s), BF16
@@ -111,7 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="480x832x81,720x1280x81", help="HxWxF list: the shape spec and the requests")
     p.add_argument("--tiers", default="fp8_attention",
                    help=f"comma list of {list(TIERS)} (perf/gpu_benchmark/variants.py)")
-    p.add_argument("--modes", default="artifacts,jit", help=f"comma list of {list(MODES)}")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma list of {list(MODES)}; each tier runs jit and its own warm-up mode (artifacts for "
+                        "compiled tiers, warmup for bf16)")
     p.add_argument("--cfg", choices=("on", "off"), default="on",
                    help="off: requests with guidance_scale 1 (expert batch 1) and a spec with max_batch 1, so the "
                         "export compiles batch 1 only (half the compile points)")
@@ -152,9 +160,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # -- estimates --------------------------------------------------------------------------------------------------------
 
+def tier_kind(tier: str) -> str:
+    return "eager" if tier == "bf16" else "compiled"
+
+
 def applicable(tier: str, mode: str) -> bool:
-    """The eager tier has nothing to compile: only its `jit` run (= plain serving) makes sense."""
-    return not (tier == "bf16" and mode == "artifacts")
+    """`jit` (plain serving) for every tier; the warm-up before READY of the tier's kind (WARMED_MODE)."""
+    return mode == "jit" or mode == WARMED_MODE[tier_kind(tier)]
 
 
 def estimate(tier: str, mode: str, args, requests_done: int = 0) -> dict[str, float]:
@@ -165,6 +177,7 @@ def estimate(tier: str, mode: str, args, requests_done: int = 0) -> dict[str, fl
     both = compile_one * (1 + cost["second_expert"])  # one point, both experts
     out = {"export_s": cost["base_export_s"] + (points * both if mode == "artifacts" else 0.0)}
     out["ready_s"] = cost["base_start_s"] + (points * compile_one * cost["cache_load"] if mode == "artifacts" else 0)
+    out["ready_s"] += points * cost["step_s"][tier] if mode == "warmup" else 0  # a forward a point, each expert
     requests = 0.0
     for i, (_, (h, w, f)) in enumerate(request_order(args.size_list)):
         scale = (h * w * f) / (480 * 832 * 81)
@@ -225,13 +238,13 @@ def write_shape_spec(args) -> tuple[Path, list[str]]:
 
 def export_child(payload: dict[str, Any]) -> None:
     """The export, in its own process (its own Inductor cache and CUDA context): a tier of variants.py, ENGINE=torch,
-    random weights, the given shape spec, artifacts on or off."""
+    random weights, the given shape spec, the mode's warm-up (compile artifacts, --warmup or none)."""
     from export.repository import export_repository
     from perf.gpu_benchmark.variants import VARIANTS, export_options
 
     opts = export_options(VARIANTS[payload["tier"]], payload["device"], payload["precision"],
                           payload["weights_seed"], shape_spec=payload["shape_spec"],
-                          compile_artifacts=payload["artifacts"])
+                          compile_artifacts=payload["mode"] == "artifacts", warmup=payload["mode"] == "warmup")
     export_repository(payload["checkpoint"], payload["repo"], opts, log=lambda m: print(m, flush=True))
 
 
@@ -240,7 +253,7 @@ def export_repo(tier: str, mode: str, checkpoint: Path, spec: Path, args) -> tup
     shutil.rmtree(repo, ignore_errors=True)
     cache = fresh_dir(args.workdir / f"inductor-export-{tier}-{mode}")
     payload = {"tier": tier, "device": args.device, "precision": args.precision, "weights_seed": args.weights_seed,
-               "shape_spec": str(spec), "artifacts": mode == "artifacts", "checkpoint": str(checkpoint),
+               "shape_spec": str(spec), "mode": mode, "checkpoint": str(checkpoint),
                "repo": str(repo)}
     code = ("import json, sys; from perf.first_request_benchmark import export_child; "
             "export_child(json.loads(sys.argv[1]))")
@@ -319,7 +332,7 @@ def export_phase(tier: str, mode: str, checkpoint: Path, spec: Path, args, resul
     10-minute command on the GPU host) can serve it."""
     run = results["runs"][tier][mode]
     run["status"] = "exporting"
-    log(f"{tier}/{mode}: export{' with compile artifacts' if mode == 'artifacts' else ''}")
+    log(f"{tier}/{mode}: export{ {'artifacts': ' with compile artifacts', 'warmup': ' with --warmup'}.get(mode, '')}")
     repo, run["export"] = export_repo(tier, mode, checkpoint, spec, args)
     record_path(tier, mode, args).write_text(json.dumps({"fingerprint": fingerprint(tier, mode, args),
                                                          "export": run["export"]}, indent=2))
@@ -466,19 +479,19 @@ def derive(run: dict[str, Any], args) -> None:
 
 def compare_modes(tier: str, results: dict[str, Any], args) -> None:
     """Warm videos of the same size across modes (also from an earlier run in this --workdir with the same
-    workload), and the issue's targets for the artifacts run."""
+    workload), and the issue's targets for the run that warms up (WARMED_MODE)."""
     from perf.gpu_benchmark.quality import psnr
 
-    runs = results["runs"][tier]
+    runs, warmed = results["runs"][tier], WARMED_MODE[tier_kind(tier)]
     parity = {}
     for key in map(size_key, args.size_list):
-        a, j = video_path(tier, "artifacts", key, args), video_path(tier, "jit", key, args)
+        a, j = video_path(tier, warmed, key, args), video_path(tier, "jit", key, args)
         if a.exists() and j.exists():
             va, vj = np.load(a), np.load(j)
             parity[key] = {"psnr_db": psnr(va, vj), "equal": bool(np.array_equal(va, vj)),
                            "max_abs_diff": int(np.abs(va.astype(np.int16) - vj.astype(np.int16)).max())}
     runs["parity"] = parity
-    run = runs.get("artifacts", {})
+    run = runs.get(warmed, {})
     if run.get("status") in ("ok",) or run.get("requests"):
         targets: dict[str, Any] = {"ready_s": [run.get("ready_s"), MAX_READY_S,
                                                (run.get("ready_s") or 1e9) <= MAX_READY_S]}
@@ -554,7 +567,7 @@ def describe(args, argv: list[str] | None, served: list[str], spec: Path) -> dic
         },
         "definitions": DEFINITIONS,
         "runs": {t: {"label": VARIANTS[t].label, **VARIANTS[t].results_row(),
-                     **{m: ({} if applicable(t, m) else {"status": "not applicable: eager, nothing to compile"})
+                     **{m: ({} if applicable(t, m) else {"status": f"not applicable: {tier_kind(t)} tier"})
                         for m in args.mode_list}}
                  for t in args.tier_list},
     }

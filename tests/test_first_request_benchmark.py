@@ -1,6 +1,6 @@
 """perf/first_request_benchmark.py's whole flow on the CPU with the tiny architecture: a shape spec of two sizes,
-the export with and without compile artifacts, a real tritonserver per mode, requests alternating the sizes, then
-warm repeats; results.json must hold coherent numbers.
+the export with and without compile artifacts (and, for the eager tier, with and without `--warmup`), a real
+tritonserver per mode, requests alternating the sizes, then warm repeats; results.json must hold coherent numbers.
 
 CFG off (`--cfg off`: requests at guidance 1, spec max_batch 1) halves the compile points, to keep the run short on
 two cores; the batch-2 warm-up is tests/test_compile_artifacts.py's.
@@ -21,7 +21,7 @@ def bench(tmp_path_factory):
     from perf.first_request_benchmark import main
 
     out, work = tmp_path_factory.mktemp("first-request-out"), tmp_path_factory.mktemp("first-request-work")
-    main(["--device", "cpu", "--preset", "tiny", "--sizes", ",".join(SIZES), "--tiers", "compile", "--steps", "2",
+    main(["--device", "cpu", "--preset", "tiny", "--sizes", ",".join(SIZES), "--tiers", "compile,bf16", "--steps", "2",
           "--cfg", "off", "--server-arg=--log-verbose=0", "--out-dir", str(out), "--workdir", str(work)])
     return json.loads((out / "results.json").read_text()), out
 
@@ -77,3 +77,19 @@ def test_jit_compiles_in_the_first_request_and_gives_the_same_video(bench):
         parity = runs["parity"][size]
         assert parity["psnr_db"] >= 40  # inf when equal
         assert runs["artifacts"]["targets"][size]["psnr_vs_jit_db"][2] is True
+
+
+def test_the_eager_tier_warms_up_with_warmup_and_gives_the_same_video(bench):
+    results, _ = bench
+    runs = results["runs"]["bf16"]
+    assert runs["artifacts"]["status"].startswith("not applicable")  # nothing to compile
+    assert results["runs"]["compile"]["warmup"]["status"].startswith("not applicable")  # its warm-up: artifacts
+    warmed, plain = runs["warmup"], runs["jit"]
+    labels = ["9x32x48_batch1", "9x48x64_batch1"]
+    assert warmed["export"]["warmup_samples"] == {e: labels for e in EXPERTS}
+    assert plain["export"]["warmup_samples"] == {e: [] for e in EXPERTS}
+    assert warmed["warmup"]["expert_compiled"] == 0 and warmed["status"] == "ok"
+    for size in SIZES:
+        assert runs["parity"][size]["equal"]  # eager, same seed: the warm-up changes nothing in the video
+        assert warmed["targets"][size]["psnr_vs_jit_db"][2] is True
+        assert warmed["targets"][size]["first_request_ratio"][0] == pytest.approx(warmed["first_request_ratio"][size])
