@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run 11 on a 2-GPU host (device kind nvidia-h200-x2), from the repository root with gpu-bundle and
-# pa-bundle/perf_analyzer.tar.xz carried:
+# Run 11 on a 2-GPU host (device kind nvidia-h200-x2), from the repository root, with pa-bundle/perf_analyzer.tar.xz
+# (make-pa-bundle.sh) carried by one device call and gpu-bundle by the next (together over the 64 MiB of a call):
 #   RUN_HEAD=<commit> setsid nohup bash perf/gpu_host/run-11.sh /tmp/res > /tmp/run-11.log 2>&1 &
 # then poll for /tmp/res/done. Same layout as run-10.sh (parts.txt, <part>.log, <part>.exit; PART_LIMIT_S guard):
 #   GPU 0: the fast tier's first requests with compile artifacts at 480p and 720p (issue 14), after Inductor's
