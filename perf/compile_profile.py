@@ -109,11 +109,13 @@ def run_phase(phase: str, layers: int, out_dir: Path) -> dict:
     return result
 
 
-def spawn(phase: str, layers: int, out_dir: Path, cache_dir: Path, profiler: list[str]) -> subprocess.Popen:
+def spawn(child: list[str], log_name: str, args: argparse.Namespace, cache_dir: Path,
+          profiler: list[str] | None = None) -> subprocess.Popen:
+    """This module again in a child process (`child`: its --phase or --tuning) with its own Inductor cache."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
-    command = [*profiler, sys.executable, "-m", "perf.compile_profile", "--phase", phase, "--layers", str(layers),
-               "--out-dir", str(out_dir)]
-    log = open(out_dir / f"{phase}.log", "w")
+    command = [*(profiler or []), sys.executable, "-m", "perf.compile_profile", *child, "--layers", str(args.layers),
+               "--out-dir", str(args.out_dir)]
+    log = open(args.out_dir / f"{log_name}.log", "w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -135,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.tunings:
         for tuning in args.tunings.split(","):
-            with open(args.out_dir / f"tuning-{tuning}.log", "w") as log:
-                subprocess.run([sys.executable, "-m", "perf.compile_profile", "--tuning", tuning, "--layers",
-                                str(args.layers), "--out-dir", str(args.out_dir)], stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(args.out_dir.resolve() / f"inductor-{tuning}")))
+            spawn(["--tuning", tuning], f"tuning-{tuning}", args, args.out_dir.resolve() / f"inductor-{tuning}").wait()
         return
     if args.phase:
         result = run_phase(args.phase, args.layers, args.out_dir)
@@ -146,12 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     caches = {p: args.out_dir.resolve() / f"inductor-{p}" for p in ("jit", "artifacts")}
     started = time.perf_counter()
-    if spawn("jit", args.layers, args.out_dir, caches["jit"], []).wait() != 0:
+    if spawn(["--phase", "jit"], "jit", args, caches["jit"]).wait() != 0:
         sys.exit("jit phase failed: see jit.log")
     spy = [args.py_spy, "record", "-r", "25", "-f", "raw", "-o", str(args.out_dir / "artifacts.pyspy.txt"), "--"]
     # Both cache-hit phases at once, as the served experts warm up at once (one process each).
-    children = [spawn("artifacts", args.layers, args.out_dir, caches["artifacts"], spy if args.py_spy else []),
-                spawn("disk", args.layers, args.out_dir, caches["jit"], [])]
+    children = [spawn(["--phase", "artifacts"], "artifacts", args, caches["artifacts"], spy if args.py_spy else None),
+                spawn(["--phase", "disk"], "disk", args, caches["jit"])]
     codes = [c.wait() for c in children]
     summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "codes": codes,
