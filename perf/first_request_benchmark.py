@@ -575,13 +575,10 @@ def describe(args, argv: list[str] | None, served: list[str], spec: Path) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from perf.gpu_benchmark.gpu_monitor import nvidia_smi, wait_gpu_free
-    from perf.gpu_benchmark.measure import stub_env_bin
+    from perf.gpu_benchmark.gpu_monitor import wait_gpu_free
+    from perf.gpu_benchmark.measure import configs_checkpoint, prepare_folders
 
-    if args.device == "gpu" and not args.estimate_only and not nvidia_smi("name"):
-        raise SystemExit("no NVIDIA GPU here (nvidia-smi); for a CPU dry run: --device cpu --preset tiny ...")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    prepare_folders(args, "--device cpu --preset tiny ...", need_gpu=not args.estimate_only)
     spec, served = write_shape_spec(args)
     results = describe(args, argv, served, spec)
     log(f"{results['meta']['gpu']}: sizes {results['workload']['sizes']}, tiers {args.tier_list}, modes "
@@ -589,10 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     print_estimates(args, results)
     if args.estimate_only:
         return
-    args.stub_bin = stub_env_bin()
-    from perf.gpu_checkpoint import write_configs_checkpoint
-
-    checkpoint = write_configs_checkpoint(args.workdir / "checkpoint", args.preset, args.layers)
+    checkpoint = configs_checkpoint(args)
     save(results, args)
     for tier in args.tier_list:
         for mode in args.mode_list:

@@ -39,8 +39,8 @@ from typing import Any, Callable
 import numpy as np
 
 from perf.gpu_benchmark import ROOT, STARTED, log
-from perf.gpu_benchmark.gpu_monitor import GpuMemoryPeak, nvidia_smi, wait_gpu_free
-from perf.gpu_benchmark.measure import request_values, run_baseline, start_server, stub_env_bin
+from perf.gpu_benchmark.gpu_monitor import GpuMemoryPeak, wait_gpu_free
+from perf.gpu_benchmark.measure import configs_checkpoint, prepare_folders, request_values, run_baseline, start_server
 from perf.gpu_benchmark.quality import psnr
 from perf.gpu_benchmark.stats import count_steps, overhead, read_stats_after, stats_delta
 from perf.gpu_benchmark.variants import EXPERTS, Variant, export_variant
@@ -382,19 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cpu" and "fp8" in names:
         raise SystemExit("the fp8 tier needs --device gpu (the export refuses FP8 and its attention on a CPU); "
                          "use --tiers bf16")
-    if args.device == "gpu" and not nvidia_smi("name"):
-        raise SystemExit("no NVIDIA GPU here (nvidia-smi); for a CPU dry run: --device cpu --preset tiny --tiers bf16")
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (one step per expert at least)")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    args.stub_bin = stub_env_bin()
+    prepare_folders(args, "--device cpu --preset tiny --tiers bf16")
 
     from perf.gpu_benchmark.__main__ import describe_run
-    from perf.gpu_checkpoint import write_configs_checkpoint
     from wan22_triton.checkpoint import read_checkpoint
 
-    checkpoint = write_configs_checkpoint(args.workdir / "checkpoint", args.preset, args.layers)
+    checkpoint = configs_checkpoint(args)
     info = read_checkpoint(checkpoint)
     results = describe_run(args, argv, checkpoint, info, {})
     results.pop("variants")

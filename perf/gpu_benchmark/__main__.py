@@ -32,7 +32,7 @@ from typing import Any
 
 from . import ROOT, STARTED, log
 from .gpu_monitor import nvidia_smi, wait_gpu_free
-from .measure import run_baseline, run_variant, stub_env_bin, text_encoder_cpu_probe
+from .measure import configs_checkpoint, prepare_folders, run_baseline, run_variant, text_encoder_cpu_probe
 from .quality import compare_to_reference
 from .report import render_table, save
 from .variants import DEFAULT_VARIANTS, VARIANTS, estimate_s
@@ -156,16 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    if args.device == "gpu" and not nvidia_smi("name"):
-        raise SystemExit("no NVIDIA GPU here (nvidia-smi); for a CPU dry run: --device cpu --preset tiny ...")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    args.stub_bin = stub_env_bin()
+    prepare_folders(args, "--device cpu --preset tiny ...")
 
-    from perf.gpu_checkpoint import write_configs_checkpoint
     from wan22_triton.checkpoint import read_checkpoint
 
-    checkpoint = write_configs_checkpoint(args.workdir / "checkpoint", args.preset, args.layers)
+    checkpoint = configs_checkpoint(args)
     info = read_checkpoint(checkpoint)
     results_path = args.out_dir / "results.json"
     previous = json.loads(results_path.read_text()) if args.resume and results_path.exists() else {}

@@ -24,7 +24,7 @@ import numpy as np
 from wan22_triton import events
 
 from . import ROOT, log
-from .gpu_monitor import GpuMemoryPeak, gpu_used_gb
+from .gpu_monitor import GpuMemoryPeak, gpu_used_gb, nvidia_smi
 from .quality import cosine, psnr, ssim
 from .stats import component_compute, count_steps, overhead, read_stats_after, stats_delta, swaps
 from .variants import EXPERTS, Variant, export_variant
@@ -45,6 +45,24 @@ def stub_env_bin() -> str | None:
         ).stdout.strip()
         Path(site, "wan22-triton-repo.pth").write_text(str(ROOT) + "\n")
     return str(python.parent)
+
+
+def prepare_folders(args: Any, cpu_dry_run: str, need_gpu: bool = True) -> None:
+    """A GPU run refuses to start without an NVIDIA GPU (`cpu_dry_run`: the flags to use instead); then --out-dir and
+    --workdir exist."""
+    if need_gpu and args.device == "gpu" and not nvidia_smi("name"):
+        raise SystemExit(f"no NVIDIA GPU here (nvidia-smi); for a CPU dry run: {cpu_dry_run}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+
+def configs_checkpoint(args: Any) -> Path:
+    """The benchmarks' checkpoint in --workdir (configs only: each component makes random weights where it loads,
+    --preset and --layers), and `args.stub_bin` for the servers they start."""
+    from perf.gpu_checkpoint import write_configs_checkpoint
+
+    args.stub_bin = stub_env_bin()
+    return write_configs_checkpoint(args.workdir / "checkpoint", args.preset, args.layers)
 
 
 def infer_model(url: str, model: str, inputs: dict[str, np.ndarray], output: str | None) -> np.ndarray | None:
