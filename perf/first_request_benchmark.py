@@ -495,6 +495,9 @@ def compare_modes(tier: str, results: dict[str, Any], args) -> None:
     if run.get("status") in ("ok",) or run.get("requests"):
         targets: dict[str, Any] = {"ready_s": [run.get("ready_s"), MAX_READY_S,
                                                (run.get("ready_s") or 1e9) <= MAX_READY_S]}
+        start_peak = run.get("peak_gpu_memory_start_gb")
+        if tier.startswith("fp8") and start_peak is not None:  # fits the card from the start, warm-up included
+            targets["peak_gpu_memory_start_gb"] = [start_peak, MAX_FAST_TIER_GB, start_peak <= MAX_FAST_TIER_GB]
         for key, entry in run.get("per_size", {}).items():
             checks = {
                 "first_request_ratio": (entry.get("first_request_ratio"), MAX_FIRST_RATIO, "<="),
@@ -516,8 +519,8 @@ def _f(value: Any, fmt: str) -> str:
 
 
 def render_table(results: dict[str, Any]) -> str:
-    head = ("| tier | mode | export s | start->READY s | compiles before / after READY | size | first e2e s "
-            "| warm e2e s | first/warm | alternating % | peak GPU GB | PSNR vs other mode dB |")
+    head = ("| tier | mode | export s | start->READY s | start peak GPU GB | compiles before / after READY | size "
+            "| first e2e s | warm e2e s | first/warm | alternating % | peak GPU GB | PSNR vs other mode dB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for tier, runs in results["runs"].items():
         for mode in MODES:
@@ -525,13 +528,13 @@ def render_table(results: dict[str, Any]) -> str:
             if not run:
                 continue
             if not run.get("per_size"):
-                lines.append(f"| {tier} | {mode} | {' '.join(str(run.get('status')).split())[:160]} |" + " |" * 9)
+                lines.append(f"| {tier} | {mode} | {' '.join(str(run.get('status')).split())[:160]} |" + " |" * 10)
                 continue
             for key, e in run["per_size"].items():
                 p = runs.get("parity", {}).get(key, {}).get("psnr_db")
                 lines.append(
                     f"| {tier} | {mode} | {_f(run.get('export', {}).get('wall_s'), '.1f')} "
-                    f"| {_f(run.get('ready_s'), '.1f')} "
+                    f"| {_f(run.get('ready_s'), '.1f')} | {_f(run.get('peak_gpu_memory_start_gb'), '.1f')} "
                     f"| {run.get('warmup', {}).get('expert_compiled', '-')} / {e['expert_compiled']} | {key} "
                     f"| {e['first_e2e_s']:.2f} | {_f(e['warm_e2e_s'], '.2f')} "
                     f"| {_f(e.get('first_request_ratio'), '.3f')} "

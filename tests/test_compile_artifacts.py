@@ -252,6 +252,20 @@ def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, 
     assert video.shape[-3:-1] == (64, REQUEST["width"])  # (..., height, width, rgb)
 
 
+def test_models_of_a_device_warm_up_one_at_a_time(warmed):
+    """Triton loads the models in parallel; their first calls at a shape hold the device's lock, so the warm-up's
+    peak is one model's workspace over the weights, not all of them at once."""
+    before = [e for e in events.read_events(warmed.events_file) if e["time"] < warmed.ready_at]
+    held = sorted((e["started"], e["ended"], e["model"]) for e in before if e["event"] == "first_call")
+    samples = {"text_encoder": 1, **{expert: len(POINTS) for expert in EXPERTS}, "vae_decoder": 2}
+    assert {m: sum(1 for h in held if h[2] == m) for m in samples} == samples
+    assert all(e["device"] == "cpu" for e in before if e["event"] == "first_call")
+    for (_, ended, _), (started, _, _) in zip(held, held[1:]):
+        assert ended <= started, held  # never two at once
+    for forward in (e for e in before if e["event"] == "expert_forward"):  # each warm-up forward inside its hold
+        assert any(m == forward["model"] and s <= forward["started"] <= forward["time"] <= t for s, t, m in held)
+
+
 def test_first_requests_after_ready_compile_nothing(served, torch_server):
     offset = events.end_offset(served.events_file)
     video = grpc_client.generate(served.grpc_url, REQUEST)["video"]  # CFG: batch 2, 5 frames

@@ -193,7 +193,7 @@ def test_concurrent_requests_take_turns_and_equal_their_solo_results(low_memory_
 
 
 def _hold_lock(path: str, held, seconds: float) -> None:
-    from wan22_triton.offload import InterProcessLock
+    from wan22_triton.locks import InterProcessLock
 
     with InterProcessLock(path):
         held.set()
@@ -203,7 +203,7 @@ def _hold_lock(path: str, held, seconds: float) -> None:
 def test_generation_lock_serialises_processes_and_gives_up_on_stop(tmp_path):
     import multiprocessing
 
-    from wan22_triton.offload import InterProcessLock
+    from wan22_triton.locks import InterProcessLock
 
     ctx = multiprocessing.get_context("spawn")
     held = ctx.Event()

@@ -18,10 +18,9 @@ serving code are untouched.
 
 On a CPU instance (tests) the "device" copy is a second host buffer: the same code path, nothing saved.
 
-`InterProcessLock` (fcntl) serialises, across the model processes of one repository, (a) building random-weight
-components on the GPU before they go to host memory (benchmark seam: only one at a time on the GPU), and (b) the
-generations of all orchestrator instances (both the unary and the streaming model), so that concurrent requests
-never hold both experts on the GPU.
+Two repository-wide locks (wan22_triton.locks) serialise (a) building random-weight components on the GPU before
+they go to host memory (benchmark seam: only one at a time on the GPU), and (b) the generations of all orchestrator
+instances (both the unary and the streaming model), so that concurrent requests never hold both experts on the GPU.
 
 Each load and release (and each release the orchestrator asks for) is logged for people and written as an event
 (wan22_triton.events) for tests and the GPU benchmark.
@@ -29,17 +28,12 @@ Each load and release (and each release the orchestrator asks for) is logged for
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import events
+from . import events, locks
 
 _ALIGN = 512  # bytes; every view starts aligned (dtype views, vectorised kernels, Inductor's alignment guard)
 
@@ -212,57 +206,7 @@ class ExpertSwitch:
             self.log(f"low-memory: released {expert} after step {self.step}, {when}, in {seconds:.3f}s")
 
 
-# --------------------------------------------------------------------------- loading and locks
-
-
-def repository_key(model_repository: str | Path) -> str:
-    """One key per model repository (the parent of a model's own folder), for its lock files."""
-    root = Path(model_repository).resolve().parent
-    return hashlib.sha1(str(root).encode()).hexdigest()[:12]
-
-
-def lock_path(model_repository: str | Path, purpose: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"wan22-triton-{os.getuid()}-{repository_key(model_repository)}-{purpose}.lock"
-
-
-class InterProcessLock:
-    """An exclusive fcntl lock on a file; waits by polling so the caller can give up (cancellation)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self, should_stop: Callable[[], bool] | None = None, poll_s: float = 0.05) -> float:
-        """Blocks until held; returns the seconds waited. `should_stop()` true -> RuntimeError, or whatever it
-        raises itself (nothing is held then)."""
-        t0 = time.perf_counter()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self._fd = fd
-                    return time.perf_counter() - t0
-                except BlockingIOError:
-                    if should_stop is not None and should_stop():
-                        raise RuntimeError("stopped while waiting for the lock") from None
-                    time.sleep(poll_s)
-        except BaseException:  # should_stop() may raise its own exception (cancellation): nothing stays held
-            os.close(fd)
-            raise
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "InterProcessLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+# --------------------------------------------------------------------------- loading
 
 
 def load_to_host(component, model_class, kind: str, folder: str) -> tuple[torch.nn.Module, HostWeights]:
@@ -273,7 +217,7 @@ def load_to_host(component, model_class, kind: str, folder: str) -> tuple[torch.
     values), one model at a time across the repository (lock), then moved to host memory.
     """
     if component.manifest.random_weights_seed is not None:
-        with InterProcessLock(lock_path(component.root.parent, "gpu-staging")):
+        with locks.InterProcessLock(locks.lock_path(component.root.parent, "gpu-staging")):
             module = component.load_torch(model_class, kind, folder)
             return module, HostWeights(module, component.device, component.name, component.logger.log_info)
     device, component.device = component.device, "cpu"

@@ -36,6 +36,12 @@ def request_inputs(request, names: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def input_shape(request, name: str) -> tuple[int, ...] | None:
+    """The shape of an input as sent (None when absent), without reading its data."""
+    tensor = pb_utils().get_input_tensor_by_name(request, name)
+    return None if tensor is None else tuple(int(d) for d in tensor.shape())
+
+
 def response(outputs: Mapping[str, Any]):
     """numpy arrays or torch tensors (CUDA ones leave through DLPack, without a host copy)."""
     pb = pb_utils()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import events
-from .offload import repository_key
+from .locks import repository_key
 
 STUB_EXECUTABLE = "triton_python_backend_stub"
 NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a component process that dies cannot be "

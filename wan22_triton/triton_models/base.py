@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import triton_io
+from .. import events, locks, triton_io
 from ..engines import torch_dtype
 from ..loading import load_component, release_workspace
 from ..manifest import Manifest
@@ -17,7 +19,14 @@ from ..manifest import Manifest
 class ComponentModel:
     """Subclasses implement `setup()` (load) and `infer(request) -> response` (or `respond(requests)`); errors become
     error responses. The torch engine's cache is emptied after `setup` and, with the manifest's `release_workspace`,
-    after each call that `releases_after` (loading.release_workspace)."""
+    after each call that `releases_after` and after the first call at each shape (loading.release_workspace).
+
+    First call at a shape (torch engine; the shape of `shape_input`, the call's requests stacked on the batch axis):
+    a warm-up sample, a compile, a new size. It holds the device's "first-call" lock (wan22_triton.locks) from the
+    forward to its release, so the models of a device warm up one at a time: Triton loads them in parallel, and
+    both experts' 720p warm-ups at once took an H200 to 84 GB where a request takes 61."""
+
+    shape_input = ""  # the input whose shape a call computes at; "" for models without torch work of their own
 
     def initialize(self, args):
         self.logger = triton_io.pb_utils().Logger
@@ -28,6 +37,9 @@ class ComponentModel:
         self.device = triton_io.torch_device(args)
         self.engine = self.manifest.engine
         self.dtype = torch_dtype(self.manifest.precision)
+        self.shapes_seen: set[tuple] = set()
+        self.first_call_lock = locks.InterProcessLock(
+            locks.lock_path(args["model_repository"], f"first-call-{self.device}"))
         self.setup()
         if self.engine == "torch":  # what loading left cached (e.g. the BF16 weights FP8 quantization replaced)
             before, after = release_workspace(self.name, self.device, "load")
@@ -45,12 +57,44 @@ class ComponentModel:
         raise NotImplementedError
 
     def execute(self, requests):
+        shape = self.call_shape(requests)
+        first = shape is not None and shape not in self.shapes_seen
+        with self._first_call(shape) if first else contextlib.nullcontext():
+            try:
+                return self.respond(requests)
+            finally:
+                self.shapes_seen.add(shape)
+                # the manifest's release_workspace (torch engine): an idle model's workspace back to the driver
+                if self.manifest.release_workspace and self.engine == "torch" and (
+                        first or self.releases_after(requests)):
+                    self.release_workspace(len(requests))
+
+    def call_shape(self, requests) -> tuple | None:
+        """The shape this call computes at: `shape_input` of its requests, stacked on the batch axis when they agree
+        past it (execute_together's batch), else each one's; None without torch work."""
+        if self.engine != "torch" or not self.shape_input:
+            return None
+        shapes = [s for s in (triton_io.input_shape(r, self.shape_input) for r in requests) if s is not None]
+        if not shapes:
+            return None
+        if len({s[1:] for s in shapes}) == 1:
+            return (sum(s[0] for s in shapes), *shapes[0][1:])
+        return tuple(shapes)
+
+    @contextlib.contextmanager
+    def _first_call(self, shape: tuple):
+        """Holds the device's first-call lock around a call (and its release) at a shape not computed before."""
+        waited = self.first_call_lock.acquire()
+        started = time.time()
+        if waited > 0.1:
+            self.logger.log_info(f"{self.name}: first call at {shape} waited {waited:.1f}s for another model's "
+                                 f"first call on {self.device}")
         try:
-            return self.respond(requests)
+            yield
         finally:
-            # the manifest's release_workspace (torch engine): an idle model's workspace back to the driver
-            if self.manifest.release_workspace and self.engine == "torch" and self.releases_after(requests):
-                self.release_workspace(len(requests))
+            self.first_call_lock.release()
+            events.emit("first_call", model=self.name, device=str(self.device), shape=list(shape), waited_s=waited,
+                        started=started, ended=time.time())
 
     def releases_after(self, requests) -> bool:
         """Whether this call ends the model's work for now (its cache is released then): for the text encoder and

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import events, offload, triton_io, watchdog
+from .. import events, locks, offload, triton_io, watchdog
 from ..abandonment import AbandonWatch
 from ..components import EXPERT_WORKSPACE_INPUT, TEXT_ENCODER, VAE_DECODER, expert_models
 from ..errors import Cancelled
@@ -79,7 +79,7 @@ class TritonPythonModel:
         self.pipeline = Wan22T2VPipeline(self.manifest, bls_text_encoder, expert, bls_vae_decoder, device)
         warm_s = self.pipeline.warm_up()  # the schedulers' imports and first steps, before READY
         self.generation_lock = (
-            offload.InterProcessLock(offload.lock_path(args["model_repository"], "generation"))
+            locks.InterProcessLock(locks.lock_path(args["model_repository"], "generation"))
             if self.manifest.low_memory else None
         )
         # A component process that dies is reloaded (or reported not ready) instead of failing every request after it.

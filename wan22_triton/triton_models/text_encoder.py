@@ -16,6 +16,8 @@ from .base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):
+    shape_input = "text"
+
     def setup(self) -> None:
         from diffusers import WanPipeline
         from transformers import AutoTokenizer, UMT5EncoderModel

@@ -14,8 +14,9 @@ Workspace (the manifest's `release_workspace`, torch engine; base.ComponentModel
 marks as the expert's last step before the switch or the decode (optional input `release_workspace`), the PyTorch
 cache's unused blocks go back to the driver, on every rank of a sequence-parallel group, so that the expert waiting
 for its turn holds its weights and not its last forward's activations. Steps in between keep the cache. The first
-call at a new input shape releases too: each warm-up sample, and a compile (so the READY server holds weights, not
-its largest sample's workspace, which on an H200 made the first request's peak 84 GB where later ones took 53).
+call at a new input shape releases too (base.ComponentModel): each warm-up sample, and a compile (so the READY
+server holds weights, not its largest sample's workspace, which on an H200 made the first request's peak 84 GB where
+later ones took 53).
 
 Sequence parallel (the manifest's `parallel.ulysses` > 1, torch engine): the instance drives a group of devices
 through worker processes (wan22_triton.worker_group) and answers with rank 0's result.
@@ -48,12 +49,10 @@ LORA_INPUTS = (lora.LORA_INPUT, lora.SCALE_INPUT)  # optional, declared when the
 
 class TritonPythonModel(ComponentModel):
     adapters: lora.ExpertAdapters | None = None  # torch engine: the LoRAs of the manifest, one active per call
-    shapes_seen: set[tuple[int, ...]]  # hidden_states shapes computed so far: a new one releases (releases_after)
-    new_shape_in_call = False
+    shape_input = "hidden_states"
 
     def setup(self) -> None:
         self.weights = None
-        self.shapes_seen = set()
         low_memory, speed = self.manifest.low_memory, self.manifest.speed
         if low_memory and self.engine != "torch":
             raise ValueError(f"{self.name}: low memory needs the torch engine, not {self.engine!r}")
@@ -105,9 +104,8 @@ class TritonPythonModel(ComponentModel):
     def releases_after(self, requests) -> bool:
         if self.weights is not None:  # low-memory mode: its `release` moves the weights and empties the cache
             return False
-        new_shape, self.new_shape_in_call = self.new_shape_in_call, False
         marked = (triton_io.request_inputs(r, (EXPERT_WORKSPACE_INPUT.name,)) for r in requests)
-        return new_shape or any(bool(torch.as_tensor(m[EXPERT_WORKSPACE_INPUT.name]).any()) for m in marked if m)
+        return any(bool(torch.as_tensor(m[EXPERT_WORKSPACE_INPUT.name]).any()) for m in marked if m)
 
     def release_workspace(self, requests: int) -> None:
         super().release_workspace(requests)
@@ -152,9 +150,6 @@ class TritonPythonModel(ComponentModel):
         else:  # a compile after the warm-up (a shape outside the compile points) is logged and an event
             with compile_cache.reported_compiles(self.name, inputs["hidden_states"].shape, self.logger.log_info):
                 noise = expert_forward(self.model, inputs, self.device, self.dtype)
-        shape = tuple(inputs["hidden_states"].shape)
-        self.new_shape_in_call |= shape not in self.shapes_seen
-        self.shapes_seen.add(shape)
         # which instance computed what, when (tests check how CFG halves are placed; GPU: enqueue times)
         events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), started=started)
         return noise if on_gpu else noise.cpu().numpy()

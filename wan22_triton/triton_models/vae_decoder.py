@@ -20,6 +20,8 @@ from .base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):
+    shape_input = "latents"
+
     def setup(self) -> None:
         self._host: dict[str, torch.Tensor] = {}  # page-locked output buffers, reused while the shape holds
         if self.engine == "torch":

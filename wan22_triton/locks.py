@@ -1,0 +1,67 @@
+"""Locks shared by the model processes of one repository (fcntl on files in the temp folder, one per purpose).
+
+Purposes: "generation" (low-memory orchestrators, wan22_triton.offload), "gpu-staging" (random benchmark weights
+built on the GPU one model at a time) and "first-call-<device>" (base.ComponentModel: the first call at a new
+shape, a warm-up sample or a compile, runs one model at a time on a device). The kernel drops a lock whose
+holder dies, so a dead process never blocks the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def repository_key(model_repository: str | Path) -> str:
+    """One key per model repository (the parent of a model's own folder), for its lock files."""
+    root = Path(model_repository).resolve().parent
+    return hashlib.sha1(str(root).encode()).hexdigest()[:12]
+
+
+def lock_path(model_repository: str | Path, purpose: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"wan22-triton-{os.getuid()}-{repository_key(model_repository)}-{purpose}.lock"
+
+
+class InterProcessLock:
+    """An exclusive fcntl lock on a file; waits by polling so the caller can give up (cancellation)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, should_stop: Callable[[], bool] | None = None, poll_s: float = 0.05) -> float:
+        """Blocks until held; returns the seconds waited. `should_stop()` true -> RuntimeError, or whatever it
+        raises itself (nothing is held then)."""
+        t0 = time.perf_counter()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._fd = fd
+                    return time.perf_counter() - t0
+                except BlockingIOError:
+                    if should_stop is not None and should_stop():
+                        raise RuntimeError("stopped while waiting for the lock") from None
+                    time.sleep(poll_s)
+        except BaseException:  # should_stop() may raise its own exception (cancellation): nothing stays held
+            os.close(fd)
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "InterProcessLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
