@@ -18,6 +18,12 @@ def _dims(tensor: TensorSpec, batched: bool) -> list[int]:
     return [-1 if isinstance(d, Dim) else int(d) for d in shape]
 
 
+# A warm-up marker's value: one true BOOL (a sample's requests carry batch 1), in the model's `warmup/` folder
+# where Triton looks for input_data_file.
+WARMUP_TRUE_FILE = "true"
+WARMUP_TRUE_BYTES = b"\x01"
+
+
 def build_model_config(
     spec: ComponentSpec,
     *,
@@ -31,6 +37,7 @@ def build_model_config(
     decoupled: bool = False,
     max_queue_seconds: float = 0,
     warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
+    warmup_markers: frozenset[str] = frozenset(),  # optional BOOL inputs sent true in each sample (WARMUP_TRUE_FILE)
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend:
@@ -65,12 +72,13 @@ def build_model_config(
         # request). Zeros: only the shapes matter, and they are the same on every run.
         sample = config.model_warmup.add(name=name, batch_size=sizes["batch"] if batched else 1, count=1)
         for t in spec.inputs:
-            if t.name not in optional_inputs:
+            if t.name not in optional_inputs or t.name in warmup_markers:
                 shape = t.resolve(sizes)
+                data = {"input_data_file": WARMUP_TRUE_FILE} if t.name in warmup_markers else {"zero_data": True}
                 sample.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(
                     data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"),
                     dims=list(shape[1:] if batched else shape) or [1],  # as the input's dims: [B] is [1] per item
-                    zero_data=True))
+                    **data))
     return config
 
 

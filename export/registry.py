@@ -45,6 +45,7 @@ class Component:
     gpu_inputs: bool = False  # takes CUDA tensors from a GPU caller as they come (FORCE_CPU_ONLY_INPUT_TENSORS no)
     # Triton's model_warmup: (sample name, symbol values incl. batch) each, run before the model is READY
     warmup: tuple[tuple[str, Mapping[str, int]], ...] = ()
+    warmup_markers: frozenset[str] = frozenset()  # optional BOOL inputs true in the warm-up samples only
 
 
 def copy_folders(*folders: tuple[Path, str]) -> ArtifactWriter:
@@ -128,7 +129,8 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     loras = tuple(source.name for source in opts.lora)
     # optional expert inputs: each call's adapter; the last call of an expert's steps (low memory has its own)
     extra_inputs = (*(C.EXPERT_LORA_INPUTS if opts.lora else ()),
-                    *((C.EXPERT_WORKSPACE_INPUT,) if opts.release_workspace and not opts.low_memory else ()))
+                    *((C.EXPERT_WORKSPACE_INPUT,) if opts.release_workspace and not opts.low_memory else ()),
+                    *((C.EXPERT_WARMUP_INPUT,) if warm_points else ()))
     for folder, name in zip(info.expert_folders, C.expert_models(info)):
         spec = C.transformer_spec(info, name)
         if opts.engine == "torch":
@@ -149,6 +151,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
                              else frozenset(t.name for t in extra_inputs)),
             gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
             warmup=tuple((point.label, point.sizes(info)) for point in warm_points),
+            warmup_markers=frozenset((C.EXPERT_WARMUP_INPUT.name,) if warm_points else ()),
         ))
 
     # vae_decoder: diffusers' decode (torch), or a loop over the first-frame/step graph pair, each its own model.

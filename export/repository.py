@@ -19,7 +19,7 @@ from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.manifest import MANIFEST_PARAMETER
 
 from .loras import check_loras
-from .model_config import build_model_config, to_pbtxt
+from .model_config import WARMUP_TRUE_BYTES, WARMUP_TRUE_FILE, build_model_config, to_pbtxt
 from .options import ExportOptions
 from .registry import Component, repository_components
 
@@ -47,8 +47,12 @@ def write_config(model_dir: Path, component: Component, instance_kind: str) -> N
         instance_count=component.instance_count * (1 if instance_kind == "KIND_GPU" else len(component.devices)),
         parameters=parameters, optional_inputs=component.optional_inputs, decoupled=component.decoupled,
         max_queue_seconds=component.max_queue_seconds, warmup=component.warmup,
+        warmup_markers=component.warmup_markers,
     )
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+    if component.warmup and component.warmup_markers:
+        (model_dir / "warmup").mkdir(exist_ok=True)
+        (model_dir / "warmup" / WARMUP_TRUE_FILE).write_bytes(WARMUP_TRUE_BYTES)
 
 
 def export_repository(

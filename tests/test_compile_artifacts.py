@@ -32,7 +32,7 @@ from export.options import ExportOptions
 from export.repository import export_repository
 from wan22_triton import compile_cache, events
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.components import CompilePoint, ShapeSpec, transformer_spec
+from wan22_triton.components import EXPERT_WARMUP_INPUT, CompilePoint, ShapeSpec, transformer_spec
 from wan22_triton.manifest import SpeedOptions
 from wan22_triton.parallel import ParallelPlan
 
@@ -154,7 +154,10 @@ def test_export_writes_artifacts_their_record_and_warmup(exported, tiny_checkpoi
             _, frames, height, width = info.latent_shape(point.num_frames, point.height, point.width)
             assert list(warmup.inputs["hidden_states"].dims) == [info.in_channels, frames, height, width]
             assert list(warmup.inputs["timestep"].dims) == [1]  # the input's dims, reshaped to a scalar per item
+            # zeros, and the marker that makes the expert run its first block alone (a true BOOL from a file)
+            marker = warmup.inputs.pop(EXPERT_WARMUP_INPUT.name)
             assert all(i.zero_data for i in warmup.inputs.values())
+            assert (exported / expert / "warmup" / marker.input_data_file).read_bytes() == b"\x01"
     # The other first calls too, so that READY means full speed: the text encoder once (prompt and negative
     # prompt), the VAE once per video size; the orchestrators warm their own schedulers in initialize.
     text = parse_pbtxt((exported / "text_encoder" / "config.pbtxt").read_text()).model_warmup
@@ -235,7 +238,7 @@ def test_each_warmup_compile_hands_its_workspace_back_before_ready(served):
         assert order == ["expert_compiled", "workspace_released"] * len(POINTS), order
 
 
-def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, tiny_checkpoint):
+def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, tiny_checkpoint, torch_server):
     repo = warmed.repo
     for model, samples in (("text_encoder", 1), *((e, len(POINTS)) for e in EXPERTS), ("vae_decoder", 2)):
         assert len(parse_pbtxt((repo / model / "config.pbtxt").read_text()).model_warmup) == samples, model
@@ -248,8 +251,16 @@ def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, 
         order = [e["event"] for e in before if e.get("model") == expert and (
             e["event"] == "expert_forward" or (e["event"] == "workspace_released" and e["after"] == "call"))]
         assert order == ["expert_forward", "workspace_released"] * len(POINTS), order
+    # the warm-up's forwards through the first block alone; a request's through all of them
+    assert all(e["first_block_only"] for e in before if e["event"] == "expert_forward")
+    offset = events.end_offset(warmed.events_file)
     video = grpc_client.generate(warmed.grpc_url, {**REQUEST, "height": 64})["video"]  # not a size of the spec
     assert video.shape[-3:-1] == (64, REQUEST["width"])  # (..., height, width, rgb)
+    forwards = _events(warmed, "expert_forward", offset)
+    assert forwards and not any(e["first_block_only"] for e in forwards)
+    # every block back after the warm-up: the same video as a server without one
+    assert np.array_equal(grpc_client.generate(warmed.grpc_url, REQUEST)["video"],
+                          grpc_client.generate(torch_server.grpc_url, REQUEST)["video"])
 
 
 def test_models_of_a_device_warm_up_one_at_a_time(warmed):

@@ -228,6 +228,10 @@ EXPERT_LORA_INPUTS = (TensorSpec("lora", "object", (BATCH, 1)), TensorSpec("lora
 # Workspace release (the manifest's `release_workspace`): true on the last call of an expert's run of steps for
 # its request (the switch, the last step); the expert hands its PyTorch cache back after that call.
 EXPERT_WORKSPACE_INPUT = TensorSpec("release_workspace", "bool", (BATCH, 1))
+# Warm-up (`--warmup`, `--compile-artifacts`): true in Triton's warm-up samples only. The expert then runs its first
+# block alone (triton_models/transformer.py): the compile, its kernels and the attention plans are the block's, which
+# all 40 blocks share, so the warm-up skips 39 blocks' work whose output Triton throws away.
+EXPERT_WARMUP_INPUT = TensorSpec("warmup", "bool", (BATCH, 1))
 
 
 def vae_decoder_spec(info: CheckpointInfo) -> ComponentSpec:

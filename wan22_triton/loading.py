@@ -44,17 +44,26 @@ def build_expert(manifest: Manifest, root: Path, device: str | torch.device, seq
 
 
 def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
+                   dtype: torch.dtype, first_block_only: bool = False) -> torch.Tensor:
     """The noise prediction (float32, on `device`) for the expert contract's inputs (components.transformer_spec),
-    as the served expert runs them; the export's compile calls the same, so that its graphs are the served ones."""
+    as the served expert runs them; the export's compile calls the same, so that its graphs are the served ones.
+    `first_block_only`: a warm-up's forward (components.EXPERT_WARMUP_INPUT) through the first block alone, whose
+    compiled graph and kernels the other blocks share; its output is not the expert's."""
     names = ("hidden_states", "timestep", "encoder_hidden_states")
     t = {name: torch.as_tensor(inputs[name]).to(device) for name in names}
-    return model(
-        hidden_states=t["hidden_states"].to(dtype),
-        timestep=t["timestep"],
-        encoder_hidden_states=t["encoder_hidden_states"].to(dtype),
-        return_dict=False,
-    )[0].float()
+    blocks = model.blocks if first_block_only else None
+    if blocks is not None:
+        model.blocks = torch.nn.ModuleList(blocks[:1])
+    try:
+        return model(
+            hidden_states=t["hidden_states"].to(dtype),
+            timestep=t["timestep"],
+            encoder_hidden_states=t["encoder_hidden_states"].to(dtype),
+            return_dict=False,
+        )[0].float()
+    finally:
+        if blocks is not None:
+            model.blocks = blocks
 
 
 def release_workspace(model: str, device: str | torch.device, after: str, **fields: Any) -> tuple[int, int]:

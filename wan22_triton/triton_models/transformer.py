@@ -23,7 +23,9 @@ through worker processes (wan22_triton.worker_group) and answers with rank 0's r
 
 Compile artifacts (the manifest's `compile_points`, `--compile-artifacts`; wan22_triton.compile_cache): loaded in
 setup when made on a machine like this one; Triton's warm-up (model_warmup, one sample per point) then runs every
-point before the model is READY. A forward that compiles logs it and emits `expert_compiled`.
+point before the model is READY. A forward that compiles logs it and emits `expert_compiled`. Warm-up samples
+(`--warmup` or the artifacts) carry the optional `warmup` input: their forward runs the first block alone, which
+compiles and tunes what all blocks share, so READY does not wait for 39 more blocks at every size and batch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 
 from .. import compile_cache, events, fast_path, lora, triton_io
 from ..component_limits import check_latents
-from ..components import EXPERT_WORKSPACE_INPUT
+from ..components import EXPERT_WARMUP_INPUT, EXPERT_WORKSPACE_INPUT
 from ..engines import ONNX_GRAPH, OnnxRunner
 from ..errors import RequestError
 from ..loading import build_expert, expert_forward
@@ -44,6 +46,7 @@ from ..worker_group import WorkerGroup
 from .base import ComponentModel
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
+WARMUP = EXPERT_WARMUP_INPUT.name  # optional, declared with a warm-up: Triton's samples send it true
 LORA_INPUTS = (lora.LORA_INPUT, lora.SCALE_INPUT)  # optional, declared when the export loaded LoRAs
 
 
@@ -96,7 +99,9 @@ class TritonPythonModel(ComponentModel):
         # N as N batch-1 requests at once, and the batch-2 graph of CFG steps must be what it compiles (serving,
         # without a dynamic batcher, hands over one request at a time).
         if len(requests) > 1 and self.engine == "torch" and self.weights is None and not self.manifest.loras:
-            responses = triton_io.execute_together(requests, INPUTS, self._infer_inputs, self.logger)
+            warmup = all(triton_io.input_shape(r, WARMUP) is not None for r in requests)
+            names = (*INPUTS, WARMUP) if warmup else INPUTS
+            responses = triton_io.execute_together(requests, names, self._infer_inputs, self.logger)
             if responses is not None:
                 return responses
         return super().respond(requests)
@@ -115,19 +120,20 @@ class TritonPythonModel(ComponentModel):
     @torch.inference_mode()
     def _infer_inputs(self, inputs: dict) -> dict:
         self._check(inputs)
-        return {"noise_pred": self._forward(inputs)}
+        return {"noise_pred": self._forward(inputs, warmup=_marked(inputs.pop(WARMUP, None)))}
 
     @torch.inference_mode()
     def infer(self, request):
         if self.weights is not None:
             return self._infer_offloaded(request)
-        inputs = triton_io.request_inputs(request, (*INPUTS, *LORA_INPUTS))
+        inputs = triton_io.request_inputs(request, (*INPUTS, *LORA_INPUTS, WARMUP))
+        warmup = _marked(inputs.pop(WARMUP, None))
         adapter = lora.requested(inputs, self.manifest.limits.max_lora_scale)
         self._check(inputs)
         if self.engine == "onnx":
             return triton_io.response(self.runner(inputs))
         self._select_adapter(adapter)
-        return triton_io.response({"noise_pred": self._forward(inputs)})
+        return triton_io.response({"noise_pred": self._forward(inputs, warmup)})
 
     def _select_adapter(self, adapter: lora.LoraChoice | None) -> None:
         """This call's LoRA made active (None: the base model): requests of different LoRAs interleave here."""
@@ -141,17 +147,21 @@ class TritonPythonModel(ComponentModel):
         info = self.manifest.checkpoint
         check_latents("hidden_states", inputs["hidden_states"].shape, info, self.manifest.limits, info.patch_size)
 
-    def _forward(self, inputs: dict) -> np.ndarray | torch.Tensor:
-        """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host."""
+    def _forward(self, inputs: dict, warmup: bool = False) -> np.ndarray | torch.Tensor:
+        """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host.
+        `warmup` (Triton's samples): the first block alone, except through a sequence-parallel group."""
         on_gpu = isinstance(inputs["hidden_states"], torch.Tensor) and inputs["hidden_states"].is_cuda
         started = time.time()
+        first_block_only = warmup and not isinstance(self.model, WorkerGroup)
+        forward = functools.partial(expert_forward, self.model, inputs, self.device, self.dtype, first_block_only)
         if self.manifest.speed.compile == "none":
-            noise = expert_forward(self.model, inputs, self.device, self.dtype)
+            noise = forward()
         else:  # a compile after the warm-up (a shape outside the compile points) is logged and an event
             with compile_cache.reported_compiles(self.name, inputs["hidden_states"].shape, self.logger.log_info):
-                noise = expert_forward(self.model, inputs, self.device, self.dtype)
+                noise = forward()
         # which instance computed what, when (tests check how CFG halves are placed; GPU: enqueue times)
-        events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), started=started)
+        events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), first_block_only=first_block_only,
+                    started=started)
         return noise if on_gpu else noise.cpu().numpy()
 
     def _infer_offloaded(self, request):
@@ -169,3 +179,8 @@ class TritonPythonModel(ComponentModel):
         if release:
             self.weights.release()
         return triton_io.response(outputs)
+
+
+def _marked(flag) -> bool:
+    """An optional BOOL input: true when sent and any item is true."""
+    return flag is not None and bool(np.asarray(flag.cpu() if isinstance(flag, torch.Tensor) else flag).any())
