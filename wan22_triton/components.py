@@ -230,7 +230,8 @@ EXPERT_LORA_INPUTS = (TensorSpec("lora", "object", (BATCH, 1)), TensorSpec("lora
 EXPERT_WORKSPACE_INPUT = TensorSpec("release_workspace", "bool", (BATCH, 1))
 # Warm-up (`--warmup`, `--compile-artifacts`): true in Triton's warm-up samples only. The expert then runs its first
 # block alone (triton_models/transformer.py): the compile, its kernels and the attention plans are the block's, which
-# all 40 blocks share, so the warm-up skips 39 blocks' work whose output Triton throws away.
+# all 40 blocks share, so the warm-up skips 39 blocks' work whose output Triton throws away. The orchestrator never
+# sends it; a direct caller that does gets the first block's output, not the expert's.
 EXPERT_WARMUP_INPUT = TensorSpec("warmup", "bool", (BATCH, 1))
 
 
