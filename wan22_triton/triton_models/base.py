@@ -63,7 +63,8 @@ class ComponentModel:
             try:
                 return self.respond(requests)
             finally:
-                self.shapes_seen.add(shape)
+                if first:
+                    self.shapes_seen.add(shape)
                 # the manifest's release_workspace (torch engine): an idle model's workspace back to the driver
                 if self.manifest.release_workspace and self.engine == "torch" and (
                         first or self.releases_after(requests)):

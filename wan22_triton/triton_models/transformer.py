@@ -110,7 +110,7 @@ class TritonPythonModel(ComponentModel):
         if self.weights is not None:  # low-memory mode: its `release` moves the weights and empties the cache
             return False
         marked = (triton_io.request_inputs(r, (EXPERT_WORKSPACE_INPUT.name,)) for r in requests)
-        return any(bool(torch.as_tensor(m[EXPERT_WORKSPACE_INPUT.name]).any()) for m in marked if m)
+        return any(_marked(m.get(EXPERT_WORKSPACE_INPUT.name)) for m in marked)
 
     def release_workspace(self, requests: int) -> None:
         super().release_workspace(requests)
@@ -167,7 +167,7 @@ class TritonPythonModel(ComponentModel):
     def _infer_offloaded(self, request):
         assert self.weights is not None
         inputs = triton_io.request_inputs(request, (*INPUTS, "release"))
-        release = bool(np.asarray(inputs.pop("release", False)).any())
+        release = _marked(inputs.pop("release", None))
         outputs = {}
         if inputs or not release:
             missing = [name for name in INPUTS if name not in inputs]
