@@ -33,6 +33,8 @@ HELP = {
     "replicas": "whole pipelines, one per device group (concurrent requests side by side)",
     "cfg_parallel": "2: a guided step's two halves on two expert instances at once",
     "ulysses": "ENGINE=torch: devices per expert instance, sequence parallel (divides the attention heads)",
+    "ulysses_chunks": "pieces of heads each Ulysses self-attention is exchanged in, one piece's exchange beside "
+                      "another's attention (1: no overlap)",
     "lora": "NAME=FILE (both experts) or NAME=HIGH,LOW (one per expert), .safetensors; repeatable (docs/lora.md)",
 }
 REPEATABLE = {"lora": LoraSource.parse}  # tuple fields: the flag once per entry, each parsed by this

@@ -69,11 +69,12 @@ def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
 
 def optimize_transformer(
     model: torch.nn.Module, speed: SpeedOptions, log: Callable[[str], None] = print, sequence_group: Any = None,
-    compile_cache: CompileCache | None = None,
+    ulysses_chunks: int = 1, compile_cache: CompileCache | None = None,
 ) -> torch.nn.Module:
     """Apply the `quantization`, `attention` then `compile` options (see module docstring); returns the model.
-    `sequence_group`: a process group to run each forward over (Ulysses), set up after the attention kernel is
-    chosen (it wraps it) and before compiling (the all-to-alls compile into the block). `compile_cache`: the
+    `sequence_group`: a process group to run each forward over (Ulysses, self-attention exchanged in
+    `ulysses_chunks` pieces), set up after the attention kernel is chosen (it wraps it) and before compiling (the
+    all-to-alls compile into the block). `compile_cache`: the
     expert's compile points and artifacts (`--compile-artifacts`), prepared before compiling."""
     compile, quantization, attention = speed.compile, speed.quantization, speed.attention
     speed.check()
@@ -105,8 +106,11 @@ def optimize_transformer(
     if sequence_group is not None:
         from . import sequence_parallel
 
-        sequence_parallel.enable(model, sequence_group)
-        log(f"sequence parallel (Ulysses) over {sequence_group.size()} ranks, rank {sequence_group.rank()}")
+        sequence_parallel.enable(model, sequence_group, ulysses_chunks)
+        if compile == "regional":
+            sequence_parallel.overlap_waits()
+        log(f"sequence parallel (Ulysses) over {sequence_group.size()} ranks, rank {sequence_group.rank()}, "
+            f"self-attention exchanged in up to {ulysses_chunks} pieces")
     if compile == "regional":
         _utf8_locale()
         options = compile_cache.prepare(log) if compile_cache is not None else {}

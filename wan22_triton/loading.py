@@ -40,7 +40,7 @@ def build_expert(manifest: Manifest, root: Path, device: str | torch.device, seq
     model = load_component(manifest, root, WanTransformer3DModel, "transformer", "transformer", device)
     cache = CompileCache.of_expert(manifest, root, device, load=load_artifacts)
     return fast_path.optimize_transformer(model, manifest.speed, log=log, sequence_group=sequence_group,
-                                          compile_cache=cache)
+                                          ulysses_chunks=manifest.parallel.ulysses_chunks, compile_cache=cache)
 
 
 def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.device,

@@ -29,6 +29,9 @@ class ParallelPlan:
     replicas: int = 1
     cfg_parallel: int = 1  # 1, or 2: CFG halves on two expert instances at once
     ulysses: int = 1  # devices per expert instance (sequence parallel); must divide the attention heads
+    # pieces each rank's heads are exchanged and attended in, so one piece's exchange overlaps another's attention
+    # (1: one exchange, nothing overlapped; at most the heads per rank are used: wan22_triton.sequence_parallel)
+    ulysses_chunks: int = 2
     collective_timeout_s: int = 300  # a Ulysses step whose collectives do not finish by then fails
 
     @property
@@ -44,6 +47,8 @@ class ParallelPlan:
         if self.replicas < 1 or self.ulysses < 1 or self.cfg_parallel not in (1, 2):
             raise ValueError(f"parallel plan needs replicas >= 1, cfg_parallel 1 or 2, ulysses >= 1; got {self}")
         check_heads(info.num_attention_heads, self.ulysses)
+        if self.ulysses_chunks < 1:
+            raise ValueError(f"ulysses_chunks must be >= 1, got {self.ulysses_chunks}")
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
 

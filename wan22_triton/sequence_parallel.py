@@ -43,12 +43,21 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.T
 
 
 class Ulysses:
-    """The all-to-alls of one process group for the current forward's token count (`begin`)."""
+    """The all-to-alls of one process group for the current forward's token count (`begin`).
 
-    def __init__(self, group: dist.ProcessGroup):
+    Self-attention's exchange goes in `chunks` pieces of each rank's head group (uneven when the count does not
+    divide; never more pieces than heads): every piece's Q, K and V travel in one all-to-all, all pieces are sent
+    before any is attended, and a piece's output goes back while the next piece is attended. On GPUs the
+    collectives run on NCCL's stream beside the compute stream, so only the first piece's inbound and the last
+    piece's outbound exchange are not hidden behind attention (`overlap_waits` lets a compiled block do the same)."""
+
+    def __init__(self, group: dist.ProcessGroup, chunks: int = 1):
+        if chunks < 1:
+            raise ValueError(f"Ulysses chunks must be >= 1, got {chunks}")
         self.group = group
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        self.chunks = chunks
         self.sizes: list[int] = []
 
     def begin(self, tokens: int) -> None:
@@ -59,21 +68,35 @@ class Ulysses:
         start = sum(self.sizes[: self.rank])
         return slice(start, start + self.sizes[self.rank])
 
-    def tokens_to_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S_rank, H, D) -> (B, S, H/N, D): this rank's head group for every token."""
-        b, s, h, d = x.shape
+    def head_pieces(self, heads: int) -> list[int]:
+        """Heads per piece of each rank's head group (heads / world of them)."""
+        per_rank = heads // self.world
+        return shard_sizes(per_rank, min(self.chunks, per_rank))
+
+    def tokens_to_heads(self, xs: tuple[torch.Tensor, ...], start: int, size: int) -> torch.Tensor:
+        """Tensors (B, S_rank, H, D) of one dtype -> (T, B, S, size, D): heads start..start+size of this rank's
+        head group, for every token, T = len(xs), in one all-to-all (waited for where it is first read)."""
+        b, s, h, d = xs[0].shape
         n = self.world
-        send = x.view(b, s, n, h // n, d).permute(2, 1, 0, 3, 4).reshape(n * s, b, h // n, d)
+        pieces = [x.unflatten(2, (n, h // n)).narrow(3, start, size) for x in xs]  # (B, S_rank, N, size, D) each
+        send = torch.stack(pieces).permute(3, 2, 0, 1, 4, 5).reshape(n * s, len(xs), b, size, d)
         recv = funcol.all_to_all_single(send, self.sizes, [s] * n, self.group)
-        return funcol.wait_tensor(recv).permute(1, 0, 2, 3)
+        return recv.permute(1, 2, 0, 3, 4)
 
     def heads_to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, H/N, D) -> (B, S_rank, H, D): this rank's tokens with every head."""
-        b, _, hn, d = x.shape
+        """(B, S, size, D) of one piece -> (N, S_rank, B, size, D): this rank's tokens of that piece from every
+        rank's head group (waited for where it is first read)."""
+        b, _, size, d = x.shape
         n, s = self.world, self.sizes[self.rank]
         send = x.permute(1, 0, 2, 3).contiguous()
-        recv = funcol.wait_tensor(funcol.all_to_all_single(send, [s] * n, self.sizes, self.group))
-        return recv.view(n, s, b, hn, d).permute(2, 1, 0, 3, 4).reshape(b, s, n * hn, d)
+        recv = funcol.all_to_all_single(send, [s] * n, self.sizes, self.group)
+        return recv.view(n, s, b, size, d)
+
+    @staticmethod
+    def join_pieces(pieces: list[torch.Tensor]) -> torch.Tensor:
+        """`heads_to_tokens` of every piece, in order -> (B, S_rank, H, D) in the model's head order."""
+        n, s, b, _, d = pieces[0].shape
+        return torch.cat(pieces, dim=3).permute(2, 1, 0, 3, 4).reshape(b, s, -1, d)
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S_rank, C) from every rank -> (B, S, C) in token order (padded to the largest shard to gather)."""
@@ -88,7 +111,8 @@ class UlyssesAttnProcessor(WanAttnProcessor):
     """A self-attention processor whose RoPE and kernel run between Ulysses' all-to-alls: Q, K and V travel in the
     projections' dtype (BF16; after RoPE the FP8 kernel's Q and K would be float32, twice the bytes), RoPE uses the
     full tables on the full sequence, and the output travels back in the projections' dtype. Elementwise, RoPE
-    gives the same values before or after the exchange."""
+    gives the same values before or after the exchange. Heads go in pieces (`Ulysses.chunks`): the kernel runs
+    once per piece, so the FP8 kernel's per-tensor scales are per piece."""
 
     def __init__(self, inner: WanAttnProcessor, ulysses: Ulysses):
         super().__init__(inner.attention, inner.rope_in_float32)
@@ -97,9 +121,40 @@ class UlyssesAttnProcessor(WanAttnProcessor):
     def attend(self, query, key, value, rotary_emb=None, attention_mask=None):
         if attention_mask is not None:
             raise ValueError("Ulysses self-attention is unmasked (the blocks' attn1)")
-        heads = [self.ulysses.tokens_to_heads(x.contiguous()) for x in (query, key, value)]
-        out = super().attend(*heads, rotary_emb)
-        return self.ulysses.heads_to_tokens(out.contiguous())
+        sizes = self.ulysses.head_pieces(query.shape[2])
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        # every piece is sent before the first is attended: piece i+1 travels while piece i is attended
+        received = [self.ulysses.tokens_to_heads((query, key, value), start, size)
+                    for start, size in zip(starts, sizes)]
+        outs: list[torch.Tensor] = []
+        out = None
+        for qkv in received:
+            if out is not None:  # after the previous piece's attention, not its exchange (see `after`)
+                qkv = after(qkv, out)
+            q, k, v = qkv
+            out = super().attend(q, k, v, rotary_emb)
+            outs.append(self.ulysses.heads_to_tokens(out))
+        return self.ulysses.join_pieces(outs)
+
+
+def after(x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """x, computed from only once `previous` exists, in a compiled block (eager code runs in program order anyway).
+    Inductor would otherwise fuse the pieces' RoPE into one kernel (they read the same tables), which needs every
+    piece's exchange before the first attention. The added term is zero; NaN or inf in `previous` still show."""
+    if not torch.compiler.is_compiling():
+        return x
+    first = previous.flatten()[0]
+    return x + (first - first).to(x.dtype)  # Inductor drops a `* 0`, not this
+
+
+def overlap_waits() -> None:
+    """Let Inductor place each collective's wait where its result is first read, not right after the collective
+    (where tracing puts it), so a compiled block keeps the pieces' exchanges beside the attention. Inductor's
+    `sink_waits` pass; process-wide, set on every rank alike before compiling."""
+    import torch._inductor.config as inductor
+
+    inductor.reorder_for_compute_comm_overlap = True
+    inductor.reorder_for_compute_comm_overlap_passes = ["sink_waits"]
 
 
 def _parallel_processor(processor: object, ulysses: Ulysses) -> WanAttnProcessor:
@@ -110,9 +165,10 @@ def _parallel_processor(processor: object, ulysses: Ulysses) -> WanAttnProcessor
     return UlyssesAttnProcessor(WanAttnProcessor(sdpa), ulysses)
 
 
-def enable(model: torch.nn.Module, group: dist.ProcessGroup) -> Ulysses:
-    """Make `model`'s forward a Ulysses forward over `group` (every rank calls it with the same inputs)."""
-    ulysses = Ulysses(group)
+def enable(model: torch.nn.Module, group: dist.ProcessGroup, chunks: int = 1) -> Ulysses:
+    """Make `model`'s forward a Ulysses forward over `group` (every rank calls it with the same inputs), the
+    self-attention exchanged in `chunks` pieces of heads (`Ulysses`)."""
+    ulysses = Ulysses(group, chunks)
     check_heads(model.config.num_attention_heads, ulysses.world)  # the export checked it; a hand-made group too
     for block in model.blocks:
         block.attn1.set_processor(_parallel_processor(block.attn1.processor, ulysses))
