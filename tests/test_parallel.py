@@ -305,6 +305,7 @@ def test_cpu_plan_counts_instances(tmp_path, tiny_checkpoint):
 @pytest.mark.parametrize("plan, options, message", [
     (ParallelPlan(ulysses=3), {}, r"ulysses 3 must divide the experts' \d+ attention heads"),
     (ParallelPlan(cfg_parallel=3), {}, "cfg_parallel 1 or 2"),
+    (ParallelPlan(ulysses=2, ulysses_chunks=0), {}, "ulysses_chunks must be >= 1"),
     (ParallelPlan(ulysses=2), {"engine": "onnx"}, "ulysses needs engine 'torch'"),
     (ParallelPlan(replicas=2), {"low_memory": True, "device": "gpu", "precision": "bf16"}, "low_memory"),
 ])
