@@ -38,6 +38,7 @@ def build_model_config(
     max_queue_seconds: float = 0,
     warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
     warmup_markers: frozenset[str] = frozenset(),  # optional BOOL inputs sent true in each sample (WARMUP_TRUE_FILE)
+    versions: int = 1,  # versions 1..N all served (N > 1: a version per replica, wan22_triton.parallel)
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend:
@@ -56,6 +57,8 @@ def build_model_config(
     for t in spec.outputs:
         config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.triton_dtype}"), dims=_dims(t, batched))
     config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count, gpus=gpus)
+    if versions > 1:
+        config.version_policy.specific.versions.extend(range(1, versions + 1))
     for key, value in (parameters or {}).items():
         text = value if isinstance(value, str) else json.dumps(value)
         config.parameters[key].string_value = text

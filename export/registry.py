@@ -39,6 +39,9 @@ class Component:
     write_artifacts: ArtifactWriter = lambda version: None
     instance_count: int = 1  # per device
     devices: tuple[int, ...] = (0,)  # where its instances go (parallel plan): GPU ids, or one CPU instance each
+    # > 1: a version per replica, version r + 1 on replica r's `devices` (those of replica 0 listed; the model
+    # places its instances itself: KIND_MODEL, wan22_triton.parallel)
+    versions: int = 1
     optional_inputs: frozenset[str] = frozenset()
     decoupled: bool = False
     max_queue_seconds: int = 0
@@ -103,7 +106,11 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     """Every model of the repository for this checkpoint and these options, in the order they must be written."""
     ckpt = Path(info.path)
     gpu_inputs = opts.engine == "torch" and opts.device == "gpu"
-    pipeline_devices = tuple(opts.parallel.pipeline_devices())  # text encoder, VAE, orchestrator: one per replica
+    plan = opts.parallel
+    pipeline_devices = tuple(plan.pipeline_devices())  # the orchestrator: one per replica
+    # the text encoder, experts and VAE: a version per replica, each on its replica's devices
+    per_replica = dict(versions=plan.replicas, devices=tuple(plan.replica_devices(0, expert=False)))
+    expert_per_replica = dict(per_replica, devices=tuple(plan.replica_devices(0, expert=True)))
 
     def manifest(name: str, folder: str | None = None, **fields) -> Manifest:
         seed = opts.random_weights_seed
@@ -123,7 +130,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     out = [Component(
         C.TEXT_ENCODER, "text_encoder", lambda: C.text_encoder_spec(info), text_manifest,
         copy_folders((ckpt / "text_encoder", "text_encoder"), (ckpt / "tokenizer", "tokenizer")),
-        devices=pipeline_devices, warmup=text_warmup,
+        warmup=text_warmup, **per_replica,
     )]
 
     loras = tuple(source.name for source in opts.lora)
@@ -149,7 +156,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             expert_manifest, write,
             optional_inputs=(C.transformer_offload_optional_inputs(info) if low_memory
                              else frozenset(t.name for t in extra_inputs)),
-            gpu_inputs=gpu_inputs, devices=tuple(opts.parallel.expert_devices()),
+            gpu_inputs=gpu_inputs, **expert_per_replica,
             warmup=tuple((point.label, point.sizes(info)) for point in warm_points),
             warmup_markers=frozenset((C.EXPERT_WARMUP_INPUT.name,) if warm_points else ()),
         ))
@@ -162,7 +169,7 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
     sizes = {f"{p.num_frames}x{p.height}x{p.width}": {**p.sizes(info), "batch": 1}  # a video a call
              for p in warm_points}
     out.append(Component(C.VAE_DECODER, "vae_decoder", lambda: C.vae_decoder_spec(info), vae_manifest, vae_write,
-                         gpu_inputs=gpu_inputs, devices=pipeline_devices, warmup=tuple(sizes.items())))
+                         gpu_inputs=gpu_inputs, warmup=tuple(sizes.items()), **per_replica))
     if opts.engine != "torch":  # each frame graph its own model: ONNX Runtime serves it, or the TensorRT build's plan
         vae_version = repository / C.VAE_DECODER / "1"
         for index, frame_model in enumerate(C.VAE_DECODER_FRAME_MODELS):
@@ -172,7 +179,9 @@ def repository_components(info: CheckpointInfo, opts: ExportOptions, repository:
             out.append(Component(
                 frame_model, "onnx_graph" if opts.engine == "onnx" else None, frame_spec,
                 dataclasses.replace(manifest(frame_model), low_memory=False),
-                _move_graph(vae_version / f"{frame_model}.onnx"), devices=pipeline_devices,
+                _move_graph(vae_version / f"{frame_model}.onnx"),
+                # TensorRT plans: the build writes their configs, KIND_GPU on the replicas' first GPUs, one version
+                **(per_replica if opts.engine == "onnx" else dict(devices=pipeline_devices)),
             ))
 
     # wan22_t2v and wan22_t2v_stream: the BLS orchestrator (one code, the stream one decoupled). With the models on

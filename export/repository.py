@@ -38,13 +38,17 @@ def _empty_version_dir(model_dir: Path) -> Path:
 
 def write_config(model_dir: Path, component: Component, instance_kind: str) -> None:
     """config.pbtxt: the declaration, Triton's settings and the manifest as the one `manifest` parameter.
-    Instances: `instance_count` on each of the component's GPUs, or as many per device on the CPU."""
+    Instances: `instance_count` on each of the component's GPUs, or as many per device on the CPU; with a version
+    per replica, those of one replica in each version (on GPUs placed by the model: KIND_MODEL)."""
     parameters = {MANIFEST_PARAMETER: component.manifest.to_json()}
     if component.gpu_inputs:
         parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    if component.versions > 1 and instance_kind == "KIND_GPU":
+        instance_kind = "KIND_MODEL"
     config = build_model_config(
         component.spec(), instance_kind=instance_kind, gpus=component.devices if instance_kind == "KIND_GPU" else (),
         instance_count=component.instance_count * (1 if instance_kind == "KIND_GPU" else len(component.devices)),
+        versions=component.versions,
         parameters=parameters, optional_inputs=component.optional_inputs, decoupled=component.decoupled,
         max_queue_seconds=component.max_queue_seconds, warmup=component.warmup,
         warmup_markers=component.warmup_markers,
@@ -77,6 +81,8 @@ def export_repository(
         model_dir = repo / component.name
         version = _empty_version_dir(model_dir)
         component.write_artifacts(version)
+        for replica_version in range(2, component.versions + 1):  # the same files: each replica's own instances
+            (model_dir / str(replica_version)).symlink_to(version.name, target_is_directory=True)
         if component.entry is not None:  # a TensorRT plan's config comes from the TensorRT build
             (version / "model.py").write_text(ENTRY_POINT.format(entry=component.entry))
             write_config(model_dir, component, instance_kind)

@@ -300,7 +300,9 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
         data = orchestrator_data(args, prompts) if name == C.ORCHESTRATOR else component_data(name, info, args, prompts)
         data_file = out / f"{name}.json"
         data_file.write_text(json.dumps({"data": data}))
-        composing = served if name == C.ORCHESTRATOR else []
+        # Not with a version per replica: perf_analyzer 2.50 reads one version's statistics, then aborts on them
+        # ("Server side statistics compute counts must be the same"; checked on the CPU).
+        composing = served if name == C.ORCHESTRATOR and args.replicas == 1 else []
         # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
         batch = 1 if name == C.ORCHESTRATOR else component_spec(name, info).max_batch_size
         results[name] = run_model(name, url, args, data_file, batch, out, composing, admin_key)

@@ -23,7 +23,7 @@ from clients import grpc_client
 from export.model_config import parse_pbtxt
 from export.options import ExportOptions
 from export.repository import export_repository
-from wan22_triton import events
+from wan22_triton import events, triton_io
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.loading import build_expert
 from wan22_triton.manifest import Limits, Manifest
@@ -279,27 +279,77 @@ def test_cancel_stops_a_parallel_generation_between_steps(parallel_server):
 
 # -- placement ------------------------------------------------------------------------------------------------------
 
+def test_replicas_keep_each_request_on_its_own_replica(tmp_path, tiny_checkpoint, torch_server):
+    """Two replicas, two concurrent requests, twice: each generation holds a different replica, and every expert
+    call of a generation goes to that replica's version (Triton alone would place each call on any idle instance);
+    the videos are the single pipeline's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devtools.launcher import TritonServer
+
+    export_repository(tiny_checkpoint, tmp_path, ExportOptions(limits=LIMITS, parallel=ParallelPlan(replicas=2)),
+                      log=lambda _: None)
+    events_file = tmp_path / "events.jsonl"
+    with TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log", env={events.EVENTS_FILE_ENV: str(events_file)}) as server:
+        single = grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]
+        grpc_client.generate(server.grpc_url, REQUEST)  # first calls at this shape: one at a time on the CPU
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(2):
+                offset = events.end_offset(events_file)
+                videos = list(pool.map(lambda _: grpc_client.generate(server.grpc_url, REQUEST)["video"], (0, 1)))
+                assert all(np.array_equal(v, single) for v in videos)
+                seen = events.read_events(events_file, offset)
+                chosen = [e["replica"] for e in seen if e["event"] == "generation_replica"]
+                forwards = [e["version"] for e in seen if e["event"] == "expert_forward"]
+                steps = REQUEST["num_inference_steps"]
+                # both replicas busy at once: one generation each, all of its forwards on its version
+                assert sorted(chosen) == [0, 1] and sorted(forwards) == [1] * steps + [2] * steps, (chosen, forwards)
+
+
 def _instance_groups(repo: Path, model: str) -> list[tuple[str, int, list[int]]]:
     config = parse_pbtxt((repo / model / "config.pbtxt").read_text())
     kind = {0: "KIND_AUTO", 1: "KIND_GPU", 2: "KIND_CPU", 3: "KIND_MODEL"}
     return [(kind[g.kind], g.count, list(g.gpus)) for g in config.instance_group]
 
 
+def _versions(repo: Path, model: str) -> list[int]:
+    """The versions a model's config serves; each folder is version 1's (the same files)."""
+    versions = list(parse_pbtxt((repo / model / "config.pbtxt").read_text()).version_policy.specific.versions)
+    assert all((repo / model / str(v)).resolve() == (repo / model / "1").resolve() for v in versions)
+    return versions
+
+
 def test_eight_gpus_as_two_replicas_of_cfg_2_x_ulysses_2(tmp_path, tiny_checkpoint):
     plan = ParallelPlan(replicas=2, cfg_parallel=2, ulysses=2)
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(device="gpu", precision="bf16", parallel=plan),
                       log=lambda _: None)
+    # a version per replica, whose instances the model places itself (KIND_MODEL), each Ulysses lead driving GPU
+    # g and g + 1: replica 0 on GPUs 0-3, replica 1 on 4-7
     for expert in ("transformer_high_noise", "transformer_low_noise"):
-        assert _instance_groups(tmp_path, expert) == [("KIND_GPU", 1, [0, 2, 4, 6])]  # each drives GPU g and g+1
-    for model in ("text_encoder", "vae_decoder", "wan22_t2v", "wan22_t2v_stream"):
+        assert _instance_groups(tmp_path, expert) == [("KIND_MODEL", 2, [])] and _versions(tmp_path, expert) == [1, 2]
+    for model in ("text_encoder", "vae_decoder"):
+        assert _instance_groups(tmp_path, model) == [("KIND_MODEL", 1, [])] and _versions(tmp_path, model) == [1, 2]
+    for model in ("wan22_t2v", "wan22_t2v_stream"):
         assert _instance_groups(tmp_path, model) == [("KIND_GPU", 1, [0, 4])]  # one per replica
+    # where each version's instances go: what base.ComponentModel computes from Triton's args
+    expert_devices = {}
+    for version in (1, 2):
+        for index in (0, 1):
+            args = {"model_instance_kind": "MODEL", "model_version": str(version),
+                    "model_instance_name": f"transformer_low_noise_0_{index}"}
+            expert_devices[version, index] = triton_io.torch_device(
+                args, lambda v: plan.replica_devices(v - 1, expert=True))
+    assert expert_devices == {(1, 0): "cuda:0", (1, 1): "cuda:2", (2, 0): "cuda:4", (2, 1): "cuda:6"}
+    assert [plan.replica_devices(r, expert=False) for r in (0, 1)] == [[0], [4]]
 
 
 def test_cpu_plan_counts_instances(tmp_path, tiny_checkpoint):
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(parallel=ParallelPlan(replicas=3, cfg_parallel=2)),
                       log=lambda _: None)
-    assert _instance_groups(tmp_path, "transformer_low_noise") == [("KIND_CPU", 6, [])]
-    assert _instance_groups(tmp_path, "text_encoder") == [("KIND_CPU", 3, [])]
+    assert _instance_groups(tmp_path, "transformer_low_noise") == [("KIND_CPU", 2, [])]  # per version (replica)
+    assert _versions(tmp_path, "transformer_low_noise") == [1, 2, 3]
+    assert _instance_groups(tmp_path, "text_encoder") == [("KIND_CPU", 1, [])]
+    assert _instance_groups(tmp_path, "wan22_t2v") == [("KIND_CPU", 3, [])]
 
 
 @pytest.mark.parametrize("plan, options, message", [

@@ -1,6 +1,7 @@
 """Locks shared by the model processes of one repository (fcntl on files in the temp folder, one per purpose).
 
-Purposes: "generation" (low-memory orchestrators, wan22_triton.offload), "gpu-staging" (random benchmark weights
+Purposes: "generation" (low-memory orchestrators, wan22_triton.offload), "replica-R-slot-K" (the replica a
+generation runs on, wan22_triton.parallel.ReplicaSlots), "gpu-staging" (random benchmark weights
 built on the GPU one model at a time) and "first-call-<device>" (base.ComponentModel: the first call at a new
 shape, a warm-up sample or a compile, runs one model at a time on a device). The kernel drops a lock whose
 holder dies, so a dead process never blocks the others.
@@ -52,6 +53,17 @@ class InterProcessLock:
         except BaseException:  # should_stop() may raise its own exception (cancellation): nothing stays held
             os.close(fd)
             raise
+
+    def try_acquire(self) -> bool:
+        """Holds the lock if it is free now; never waits."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
 
     def release(self) -> None:
         if self._fd is not None:

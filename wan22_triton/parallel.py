@@ -2,8 +2,13 @@
 
 Three modes, composable; a plan uses replicas x cfg_parallel x ulysses devices (GPUs, or CPU processes on a CPU export):
 
-* replicas: whole pipelines (text encoder, VAE, orchestrator, experts), one per device group, so concurrent requests
-  run side by side. Triton's instance groups do it: every model gets an instance on each replica's first device.
+* replicas: whole pipelines (text encoder, experts, VAE), one per device group, so concurrent requests run side by
+  side. Each of those models has one version per replica (version r + 1 on replica r's devices: its instances are
+  KIND_MODEL, placed by the model itself, `replica_devices`), and each generation holds a replica (`ReplicaSlots`:
+  the one with the fewest generations in progress) and sends all its BLS calls to that version. Instance groups
+  alone would not keep a request on its replica: Triton places each model's calls on any idle instance, so two
+  requests' text encoder, experts and VAE met on one GPU while the other idled (run 14: 1.70x at concurrency 2).
+  The orchestrator has instances on every replica's first device.
 * cfg_parallel = 2: a guided step's conditional and unconditional halves run at once, on two instances of the expert (one per
   device), sent by the orchestrator as two concurrent BLS requests that Triton's scheduler places (`split_cfg`).
 * ulysses = N: each expert instance drives N devices, sequence parallel (wan22_triton.sequence_parallel), through its
@@ -15,13 +20,17 @@ VAE and the orchestrator of a replica sit on its first device, with its first ex
 
 from __future__ import annotations
 
+import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
 from .checkpoint import CheckpointInfo
+from .locks import InterProcessLock, lock_path
 
 
 @dataclass(frozen=True)
@@ -52,13 +61,26 @@ class ParallelPlan:
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
 
+    @property
+    def devices_per_replica(self) -> int:
+        return self.cfg_parallel * self.ulysses
+
+    def replica_devices(self, replica: int, expert: bool) -> list[int]:
+        """Where replica `replica`'s instances of a model go: an expert's lead devices (one per CFG half), or the
+        replica's first device (text encoder, VAE, orchestrator)."""
+        first = replica * self.devices_per_replica
+        return [first + c * self.ulysses for c in range(self.cfg_parallel)] if expert else [first]
+
+    def replica_of(self, device: int) -> int:
+        return device // self.devices_per_replica
+
     def pipeline_devices(self) -> list[int]:
         """The first device of each replica: text encoder, VAE and orchestrator instances."""
-        return [r * self.cfg_parallel * self.ulysses for r in range(self.replicas)]
+        return [d for r in range(self.replicas) for d in self.replica_devices(r, expert=False)]
 
     def expert_devices(self) -> list[int]:
         """The lead device of each expert instance (one per replica and CFG half)."""
-        return [lead + c * self.ulysses for lead in self.pipeline_devices() for c in range(self.cfg_parallel)]
+        return [d for r in range(self.replicas) for d in self.replica_devices(r, expert=True)]
 
     def group_devices(self, lead: torch.device) -> list[torch.device]:
         """The devices of the Ulysses group an instance on `lead` drives, `lead` first (CPU: `ulysses` times cpu)."""
@@ -92,3 +114,29 @@ def split_cfg(expert: ExpertCall, pool: ThreadPoolExecutor) -> ExpertCall:
         return torch.cat([cond, uncond.to(cond.device)])
 
     return call
+
+
+class ReplicaSlots:
+    """The replica each generation runs on, chosen across all orchestrator processes of a server: the one with the
+    fewest generations in progress, `prefer` first among equals. One fcntl lock per replica and slot (slot k of
+    every replica is tried before slot k + 1), held for the generation; the kernel drops a dead holder's."""
+
+    def __init__(self, model_repository: str | Path, replicas: int, slots: int):
+        self.locks = [[InterProcessLock(lock_path(model_repository, f"replica-{r}-slot-{k}")) for k in range(slots)]
+                      for r in range(replicas)]
+
+    @contextlib.contextmanager
+    def hold(self, prefer: int = 0, poll_s: float = 0.05) -> Iterator[int]:
+        replicas = len(self.locks)
+        order = [(prefer + i) % replicas for i in range(replicas)]
+        while True:  # every slot taken only when more generations run than the orchestrators have instances
+            for k in range(len(self.locks[0])):
+                for r in order:
+                    lock = self.locks[r][k]
+                    if lock.try_acquire():
+                        try:
+                            yield r
+                        finally:
+                            lock.release()
+                        return
+            time.sleep(poll_s)

@@ -6,7 +6,7 @@ Python-backend stub.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,10 +17,15 @@ def pb_utils():
     return pb
 
 
-def torch_device(args: Mapping[str, str]) -> str:
-    """The device of this model instance: its GPU for KIND_GPU, else the CPU."""
-    if args.get("model_instance_kind") == "GPU":
+def torch_device(args: Mapping[str, str], version_gpus: Callable[[int], Sequence[int]] | None = None) -> str:
+    """The device of this model instance: its GPU for KIND_GPU; for KIND_MODEL (a model placing itself: a replica's
+    version, wan22_triton.parallel) the GPU `version_gpus(version)` lists at this instance's index; else the CPU."""
+    kind = args.get("model_instance_kind")
+    if kind == "GPU":
         return f"cuda:{args.get('model_instance_device_id', '0')}"
+    if kind == "MODEL" and version_gpus is not None:
+        index = int(args["model_instance_name"].rsplit("_", 1)[1])  # <model>_<group>_<index>
+        return f"cuda:{version_gpus(int(args['model_version']))[index]}"
     return "cpu"
 
 
@@ -87,11 +92,13 @@ def _from_pb(tensor):
 
 
 def bls_infer(
-    model_name: str, inputs: Mapping[str, Any], output_names: list[str], output_device: str = "cpu"
+    model_name: str, inputs: Mapping[str, Any], output_names: list[str], output_device: str = "cpu",
+    model_version: int = -1,
 ) -> dict[str, Any]:
     """One synchronous BLS call; a failure of the called model is raised with its message.
 
-    output_device "cuda:N": ask for the outputs in that GPU's memory (they come back as torch tensors)."""
+    output_device "cuda:N": ask for the outputs in that GPU's memory (they come back as torch tensors).
+    model_version: that version of the model (a replica's, wan22_triton.parallel); -1: the latest."""
     pb = pb_utils()
     extra = {}
     if output_device.startswith("cuda"):
@@ -101,6 +108,7 @@ def bls_infer(
         model_name=model_name,
         inputs=[_to_pb(k, v) for k, v in inputs.items()],
         requested_output_names=output_names,
+        model_version=model_version,
         **extra,
     )
     result = request.exec()

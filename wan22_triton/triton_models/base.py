@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .. import events, locks, triton_io
+from ..components import EXPERT_MODELS
 from ..engines import torch_dtype
 from ..loading import load_component, release_workspace
 from ..manifest import Manifest
@@ -33,8 +34,10 @@ class ComponentModel:
         self.model_config = json.loads(args["model_config"])
         self.manifest = Manifest.from_model_config(self.model_config)
         self.name = self.manifest.model
+        self.version = int(args["model_version"])
         self.root = Path(args["model_repository"]) / args["model_version"]
-        self.device = triton_io.torch_device(args)
+        plan, expert = self.manifest.parallel, self.name in EXPERT_MODELS.values()
+        self.device = triton_io.torch_device(args, lambda version: plan.replica_devices(version - 1, expert))
         self.engine = self.manifest.engine
         self.dtype = torch_dtype(self.manifest.precision)
         self.shapes_seen: set[tuple] = set()

@@ -9,8 +9,8 @@ both models included (a file lock; waiting requests still honour cancellation an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,18 +24,18 @@ from ..errors import Cancelled
 from ..lora import LORA_INPUT, SCALE_INPUT, LoraChoice
 from ..manifest import Manifest
 from ..metrics import GenerationMetrics
-from ..parallel import split_cfg
+from ..parallel import ReplicaSlots, split_cfg
 from ..pipeline import StepInfo, Wan22T2VPipeline, validate_request
 from ..video import encode_mp4
 
 
-def bls_text_encoder(prompts: list[str]) -> np.ndarray:
+def bls_text_encoder(prompts: list[str], version: int = -1) -> np.ndarray:
     text = np.array([[p.encode("utf-8")] for p in prompts], dtype=object)
-    return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"])["prompt_embeds"]
+    return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"], model_version=version)["prompt_embeds"]
 
 
 def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None,
-               release_workspace: bool = False):
+               release_workspace: bool = False, version: int = -1):
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
     inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
     rows = latents.shape[0]
@@ -44,16 +44,23 @@ def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu"
         inputs[SCALE_INPUT] = np.full((rows, 1), lora[1], dtype=np.float32)
     if release_workspace:  # this expert's last step for now: its workspace back after it (components.py)
         inputs[EXPERT_WORKSPACE_INPUT.name] = np.ones((rows, 1), dtype=bool)
-    return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device)["noise_pred"]
+    return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device, version)["noise_pred"]
 
 
-def bls_release_expert(model: str) -> None:
+def bls_release_expert(model: str, version: int = -1) -> None:
     """Low-memory mode: the expert's weights back to host memory (its optional `release` input, nothing else)."""
-    triton_io.bls_infer(model, {"release": np.ones((1, 1), dtype=bool)}, [])
+    triton_io.bls_infer(model, {"release": np.ones((1, 1), dtype=bool)}, [], model_version=version)
 
 
-def bls_vae_decoder(latents):
-    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"])["frames"]  # uint8, to the host
+def bls_vae_decoder(latents, version: int = -1):
+    # uint8, to the host
+    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"], model_version=version)["frames"]
+
+
+class Route:
+    """The component version this process's generation in progress calls: its replica's (-1: the only one)."""
+
+    version: int = -1
 
 
 class TritonPythonModel:
@@ -71,12 +78,18 @@ class TritonPythonModel:
         # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
         device = triton_io.torch_device(args)
         self.metrics = GenerationMetrics(pb, self.manifest.model)
-        expert = functools.partial(bls_expert, output_device=device)
+        self.route = route = Route()
+        self.replica_slots, self.own_replica = self._replicas(args, device)
+
+        def expert(model, latents, timestep, embeds, **kwargs):  # the version of this generation's replica
+            return bls_expert(model, latents, timestep, embeds, output_device=device, version=route.version, **kwargs)
+
         if self.manifest.parallel.cfg_parallel == 2:  # the two halves as concurrent BLS calls (parallel.split_cfg)
             self.cfg_pool = ThreadPoolExecutor(2, thread_name_prefix="cfg")
             expert = split_cfg(expert, self.cfg_pool)
         expert = self.metrics.timed_expert(expert)
-        self.pipeline = Wan22T2VPipeline(self.manifest, bls_text_encoder, expert, bls_vae_decoder, device)
+        self.pipeline = Wan22T2VPipeline(self.manifest, lambda prompts: bls_text_encoder(prompts, route.version),
+                                         expert, lambda latents: bls_vae_decoder(latents, route.version), device)
         warm_s = self.pipeline.warm_up()  # the schedulers' imports and first steps, before READY
         self.generation_lock = (
             locks.InterProcessLock(locks.lock_path(args["model_repository"], "generation"))
@@ -93,6 +106,31 @@ class TritonPythonModel:
             f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}, "
             f"schedulers warmed up in {warm_s:.2f}s"
         )
+
+    def _replicas(self, args, device: str) -> tuple[ReplicaSlots | None, int]:
+        """With several replicas: the slots every orchestrator instance of the server shares (both models: as many
+        per replica as they have instances in all, so a generation never waits for one), and this instance's own
+        replica, preferred among equally busy ones."""
+        plan = self.manifest.parallel
+        if plan.replicas == 1:
+            return None, 0
+        instances = sum(g["count"] * max(1, len(g.get("gpus", []))) for g in self.model_config["instance_group"])
+        own = plan.replica_of(int(device.partition(":")[2])) if device.startswith("cuda") else 0
+        return ReplicaSlots(args["model_repository"], plan.replicas, slots=2 * instances), own
+
+    @contextlib.contextmanager
+    def _on_a_replica(self):
+        """The generation's components: the least busy replica's versions, for as long as it runs."""
+        if self.replica_slots is None:
+            yield
+            return
+        with self.replica_slots.hold(prefer=self.own_replica) as replica:
+            self.route.version = replica + 1
+            events.emit("generation_replica", model=self.manifest.model, replica=replica)
+            try:
+                yield
+            finally:
+                self.route.version = -1
 
     def finalize(self):
         self.watchdog.stop()
@@ -132,11 +170,13 @@ class TritonPythonModel:
             progress = json.dumps(dataclasses.asdict(step)).encode()
             sender.send(triton_io.response({"progress": np.array([progress], dtype=object)}))
 
-        # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline).
-        if self.manifest.low_memory:
-            result = self._generate_low_memory(req, report if sender else None, stop_requested)
-        else:
-            result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
+        # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline), on
+        # one replica's components.
+        with self._on_a_replica():
+            if self.manifest.low_memory:
+                result = self._generate_low_memory(req, report if sender else None, stop_requested)
+            else:
+                result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
         # 6. Video as frames or as an MP4 made here.
         outputs = {
             "seed_used": np.array([result.seed], dtype=np.int64),
@@ -168,7 +208,8 @@ class TritonPythonModel:
         if waited > 0.001:  # another instance (or the other orchestrator model) was generating
             self.logger.log_info(f"low-memory: waited {waited:.3f}s for the generation in progress")
         switch = offload.ExpertSwitch(
-            bls_release_expert, keep=expert_models(self.manifest.checkpoint)[0], log=self.logger.log_info
+            lambda model: bls_release_expert(model, self.route.version), keep=expert_models(self.manifest.checkpoint)[0],
+            log=self.logger.log_info,
         )
         try:
             return self.pipeline(req, on_step=on_step, is_cancelled=stop_requested, expert_switch=switch)

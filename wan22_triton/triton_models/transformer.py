@@ -160,8 +160,8 @@ class TritonPythonModel(ComponentModel):
             with compile_cache.reported_compiles(self.name, inputs["hidden_states"].shape, self.logger.log_info):
                 noise = forward()
         # which instance computed what, when (tests check how CFG halves are placed; GPU: enqueue times)
-        events.emit("expert_forward", model=self.name, batch=int(noise.shape[0]), first_block_only=first_block_only,
-                    started=started)
+        events.emit("expert_forward", model=self.name, version=self.version, batch=int(noise.shape[0]),
+                    first_block_only=first_block_only, started=started)
         return noise if on_gpu else noise.cpu().numpy()
 
     def _infer_offloaded(self, request):

@@ -35,9 +35,11 @@ class TritonPythonModel(ComponentModel):
             from ..vae_frames import load_cache_layout, named_runners
 
             first, step = vae_decoder_frame_specs(self.manifest.checkpoint, load_cache_layout(self.root))
+            # ONNX graphs: this replica's version of each (export/registry.py); TensorRT plans: one version
+            version = self.version if self.engine == "onnx" else -1
             self.run_first, self.run_step = named_runners(
-                lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names),
-                lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names),
+                lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names, model_version=version),
+                lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names, model_version=version),
                 first,
                 step,
             )
