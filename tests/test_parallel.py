@@ -290,7 +290,8 @@ def test_replicas_keep_each_request_on_its_own_replica(tmp_path, tiny_checkpoint
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(limits=LIMITS, parallel=ParallelPlan(replicas=2)),
                       log=lambda _: None)
     events_file = tmp_path / "events.jsonl"
-    with TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log", env={events.EVENTS_FILE_ENV: str(events_file)}) as server:
+    env = {events.EVENTS_FILE_ENV: str(events_file)}
+    with TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log", env=env) as server:
         single = grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]
         grpc_client.generate(server.grpc_url, REQUEST)  # first calls at this shape: one at a time on the CPU
         with ThreadPoolExecutor(2) as pool:

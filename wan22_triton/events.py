@@ -12,6 +12,9 @@ Events (fields besides `event`, `time`, `pid`, `process`):
 * ``expert_released``: expert, after_step, when, seconds (offload.ExpertSwitch in the orchestrator: the round trip
   of the release call)
 * ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
+* ``generation_replica``: model, replica (with several replicas: the one a generation holds and calls,
+  wan22_triton.parallel.ReplicaSlots)
+* ``expert_forward``: model, version, batch, first_block_only, started (each forward of a served expert)
 * ``workspace_released``: model, device, after ("load", or "call" with the manifest's release_workspace),
   reserved_before, reserved_after (bytes the PyTorch cache held; 0 on a CPU), seconds; requests (a call's count) or
   rank (a sequence-parallel worker) (loading.release_workspace)

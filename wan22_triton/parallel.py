@@ -7,8 +7,8 @@ Three modes, composable; a plan uses replicas x cfg_parallel x ulysses devices (
   KIND_MODEL, placed by the model itself, `replica_devices`), and each generation holds a replica (`ReplicaSlots`:
   the one with the fewest generations in progress) and sends all its BLS calls to that version. Instance groups
   alone would not keep a request on its replica: Triton places each model's calls on any idle instance, so two
-  requests' text encoder, experts and VAE met on one GPU while the other idled (run 14: 1.70x at concurrency 2).
-  The orchestrator has instances on every replica's first device.
+  requests' text encoder, experts and VAE would meet on one GPU while the other idles. The orchestrator has
+  instances on every replica's first device.
 * cfg_parallel = 2: a guided step's conditional and unconditional halves run at once, on two instances of the expert (one per
   device), sent by the orchestrator as two concurrent BLS requests that Triton's scheduler places (`split_cfg`).
 * ulysses = N: each expert instance drives N devices, sequence parallel (wan22_triton.sequence_parallel), through its

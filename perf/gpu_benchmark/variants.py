@@ -64,7 +64,7 @@ PLANS = {
     "cfg2": ParallelPlan(cfg_parallel=2), "ulysses2": ParallelPlan(ulysses=2), "ulysses4": ParallelPlan(ulysses=4),
     "ulysses8": ParallelPlan(ulysses=8), "cfg2_ulysses2": ParallelPlan(cfg_parallel=2, ulysses=2),
     "cfg2_ulysses4": ParallelPlan(cfg_parallel=2, ulysses=4), "replicas2": ParallelPlan(replicas=2),
-    "ulysses2_nooverlap": ParallelPlan(ulysses=2, ulysses_chunks=1),  # one exchange each way (before run 14)
+    "ulysses2_nooverlap": ParallelPlan(ulysses=2, ulysses_chunks=1),  # one exchange each way, nothing overlapped
     "ulysses2_4pieces": ParallelPlan(ulysses=2, ulysses_chunks=4),
 }
 for _tier in ("bf16", "fp8_attention"):

@@ -31,7 +31,8 @@ from ..video import encode_mp4
 
 def bls_text_encoder(prompts: list[str], version: int = -1) -> np.ndarray:
     text = np.array([[p.encode("utf-8")] for p in prompts], dtype=object)
-    return triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"], model_version=version)["prompt_embeds"]
+    out = triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"], model_version=version)
+    return out["prompt_embeds"]
 
 
 def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None,
@@ -208,8 +209,8 @@ class TritonPythonModel:
         if waited > 0.001:  # another instance (or the other orchestrator model) was generating
             self.logger.log_info(f"low-memory: waited {waited:.3f}s for the generation in progress")
         switch = offload.ExpertSwitch(
-            lambda model: bls_release_expert(model, self.route.version), keep=expert_models(self.manifest.checkpoint)[0],
-            log=self.logger.log_info,
+            lambda model: bls_release_expert(model, self.route.version),
+            keep=expert_models(self.manifest.checkpoint)[0], log=self.logger.log_info,
         )
         try:
             return self.pipeline(req, on_step=on_step, is_cancelled=stop_requested, expert_switch=switch)
