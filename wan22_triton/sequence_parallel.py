@@ -49,7 +49,8 @@ class Ulysses:
     divide; never more pieces than heads): every piece's Q, K and V travel in one all-to-all, all pieces are sent
     before any is attended, and a piece's output goes back while the next piece is attended. On GPUs the
     collectives run on NCCL's stream beside the compute stream, so only the first piece's inbound and the last
-    piece's outbound exchange are not hidden behind attention (`overlap_waits` lets a compiled block do the same)."""
+    piece's outbound exchange are not hidden behind attention (`overlap_waits` and `after` keep that order in a
+    compiled block)."""
 
     def __init__(self, group: dist.ProcessGroup, chunks: int = 1):
         if chunks < 1:
