@@ -43,7 +43,7 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, NoReturn, Sequence
+from typing import Iterable, Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX, admin_headers
 from gateway.http_guard import HttpGuard
@@ -102,8 +102,10 @@ class HttpFront:
     environment (``env``) and the token header Triton forwards to them (``command``).
     """
 
-    def __init__(self, listen_address: str, public_port: int):
-        [self.triton_port] = _free_ports(1)
+    def __init__(self, listen_address: str, public_port: int, taken: Iterable[int] = ()):
+        # free now, and none of the server's other ports: those were picked free earlier and released, so the
+        # kernel may hand one out again (CI once got Triton's HTTP port equal to its gRPC port)
+        self.triton_port = _free_port_except({public_port, *taken})
         self.abandon_dir = tempfile.mkdtemp(prefix="wan22-abandoned-")
         self.guard = HttpGuard(f"{listen_address}:{public_port}", f"{LOOPBACK}:{self.triton_port}",
                                GuardSettings(abandon_dir=self.abandon_dir))
@@ -197,7 +199,7 @@ def serve(
     key, key_source = resolve_admin_key(admin_key)
     given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
-    front = HttpFront(listen_address, ports["http"])
+    front = HttpFront(listen_address, ports["http"], taken=(ports["grpc"], ports["metrics"]))
     cmd = front.command(install, model_repository, extra_args, grpc_port=ports["grpc"], metrics_port=ports["metrics"],
                         admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,
                         log_verbose=log_verbose)
@@ -224,6 +226,13 @@ def serve(
 # --------------------------------------------------------------------------- #
 # Background server for tests and demos
 # --------------------------------------------------------------------------- #
+
+
+def _free_port_except(taken: set[int]) -> int:
+    while True:
+        [port] = _free_ports(1)
+        if port not in taken:
+            return port
 
 
 def _free_ports(count: int) -> list[int]:
@@ -346,7 +355,7 @@ class TritonServer:
         if self.is_running():
             return self
         install = find_tritonserver(self.tritonserver)
-        front = self._front = HttpFront(self.listen_address, self.http_port)
+        front = self._front = HttpFront(self.listen_address, self.http_port, taken=(self.grpc_port, self.metrics_port))
         env = {**install.env, **front.env, **self.env}
         prepend_path("PATH", self.path_first, env)
         self.install = replace(install, env=env)
