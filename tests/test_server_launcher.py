@@ -273,3 +273,12 @@ def test_perf_analyzer_smoke(server, tmp_path):
     assert rows[0].startswith("Concurrency,Inferences/Second")
     assert sorted(r.split(",")[0] for r in rows[1:]) == ["1", "2"], result.stdout[-3000:]  # rows sorted by throughput
     assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+
+
+def test_tritons_own_http_port_is_none_of_the_servers_other_ports(monkeypatch):
+    """The server's ports are picked free and released before Triton's loopback HTTP port is picked, so the kernel
+    may offer one of them again: that one is skipped (CI once saw HTTP and gRPC on one port, and no server)."""
+    offered = iter([[5001], [5002], [5003]])
+    monkeypatch.setattr(launcher, "_free_ports", lambda count: next(offered))
+    front = launcher.HttpFront("127.0.0.1", 5000, taken=(5001, 5002))
+    assert front.triton_port == 5003
