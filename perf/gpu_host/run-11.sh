@@ -12,15 +12,7 @@ res=${1:-/tmp/res}
 limit=${PART_LIMIT_S:-540}
 # shellcheck source=perf/gpu_host/host.sh
 source perf/gpu_host/host.sh
-# perf_analyzer from the tritonclient 2.50 wheel, its libcudart 12 and libb64 beside it (bin/perf_analyzer is a
-# wrapper that puts them on LD_LIBRARY_PATH for perf_analyzer alone)
-mkdir -p /tmp/pa && tar -C /tmp/pa -xJf pa-bundle/perf_analyzer.tar.xz
-
-sweep=(--checkpoint /tmp/w-pa/checkpoint --weights-seed 1234 --device gpu --precision bf16 --models wan22_t2v
-       --concurrency 4 --warmup 1 --measurement-request-count 2 --num-frames 17 --height 480 --width 832
-       --num-inference-steps 2 --results "$res/replicas")
-python3 -c "from perf.gpu_checkpoint import write_configs_checkpoint as w; w('/tmp/w-pa/checkpoint')" \
-  > "$res/checkpoint.log" 2>&1
+replicas_sweep_setup 2
 gpu0() {
   part first-request 0 python3 -m perf.first_request_benchmark --sizes 480x832x81,720x1280x81 --tiers fp8_attention \
     --modes artifacts --steps 2 --out-dir "$res/first_request" --workdir /tmp/w-first --deadline-s 470

@@ -15,17 +15,7 @@ res=${1:-/tmp/res}
 limit=${PART_LIMIT_S:-1000}
 # shellcheck source=perf/gpu_host/host.sh
 source perf/gpu_host/host.sh
-mkdir -p /tmp/pa && tar -C /tmp/pa -xJf pa-bundle/perf_analyzer.tar.xz
-
-sweep=(--checkpoint /tmp/w-pa/checkpoint --weights-seed 1234 --device gpu --precision bf16 --models wan22_t2v
-       --concurrency 4 --warmup 1 --measurement-request-count 8 --num-frames 17 --height 480 --width 832
-       --num-inference-steps 2 --results "$res/replicas")
-python3 -c "from perf.gpu_checkpoint import write_configs_checkpoint as w; w('/tmp/w-pa/checkpoint')" \
-  > "$res/checkpoint.log" 2>&1
-bench() {  # bench NAME HEIGHT WIDTH STEPS VARIANTS DEADLINE_S
-  part "$1" 0,1 python3 -m perf.gpu_benchmark --variants "$5" --height "$2" --width "$3" --steps "$4" --no-baseline \
-    --reference-variant fp8_attention --out-dir "$res/$1" --workdir "/tmp/w-$1" --deadline-s "$6"
-}
+replicas_sweep_setup 8
 part replicas1 1 env PATH="/tmp/pa/bin:$PATH" python3 -m perf.perf_analyzer_sweep "${sweep[@]}" --replicas 1 \
   --label replicas1
 part replicas2 0,1 env PATH="/tmp/pa/bin:$PATH" python3 -m perf.perf_analyzer_sweep "${sweep[@]}" --replicas 2 \
