@@ -39,20 +39,11 @@ class InterProcessLock:
         """Blocks until held; returns the seconds waited. `should_stop()` true -> RuntimeError, or whatever it
         raises itself (nothing is held then)."""
         t0 = time.perf_counter()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self._fd = fd
-                    return time.perf_counter() - t0
-                except BlockingIOError:
-                    if should_stop is not None and should_stop():
-                        raise RuntimeError("stopped while waiting for the lock") from None
-                    time.sleep(poll_s)
-        except BaseException:  # should_stop() may raise its own exception (cancellation): nothing stays held
-            os.close(fd)
-            raise
+        while not self.try_acquire():
+            if should_stop is not None and should_stop():
+                raise RuntimeError("stopped while waiting for the lock")
+            time.sleep(poll_s)
+        return time.perf_counter() - t0
 
     def try_acquire(self) -> bool:
         """Holds the lock if it is free now; never waits."""

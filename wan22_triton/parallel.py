@@ -78,10 +78,6 @@ class ParallelPlan:
         """The first device of each replica: text encoder, VAE and orchestrator instances."""
         return [d for r in range(self.replicas) for d in self.replica_devices(r, expert=False)]
 
-    def expert_devices(self) -> list[int]:
-        """The lead device of each expert instance (one per replica and CFG half)."""
-        return [d for r in range(self.replicas) for d in self.replica_devices(r, expert=True)]
-
     def group_devices(self, lead: torch.device) -> list[torch.device]:
         """The devices of the Ulysses group an instance on `lead` drives, `lead` first (CPU: `ulysses` times cpu)."""
         if lead.type == "cpu":
