@@ -54,7 +54,7 @@ export: setup $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
 # The launcher refuses a repository without an export (it says how to make one) and prints the admin key
 # ($WAN22_ADMIN_KEY, else generated per start).
 serve: setup
-	$(PY) -m devtools.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --listen-address $(LISTEN_ADDRESS)
+	$(PY) -m server.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --listen-address $(LISTEN_ADDRESS)
 
 demo: setup checkpoint
 	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4

@@ -131,7 +131,7 @@ def unpack(result) -> dict[str, Any]:
 def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
     from pathlib import Path
 
-    from wan22_triton.video import read_mp4, write_mp4
+    from wan22_triton.request.video import read_mp4, write_mp4
 
     if "video_mp4" in out:  # encoded on the server at the checkpoint's fps
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clients import grpc_client
 from clients.common import save
-from devtools.launcher import TritonServer
+from server.launcher import TritonServer
 from export.repository import ExportOptions, export_repository
 
 DEMO_REQUEST = {

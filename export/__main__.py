@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from wan22_triton.manifest import ENGINES, PRECISIONS, SPEED_CHOICES, Limits, SpeedOptions
-from wan22_triton.parallel import ParallelPlan
+from wan22_triton.parallel.plan import ParallelPlan
 
 from .loras import LoraSource
 from .options import DEVICES, ExportOptions

@@ -1,5 +1,5 @@
 """`--compile-artifacts`: the torch engine's experts compiled at export, one forward per compile point, and torch's
-compile cache saved into each expert's version folder (wan22_triton.compile_cache; docs/compile_artifacts.md).
+compile cache saved into each expert's version folder (wan22_triton.speed.compile_cache; docs/compile_artifacts.md).
 
 The compile runs where the export runs, so the export machine must be of the serving kind: a GPU repository's
 artifacts are made on cuda:0 and only a GPU of the same name and compute capability, with the same torch, CUDA and
@@ -14,12 +14,14 @@ from typing import Callable
 
 import torch
 
-from wan22_triton import compile_cache, events
+from wan22_triton.speed import compile_cache
+
+from wan22_triton.operations import events
 from wan22_triton.components import CompilePoint, ShapeSpec, transformer_spec
-from wan22_triton.engines import torch_dtype
-from wan22_triton.loading import build_expert, expert_forward
+from wan22_triton.engines.onnx_runner import torch_dtype
+from wan22_triton.engines.loading import build_expert, expert_forward
 from wan22_triton.manifest import Manifest
-from wan22_triton.parallel import ParallelPlan
+from wan22_triton.parallel.plan import ParallelPlan
 
 from .options import ExportOptions
 

@@ -3,7 +3,7 @@
 One file applies to every expert (what diffusers does when the same file is loaded with and without
 `load_into_transformer_2=True`); a pair gives the high-noise expert its first file and the low-noise expert its
 second (Wan2.2-Lightning ships such pairs). Each file is read exactly as the served expert will read it
-(`wan22_triton.lora.read_lora`: diffusers' Wan loader and converters) and checked against its expert built on the
+(`wan22_triton.request.lora.read_lora`: diffusers' Wan loader and converters) and checked against its expert built on the
 meta device from the checkpoint's config (no weights read), so a LoRA that does not fit fails the export, naming the
 file, key and shapes, before anything is written. The expert's file is copied as given to `1/loras/<name>.safetensors`.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.lora import check_fits, lora_path, name_problem, read_lora
+from wan22_triton.request.lora import check_fits, lora_path, name_problem, read_lora
 
 
 @dataclass(frozen=True)

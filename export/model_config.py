@@ -38,7 +38,7 @@ def build_model_config(
     max_queue_seconds: float = 0,
     warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
     warmup_markers: frozenset[str] = frozenset(),  # optional BOOL inputs sent true in each sample (WARMUP_TRUE_FILE)
-    versions: int = 1,  # versions 1..N all served (N > 1: a version per replica, wan22_triton.parallel)
+    versions: int = 1,  # versions 1..N all served (N > 1: a version per replica, wan22_triton.parallel.plan)
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend:

@@ -42,8 +42,8 @@ from torch import nn
 from wan22_triton import components
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import CacheEntry, ComponentSpec
-from wan22_triton.self_attention import WanAttnProcessor
-from wan22_triton.vae_frames import (  # noqa: F401  (load_cache_layout re-exported for the export's users)
+from wan22_triton.speed.self_attention import WanAttnProcessor
+from wan22_triton.engines.vae_frames import (  # noqa: F401  (load_cache_layout re-exported for the export's users)
     FirstFrameDecoder,
     StepDecoder,
     discover_cache_layout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wan22_triton.manifest import ENGINES, PRECISIONS, Limits, SpeedOptions
-from wan22_triton.parallel import ParallelPlan
+from wan22_triton.parallel.plan import ParallelPlan
 
 from .loras import LoraSource
 
@@ -29,7 +29,7 @@ class ExportOptions:
     # ENGINE=torch: the text encoder alone as in low_memory (its weights in page-locked host memory, on the GPU only
     # while it encodes): ~11 GB less on the GPU for A14B's UMT5-XXL, one copy a request (0.21 s on an H200)
     text_encoder_offload: bool = False
-    speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.fast_path)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # ENGINE=torch experts (wan22_triton.speed.fast_path)
     # With compile regional: the experts compiled here for every size of `shape_spec` (on a GPU of the serving kind
     # for device gpu), torch's compile cache saved beside them, warmed up before READY (docs/compile_artifacts.md)
     compile_artifacts: bool = False
@@ -37,8 +37,8 @@ class ExportOptions:
     # `shape_spec` size (and expert batch), so that READY comes after every first call; compile_artifacts implies
     # it for compiled experts. Other sizes are still served (only compile_artifacts and TensorRT restrict them).
     warmup: bool = False
-    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
-    # Benchmark seam (wan22_triton.random_weights): components from their configs with weights from this base seed.
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel.plan)
+    # Benchmark seam (wan22_triton.engines.random_weights): components from their configs with weights from this base seed.
     random_weights_seed: int | None = None
     vae_cudnn_benchmark: bool = False
     # `--lora NAME=FILE` or `NAME=HIGH,LOW`, repeatable: adapters requests choose by name (export/loras.py)
@@ -87,7 +87,7 @@ class ExportOptions:
             source.check()
         if self.lora and (self.engine != "torch" or self.low_memory or self.speed.compile != "none"):
             raise ValueError("--lora needs engine 'torch', without --low-memory or --compile (adapters are chosen per "
-                             "call: a compiled block would recompile for each adapter and scale; wan22_triton/lora.py)")
+                             "call: a compiled block would recompile for each adapter and scale; wan22_triton/request/lora.py)")
         if self.lora and self.parallel.ulysses > 1:
             raise ValueError("--lora is not supported with ulysses > 1 yet (the worker processes load no adapters)")
         if self.warmup and (self.engine != "torch" or self.low_memory):

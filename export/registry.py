@@ -16,11 +16,11 @@ from typing import Callable, Mapping
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import ComponentSpec
-from wan22_triton.engines import ONNX_GRAPH
+from wan22_triton.engines.onnx_runner import ONNX_GRAPH
 from wan22_triton.manifest import Manifest
-from wan22_triton.presets import PRESETS
-from wan22_triton.random_weights import component_seed
-from wan22_triton.vae_frames import load_cache_layout
+from wan22_triton.request.presets import PRESETS
+from wan22_triton.engines.random_weights import component_seed
+from wan22_triton.engines.vae_frames import load_cache_layout
 
 from .compile_artifacts import compile_points, compile_writer
 from .loras import expert_lora_writer
@@ -40,7 +40,7 @@ class Component:
     instance_count: int = 1  # per device
     devices: tuple[int, ...] = (0,)  # where its instances go (parallel plan): GPU ids, or one CPU instance each
     # > 1: a version per replica, version r + 1 on replica r's `devices` (those of replica 0 listed; the model
-    # places its instances itself: KIND_MODEL, wan22_triton.parallel)
+    # places its instances itself: KIND_MODEL, wan22_triton.parallel.plan)
     versions: int = 1
     optional_inputs: frozenset[str] = frozenset()
     decoupled: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from wan22_triton import components as C
-from wan22_triton import events
+from wan22_triton.operations import events
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.manifest import MANIFEST_PARAMETER
 

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components import CacheEntry, ComponentSpec, ShapeSpec
-from wan22_triton.engines import ONNX_GRAPH
+from wan22_triton.engines.onnx_runner import ONNX_GRAPH
 from wan22_triton.manifest import PRECISIONS
 
 from .model_config import build_model_config, to_pbtxt
@@ -146,7 +146,7 @@ def build_repository_engines(repository: str | Path, info: CheckpointInfo, *, pr
     experts (in `precision`) and the two VAE frame graphs (fp32), their configs, the ONNX graphs removed unless
     `keep_onnx`. Intermediate graphs go to `work_dir` (default: `.<repository>.tensorrt` next to the repository,
     which also keeps the timing cache between builds). Returns model name -> plan info."""
-    from wan22_triton.vae_frames import load_cache_layout
+    from wan22_triton.engines.vae_frames import load_cache_layout
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

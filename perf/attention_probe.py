@@ -23,7 +23,7 @@ import time
 import torch
 
 from perf.fp16_probe import a14b_blocks_480p
-from wan22_triton import flash_attention, fp8_attention, self_attention
+from wan22_triton.speed import flash_attention, fp8_attention, self_attention
 
 
 def package_version(name: str) -> str | None:

@@ -21,7 +21,7 @@ import torch
 from perf.flops import block_flops
 from perf.fp16_probe import A14B, a14b_blocks_480p
 from perf.gpu_baseline import matmul_tflops
-from wan22_triton.fast_path import optimize_transformer
+from wan22_triton.speed.fast_path import optimize_transformer
 from wan22_triton.manifest import SpeedOptions
 
 TOKENS, TEXT = 32760, 512  # a14b_blocks_480p: 21 x 30 x 52 patches, 512 text tokens

@@ -54,7 +54,7 @@ def inductor_counters() -> dict[str, int]:
 
 def compiled_block(layers: int, tuning: str = "torchao") -> tuple[torch.nn.Module, dict]:
     from perf.fp16_probe import a14b_blocks_480p
-    from wan22_triton.fast_path import optimize_transformer
+    from wan22_triton.speed.fast_path import optimize_transformer
     from wan22_triton.manifest import SpeedOptions
 
     model, inputs = a14b_blocks_480p(layers, seed=0)

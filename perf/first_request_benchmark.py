@@ -5,7 +5,7 @@ For each tier x mode on one GPU: export (mode `artifacts`: `--compile-artifacts`
 pays its first calls, compiles included), start tritonserver and time process
 start -> READY (`ready_s`, Triton's `model_warmup` included), then requests in a fixed order: a first round that
 alternates the sizes (A, B, A, B; one size: A, A), then warm repeats (A, A, B, B). Videos of the same size and seed
-are compared across modes (PSNR), and the experts' `expert_compiled` events (wan22_triton/events.py) are counted
+are compared across modes (PSNR), and the experts' `expert_compiled` events (wan22_triton/operations/events.py) are counted
 before and after READY. results.json (saved after every phase and request) and table.md go to --out-dir.
 
 On the GPU host, after `source gpu-bundle/activate.sh`:
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from perf.gpu_benchmark import ROOT, STARTED, log
-from wan22_triton import events
+from wan22_triton.operations import events
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # CPU dry runs: Inductor compiles in-process, no worker pool; on a small loaded host the pool starved the expert
@@ -280,7 +280,7 @@ def export_repo(tier: str, mode: str, checkpoint: Path, spec: Path, args) -> tup
             out["component_s"][event["model"]] = event["seconds"]
     if exit_code != 0:
         raise RuntimeError(f"export failed with exit code {exit_code} (see {args.out_dir}/export-{tier}-{mode}.log)")
-    from wan22_triton import compile_cache
+    from wan22_triton.speed import compile_cache
 
     out["artifacts_bytes"] = {
         e: (repo / e / "1" / compile_cache.FOLDER / compile_cache.ARTIFACTS).stat().st_size

@@ -1,7 +1,7 @@
 """The reference side of the GPU benchmark: diffusers' WanPipeline in BF16, eager, in its own process.
 
 Stock `diffusers.WanPipeline` (default attention, no offload, no compile), whole pipeline in BF16 (VAE too), the
-components built with `wan22_triton.random_weights.random_component` from a configs-only checkpoint: the same function
+components built with `wan22_triton.engines.random_weights.random_component` from a configs-only checkpoint: the same function
 and seeds the Triton models use, so both sides hold identical random weights. It runs a warm-up call (one step,
 which also records the first step's transformer inputs and noise predictions, cond and uncond, for the parity
 check), then the measured call, and writes a JSON summary, the uint8 frames and the parity tensors.
@@ -105,7 +105,7 @@ class Timings:
 def build_pipeline(checkpoint: Path, seed: int, dtype: torch.dtype, device: str):
     from diffusers import WanPipeline
 
-    from wan22_triton.random_weights import component_seed, random_component
+    from wan22_triton.engines.random_weights import component_seed, random_component
 
     kinds = {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer", "vae": "vae"}
     parts = {
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul", action="store_true", help="time an 8192^3 BF16 matmul first")
     args = parser.parse_args(argv)
 
-    from wan22_triton.engines import torch_dtype
+    from wan22_triton.engines.onnx_runner import torch_dtype
 
     cuda = args.device.startswith("cuda")
     result: dict = {"device": args.device}

@@ -1,6 +1,6 @@
 """A configs-only diffusers checkpoint of Wan2.2-T2V-A14B: the real architecture, no weight files.
 
-The GPU benchmark builds every component from these configs with random weights (`wan22_triton.random_weights`, the
+The GPU benchmark builds every component from these configs with random weights (`wan22_triton.engines.random_weights`, the
 export's `random_weights_seed`), on the GPU, identically in the diffusers baseline and in each Triton model process.
 Configs (from the published Wan-AI/Wan2.2-T2V-A14B-Diffusers checkpoint): two WanTransformer3DModel experts (dim
 5120 = 40 heads x 128, FFN 13824, 40 layers, 16 in/out channels, text_dim 4096, patch 1x2x2, RMS qk-norm across

@@ -44,9 +44,9 @@ from perf.gpu_benchmark.measure import configs_checkpoint, prepare_folders, requ
 from perf.gpu_benchmark.quality import psnr
 from perf.gpu_benchmark.stats import count_steps, overhead, read_stats_after, stats_delta
 from perf.gpu_benchmark.variants import EXPERTS, Variant, export_variant
-from wan22_triton import events
+from wan22_triton.operations import events
 from wan22_triton.manifest import SpeedOptions
-from wan22_triton.presets import PRESETS, find_preset
+from wan22_triton.request.presets import PRESETS, find_preset
 
 PRESET = find_preset(PRESETS, "lightning_4step")
 LORA = PRESET.lora  # the preset's adapter name: the pair is exported under it
@@ -255,7 +255,7 @@ def summarize_tier(name: str, row: dict[str, Any], args) -> None:
     row["swap_s"] = {
         "per_expert": {e: {"n": len(v), "mean": _mean(v), "max": max(v) if v else None} for e, v in per_expert.items()},
         "pair": {"n": len(pairs), "mean": _mean(pairs), "max": max(pairs) if pairs else None},
-        "synchronised": False,  # select launches no GPU work (wan22_triton/lora.py): wall time is the cost
+        "synchronised": False,  # select launches no GPU work (wan22_triton/request/lora.py): wall time is the cost
     }
     preset = measured.get("preset")
     if preset:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     results.pop("variants")
     results["meta"].pop("reference_variant")
     results["meta"]["command"] = "python3 -m perf.lora_benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
-    results["meta"]["ours"] += "; LoRA unfused, chosen per call (wan22_triton/lora.py); compile refused with LoRA"
+    results["meta"]["ours"] += "; LoRA unfused, chosen per call (wan22_triton/request/lora.py); compile refused with LoRA"
     results["workload"].update({"baseline_steps": args.baseline_steps, "swap_requests": args.swap_requests,
                                 "preset": {"name": PRESET.name, **PRESET.settings(), "sampler": PRESET.sampler,
                                            "lora": PRESET.lora}})

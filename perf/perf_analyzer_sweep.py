@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from clients.admin import ADMIN_KEY_ENV, admin_headers, admin_key_from_env
-from devtools.launcher import TritonServer, printable_command
+from server.launcher import TritonServer, printable_command
 from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="wan22-perf-repo-") as tmp:
             repo = args.repository or Path(tmp)
-            from wan22_triton.parallel import ParallelPlan
+            from wan22_triton.parallel.plan import ParallelPlan
 
             opts = ExportOptions(engine=args.engine, device=args.device, precision=args.precision,
                                  orchestrator_instances=args.concurrency, parallel=ParallelPlan(replicas=args.replicas),

@@ -27,7 +27,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def _serve(tmp_path_factory, checkpoint: Path, engine: str):
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp(f"repo-{engine}")
     limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)

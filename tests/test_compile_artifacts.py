@@ -30,11 +30,12 @@ from export.compile_artifacts import expert_batches
 from export.model_config import parse_pbtxt, read_manifest
 from export.options import ExportOptions
 from export.repository import export_repository
-from wan22_triton import compile_cache, events
+from wan22_triton.speed import compile_cache
+from wan22_triton.operations import events
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.components import EXPERT_WARMUP_INPUT, CompilePoint, ShapeSpec, transformer_spec
 from wan22_triton.manifest import SpeedOptions
-from wan22_triton.parallel import ParallelPlan
+from wan22_triton.parallel.plan import ParallelPlan
 
 from .conftest import psnr
 
@@ -71,7 +72,7 @@ def exported(workdir, tiny_checkpoint) -> Path:
 
 
 def _serve(repo: Path, inductor_cache: Path):
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     events_file = repo / "events.jsonl"
     server = TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300,

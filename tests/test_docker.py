@@ -103,7 +103,7 @@ def test_copied_paths_exist_and_make_export_skips_setup():
     assert "touch .venv/.ready" in export and ".venv/bin/python" in export
     assert re.search(r'^CMD \["make", "export", .*"ENGINE=tensorrt"', export, flags=re.M)
     # The serve image starts tritonserver through the launcher: HTTP guard, admin key, bounded stop.
-    assert ('CMD ["python3", "-m", "devtools.launcher", "--model-repository=/models", "--listen-address=0.0.0.0"]'
+    assert ('CMD ["python3", "-m", "server.launcher", "--model-repository=/models", "--listen-address=0.0.0.0"]'
             in (DOCKER / "Dockerfile.serve").read_text())
 
 

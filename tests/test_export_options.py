@@ -58,7 +58,7 @@ def test_gpu_kernels_are_refused_at_load_where_no_gpu_can_run_them(tiny_checkpoi
     import torch
     from diffusers import WanTransformer3DModel
 
-    from wan22_triton.fast_path import optimize_transformer
+    from wan22_triton.speed.fast_path import optimize_transformer
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -27,11 +27,11 @@ from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client, http_client
 from clients.common import request_arrays
-from devtools.launcher import TritonServer
-from wan22_triton import abandonment
-from gateway.http_guard import HttpGuard
-from gateway.proxy import GuardSettings
-from gateway.inference_request import InferenceLimits
+from server.launcher import TritonServer
+from wan22_triton.operations import abandonment
+from server.http_guard import HttpGuard
+from server.proxy import GuardSettings
+from server.inference_request import InferenceLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = dict(prompt="a lantern in the fog", num_frames=5, height=32, width=48, num_inference_steps=2, seed=11)
@@ -57,7 +57,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, {str(ROOT)!r})  # the stub imports only what its environment installs; gateway is not
-from wan22_triton.abandonment import AbandonWatch
+from wan22_triton.operations.abandonment import AbandonWatch
 
 
 class TritonPythonModel:
@@ -356,10 +356,10 @@ def _get(url: str, path: str, headers: dict | None = None) -> tuple[int, str | N
 
 
 def test_command_line_guard_serves_and_leaves_with_tritonserver(probe):
-    """What the launcher runs: `python -m gateway.http_guard`, tied to a process by --exit-with-pid."""
+    """What the launcher runs: `python -m server.http_guard`, tied to a process by --exit-with-pid."""
     server, _ = probe
     stand_in = subprocess.Popen(["sleep", "60"])  # stands in for tritonserver's pid
-    guard = subprocess.Popen([sys.executable, "-m", "gateway.http_guard", "--listen", "127.0.0.1:0", "--upstream",
+    guard = subprocess.Popen([sys.executable, "-m", "server.http_guard", "--listen", "127.0.0.1:0", "--upstream",
                               triton_http(server), "--exit-with-pid", str(stand_in.pid)],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:

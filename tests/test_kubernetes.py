@@ -1,7 +1,7 @@
 """The Kubernetes deployment (docker/kubernetes/): every tier rendered, every manifest valid against Kubernetes'
 schemas (kubernetes-validate) and clean under checkov's policies; probes, autoscaler, GPUs, /dev/shm and the export
 flags are what the tier's values say; the pod scripts (warm-up probe, drain hook) against a real tritonserver; the
-Grafana dashboard covers every generation metric of wan22_triton/metrics.py.
+Grafana dashboard covers every generation metric of wan22_triton/operations/metrics.py.
 
 No cluster here: nothing is applied, scheduled or scaled (docker/kubernetes/README.md says what that leaves open).
 """
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "docker" / "kubernetes"
 sys.path.insert(0, str(K8S))
 
-from devtools.server_args import DEFAULT_PORTS  # noqa: E402
+from server.tritonserver_args import DEFAULT_PORTS  # noqa: E402
 from wan22_k8s import autoscaling, bundle, network, workload  # noqa: E402
 from wan22_k8s.dashboard import dashboard  # noqa: E402
 from wan22_k8s.values import TIERS, Site  # noqa: E402
@@ -56,8 +56,8 @@ drain = _load("wan22_k8s_drain", workload.POD_SCRIPTS / "drain.py")
 
 
 def metric_families() -> list[str]:
-    """The metric family names wan22_triton/metrics.py declares, read by running its constructor."""
-    from wan22_triton.metrics import GenerationMetrics
+    """The metric family names wan22_triton/operations/metrics.py declares, read by running its constructor."""
+    from wan22_triton.operations.metrics import GenerationMetrics
 
     created: list[str] = []
 

@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from clients import grpc_client
 from export.model_config import read_manifest
-from wan22_triton.component_limits import latent_bounds
+from wan22_triton.operations.limits import latent_bounds
 
 SMALL = {"prompt": "x", "num_frames": 5, "height": 32, "width": 48, "num_inference_steps": 2, "seed": 0}
 

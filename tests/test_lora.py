@@ -1,4 +1,4 @@
-"""LoRA adapters per request and few-step presets (wan22_triton.lora, wan22_triton.presets).
+"""LoRA adapters per request and few-step presets (wan22_triton.request.lora, wan22_triton.request.presets).
 
 Without a server: `Wan22T2VPipeline` whose experts are the checkpoint's, loaded the way the served expert loads them
 (the export's copy of the files, `ExpertAdapters`, one adapter selected per call), against diffusers' `WanPipeline`
@@ -29,11 +29,11 @@ from export.repository import ExportOptions, export_repository
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.components import expert_models
 from wan22_triton.errors import RequestError
-from wan22_triton.lora import ExpertAdapters
+from wan22_triton.request.lora import ExpertAdapters
 from wan22_triton.manifest import Limits, Manifest, SpeedOptions
-from wan22_triton.parallel import ParallelPlan, split_cfg
-from wan22_triton.pipeline import Wan22T2VPipeline, frames_to_uint8, uses_cfg, validate_request
-from wan22_triton.presets import PRESETS
+from wan22_triton.parallel.plan import ParallelPlan, split_cfg
+from wan22_triton.request.pipeline import Wan22T2VPipeline, frames_to_uint8, uses_cfg, validate_request
+from wan22_triton.request.presets import PRESETS
 
 from .conftest import psnr, run_diffusers
 from .test_pipeline_diffusers import REQUEST, diffusers_pipeline, inputs
@@ -303,7 +303,7 @@ def test_expert_load_refuses_a_lora_that_does_not_fit(tiny_checkpoint, tmp_path,
 
 def test_fp8_quantization_leaves_the_lora_pairs_in_bf16(experts):
     """The FP8 tier's filter (fast_path) takes the adapted layers' base Linear, never peft's lora_A / lora_B."""
-    from wan22_triton.fast_path import _block_linear
+    from wan22_triton.speed.fast_path import _block_linear
 
     model = next(iter(experts.values())).model
     chosen = [fqn for fqn, module in model.named_modules() if _block_linear(module, fqn)]
@@ -315,7 +315,7 @@ def test_fp8_quantization_leaves_the_lora_pairs_in_bf16(experts):
 
 @pytest.fixture(scope="module")
 def lora_server(tiny_checkpoint, sources, tmp_path_factory):
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("repo-lora")
     limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)

@@ -4,7 +4,7 @@
 Against a real tritonserver on the CPU (the weight movement is the same code as on a GPU, with a second host
 buffer standing in for the device one): the video equals the normal mode's for the same seed, and the
 orchestrator releases each expert exactly at the switch (high -> low) and after the last step, whatever the
-request (normal, cancelled, concurrent), as the server's events (wan22_triton.events) record it. The plain-Python
+request (normal, cancelled, concurrent), as the server's events (wan22_triton.operations.events) record it. The plain-Python
 part of the switch and the events file are checked without a server.
 """
 
@@ -21,8 +21,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from wan22_triton import events
-from wan22_triton.offload import ExpertSwitch
+from wan22_triton.operations import events
+from wan22_triton.memory.offload import ExpertSwitch
 
 HIGH, LOW = "transformer_high_noise", "transformer_low_noise"
 REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width=48, num_inference_steps=6, seed=21)
@@ -32,7 +32,7 @@ REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width
 def low_memory_server(tmp_path_factory, tiny_checkpoint):
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("repo-low-memory")
     opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),
@@ -193,7 +193,7 @@ def test_concurrent_requests_take_turns_and_equal_their_solo_results(low_memory_
 
 
 def _hold_lock(path: str, held, seconds: float) -> None:
-    from wan22_triton.locks import InterProcessLock
+    from wan22_triton.operations.locks import InterProcessLock
 
     with InterProcessLock(path):
         held.set()
@@ -203,7 +203,7 @@ def _hold_lock(path: str, held, seconds: float) -> None:
 def test_generation_lock_serialises_processes_and_gives_up_on_stop(tmp_path):
     import multiprocessing
 
-    from wan22_triton.locks import InterProcessLock
+    from wan22_triton.operations.locks import InterProcessLock
 
     ctx = multiprocessing.get_context("spawn")
     held = ctx.Event()
@@ -295,7 +295,7 @@ def test_a_line_still_being_written_is_read_once_whole(tmp_path):
 def test_text_encoder_offload_alone_moves_only_its_weights_and_keeps_the_video(tiny_checkpoint, tmp_path,
                                                                               torch_server):
     """`--text-encoder-offload`: the text encoder as in low-memory mode, the experts as normal."""
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
     from export.model_config import read_manifest
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits

@@ -1,4 +1,4 @@
-"""Generation metrics on a real tritonserver's /metrics (wan22_triton.metrics): counts and labels after real
+"""Generation metrics on a real tritonserver's /metrics (wan22_triton.operations.metrics): counts and labels after real
 requests that succeed, are invalid and are cancelled."""
 
 from __future__ import annotations

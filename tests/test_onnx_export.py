@@ -19,7 +19,7 @@ import torch
 from export import onnx_export
 from wan22_triton import components
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
-from wan22_triton.vae_frames import (
+from wan22_triton.engines.vae_frames import (
     CACHE_LAYOUT_FILE,
     FirstFrameDecoder,
     StepDecoder,

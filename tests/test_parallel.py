@@ -23,12 +23,13 @@ from clients import grpc_client
 from export.model_config import parse_pbtxt
 from export.options import ExportOptions
 from export.repository import export_repository
-from wan22_triton import events, triton_io
+from wan22_triton.operations import events
+from wan22_triton.triton_models import triton_io
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.loading import build_expert
+from wan22_triton.engines.loading import build_expert
 from wan22_triton.manifest import Limits, Manifest
-from wan22_triton.parallel import ParallelPlan
-from wan22_triton.worker_group import GroupFailed, WorkerGroup
+from wan22_triton.parallel.plan import ParallelPlan
+from wan22_triton.parallel.worker_group import GroupFailed, WorkerGroup
 
 from .conftest import psnr
 
@@ -86,8 +87,10 @@ def _build_fp8_attention(manifest: Manifest, root: Path, device, group=None) -> 
     roundings), as fast_path installs it on a GPU; then Ulysses over `group`."""
     from diffusers import WanTransformer3DModel
 
-    from wan22_triton import fp8_attention, sequence_parallel, self_attention
-    from wan22_triton.loading import load_component
+    from wan22_triton.speed import fp8_attention, self_attention
+
+    from wan22_triton.parallel.plan import sequence_parallel
+    from wan22_triton.engines.loading import load_component
 
     model = load_component(manifest, root, WanTransformer3DModel, "transformer", "transformer", device)
     self_attention.set_self_attention(model, fp8_attention.attention)
@@ -123,8 +126,8 @@ def _compiled_rank(rank: int, checkpoint: Path, port: int, out_dir: Path) -> Non
     from diffusers import WanTransformer3DModel
     from torch._inductor.utils import run_and_get_code
 
-    from wan22_triton.fast_path import optimize_transformer
-    from wan22_triton.loading import load_component
+    from wan22_triton.speed.fast_path import optimize_transformer
+    from wan22_triton.engines.loading import load_component
     from wan22_triton.manifest import SpeedOptions
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -152,7 +155,7 @@ def test_compiled_ulysses_sends_every_piece_before_attending_and_equals_one_proc
     attention; and the noise prediction is the one-process one."""
     from torch.multiprocessing import spawn
 
-    from wan22_triton.worker_group import _free_port
+    from wan22_triton.parallel.worker_group import _free_port
 
     inputs, expected = reference
     spawn(_compiled_rank, args=(tiny_checkpoint, _free_port(), tmp_path), nprocs=2)
@@ -209,7 +212,7 @@ PLAN = ParallelPlan(cfg_parallel=2, ulysses=2)
 
 @pytest.fixture(scope="module")
 def parallel_server(tmp_path_factory, tiny_checkpoint):
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("repo-parallel")
     export_repository(tiny_checkpoint, repo, ExportOptions(limits=LIMITS, parallel=PLAN), log=lambda _: None)
@@ -285,7 +288,7 @@ def test_replicas_keep_each_request_on_its_own_replica(tmp_path, tiny_checkpoint
     the videos are the single pipeline's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     export_repository(tiny_checkpoint, tmp_path, ExportOptions(limits=LIMITS, parallel=ParallelPlan(replicas=2)),
                       log=lambda _: None)

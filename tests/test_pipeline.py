@@ -12,7 +12,7 @@ import pytest
 from export.model_config import read_manifest
 from export.repository import ExportOptions, export_repository
 from wan22_triton.errors import RequestError
-from wan22_triton.pipeline import expert_for_timestep, validate_request
+from wan22_triton.request.pipeline import expert_for_timestep, validate_request
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_warm_up_loads_every_sampler_the_orchestrator_serves(tmp_path, tiny_chec
     code = (
         "import sys\n"
         "from export.model_config import read_manifest\n"
-        "from wan22_triton.pipeline import Wan22T2VPipeline\n"
+        "from wan22_triton.request.pipeline import Wan22T2VPipeline\n"
         f"manifest = read_manifest({str(repo / 'wan22_t2v')!r})\n"
         "modules = ('diffusers.schedulers.scheduling_unipc_multistep',\n"
         "           'diffusers.schedulers.scheduling_flow_match_euler_discrete')\n"

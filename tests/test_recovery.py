@@ -1,5 +1,5 @@
 """A component process that dies (kill -9 of its Python-backend stub) on a real tritonserver under explicit model
-control: the orchestrators' watchdog (wan22_triton/watchdog.py) notices it, the server says not ready while the model
+control: the orchestrators' watchdog (wan22_triton/operations/watchdog.py) notices it, the server says not ready while the model
 is reloaded, then serves the same video for the same seed; events record what happened."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from wan22_triton import events, watchdog
+from wan22_triton.operations import events, watchdog
 
 # What the launcher must pass for a dead component to be reloaded (the watchdog reads it from the command line).
 RECOVERY_FLAGS = ["--model-control-mode=explicit", "--load-model=*"]
@@ -32,7 +32,7 @@ NOT_READY_BOUND_S = 2.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint):
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
     from export.repository import ExportOptions, export_repository
     from wan22_triton.manifest import Limits
 

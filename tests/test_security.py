@@ -30,8 +30,8 @@ from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
 from clients.admin import ADMIN_KEY_ENV
-from devtools import launcher, shm_regions
-from devtools.launcher import TritonServer
+from server import launcher, shm_regions
+from server.launcher import TritonServer
 
 from .test_server_launcher import CONFIG, MODEL, _infer, launcher_cli, write_repository
 
@@ -287,7 +287,7 @@ def test_serving_a_repository_without_an_export_says_to_export(tmp_path, layout)
     if layout == "model folders without configs":
         for name in ("wan22_t2v", "text_encoder"):
             (repo / name / "1").mkdir(parents=True)
-    proc = _run("devtools.launcher", "--model-repository", str(repo))
+    proc = _run("server.launcher", "--model-repository", str(repo))
     assert proc.returncode == 2
     assert "make export" in proc.stderr and "python -m export" in proc.stderr and "Traceback" not in proc.stderr
     assert layout == "missing" or "no exported model" in proc.stderr

@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from wan22_triton import flash_attention, fp8_attention, self_attention
+from wan22_triton.speed import flash_attention, fp8_attention, self_attention
 
 
 @pytest.fixture(scope="module")

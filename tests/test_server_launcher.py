@@ -1,4 +1,4 @@
-"""devtools.launcher + perf/perf_analyzer_env.py against a tiny Python-backend model.
+"""server.launcher + perf/perf_analyzer_env.py against a tiny Python-backend model.
 
 No GPU needed: the model repository is generated in tmp_path (an add/sub model
 on numpy, KIND_CPU), served by tritonserver from PATH or from the nvidia-pytriton
@@ -28,8 +28,8 @@ for p in (ROOT, ROOT / "perf"):
         sys.path.insert(0, str(p))
 
 import perf_analyzer_env  # noqa: E402
-from devtools import launcher, tritonserver_install  # noqa: E402
-from devtools.launcher import TritonLaunchError, TritonServer  # noqa: E402
+from server import launcher, tritonserver_install  # noqa: E402
+from server.launcher import TritonLaunchError, TritonServer  # noqa: E402
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -190,14 +190,14 @@ def test_failing_model_fails_fast_with_log(tmp_path):
 
 @contextlib.contextmanager
 def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None):
-    """`python -m devtools.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:
+    """`python -m server.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:
     yields (the process, {kind: port}); killed on the way out if still running."""
     http, grpc, metrics = launcher._free_ports(3)
     pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     full_env = dict(os.environ, PYTHONPATH=pythonpath, HTTP_PORT=str(http), **(env or {}))
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devtools.launcher", "--model-repository", str(repo),
+        [sys.executable, "-m", "server.launcher", "--model-repository", str(repo),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args],
         env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent,
     )

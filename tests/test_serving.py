@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
-from wan22_triton.video import read_mp4
+from wan22_triton.request.video import read_mp4
 
 from .conftest import ROOT, psnr, run_diffusers
 
@@ -87,7 +87,7 @@ def test_shared_memory_output_equals_the_grpc_message(torch_server):
 
 @pytest.mark.parametrize("server", ["torch_server", "onnx_server"])
 def test_vae_decoder_frames_are_its_video_as_uint8(server, request):
-    from wan22_triton.pipeline import frames_to_uint8
+    from wan22_triton.request.pipeline import frames_to_uint8
 
     url = request.getfixturevalue(server).grpc_url
     latents = np.random.default_rng(0).standard_normal((1, 16, 3, 4, 6)).astype(np.float32)

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client, http_client
-from wan22_triton.video import read_mp4
+from wan22_triton.request.video import read_mp4
 
 from .conftest import psnr
 

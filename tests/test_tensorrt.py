@@ -158,7 +158,7 @@ def info(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def layout(tiny_checkpoint):
     from export.onnx_export import load_vae
-    from wan22_triton.vae_frames import discover_cache_layout
+    from wan22_triton.engines.vae_frames import discover_cache_layout
 
     return discover_cache_layout(load_vae(tiny_checkpoint / "vae"))
 
@@ -361,7 +361,7 @@ def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
     the builder with a message saying where plans are built."""
     if tensorrt_available():
         pytest.skip("TensorRT is importable: test_tiny_plans_build_and_run covers the whole build")
-    from wan22_triton.vae_frames import save_cache_layout
+    from wan22_triton.engines.vae_frames import save_cache_layout
 
     _, _, fp32, _, _ = expert
     repo = tmp_path / "repo"
@@ -402,7 +402,7 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
     import torch
 
     from export.repository import ExportOptions, export_repository
-    from wan22_triton.vae_frames import decode_with_frame_graphs, torch_runners
+    from wan22_triton.engines.vae_frames import decode_with_frame_graphs, torch_runners
 
     repo = tmp_path / "repo"
     export_repository(tiny_checkpoint, repo, ExportOptions(engine="onnx"), log=lambda _: None)
@@ -438,7 +438,7 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
             assert float(np.abs(got - reference).max()) / float(np.abs(reference).max()) < 2 * FP16_TOLERANCE
 
     # VAE: the two FP32 plans driven like the vae_decoder BLS loop vs the same loop over the torch modules.
-    from wan22_triton.vae_frames import load_cache_layout, named_runners
+    from wan22_triton.engines.vae_frames import load_cache_layout, named_runners
 
     vae = load_vae(tiny_checkpoint / "vae")
     layout = load_cache_layout(repo / "vae_decoder" / "1")

@@ -25,7 +25,7 @@ from clients import grpc_client
 from export.model_config import read_manifest
 from export.options import ExportOptions
 from export.repository import export_repository
-from wan22_triton import events
+from wan22_triton.operations import events
 from wan22_triton.manifest import Limits, Manifest
 
 COMPONENTS = ("text_encoder", "transformer_high_noise", "transformer_low_noise", "vae_decoder")
@@ -64,7 +64,7 @@ def test_option_reaches_every_manifest(tiny_checkpoint, tmp_path, options, relea
 
 def test_the_last_step_of_each_expert_is_marked(tiny_checkpoint):
     from wan22_triton.checkpoint import read_checkpoint
-    from wan22_triton.pipeline import Wan22T2VPipeline
+    from wan22_triton.request.pipeline import Wan22T2VPipeline
 
     info = read_checkpoint(tiny_checkpoint)
     boundary = info.boundary_timestep
@@ -106,7 +106,7 @@ def test_flag_and_manifest_round_trip(tiny_checkpoint):
 
 
 def test_release_on_the_cpu_records_that_it_ran(tmp_path, monkeypatch):
-    from wan22_triton.loading import release_workspace
+    from wan22_triton.engines.loading import release_workspace
 
     path = tmp_path / "events.jsonl"
     monkeypatch.setenv(events.EVENTS_FILE_ENV, str(path))
@@ -118,8 +118,8 @@ def test_release_on_the_cpu_records_that_it_ran(tmp_path, monkeypatch):
 
 def test_sequence_parallel_worker_releases_when_rank_0_does(tiny_checkpoint, tmp_path, monkeypatch):
     from wan22_triton.checkpoint import read_checkpoint
-    from wan22_triton.loading import build_expert
-    from wan22_triton.worker_group import WorkerGroup
+    from wan22_triton.engines.loading import build_expert
+    from wan22_triton.parallel.worker_group import WorkerGroup
 
     path = tmp_path / "events.jsonl"
     monkeypatch.setenv(events.EVENTS_FILE_ENV, str(path))  # the spawned worker inherits it
@@ -146,7 +146,7 @@ def test_sequence_parallel_worker_releases_when_rank_0_does(tiny_checkpoint, tmp
 
 # -- served -------------------------------------------------------------------------------------------------------
 def _server(checkpoint: Path, repo: Path, **options):
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     _export(checkpoint, repo, engine="torch", **options)
     return TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300,  # a busy 2-core CI machine

@@ -14,17 +14,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .checkpoint import CheckpointInfo
-from .components import CompilePoint
-from .parallel import ParallelPlan
-from .presets import Preset
+from wan22_triton.checkpoint import CheckpointInfo
+from wan22_triton.components import CompilePoint
+from wan22_triton.parallel.plan import ParallelPlan
+from wan22_triton.request.presets import Preset
 
 MANIFEST_PARAMETER = "manifest"
 ENGINES = ("torch", "onnx", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-# The torch engine's expert speed options and their values (wan22_triton.fast_path applies them); first: default.
+# The torch engine's expert speed options and their values (wan22_triton.speed.fast_path applies them); first: default.
 SPEED_CHOICES = {
     "compile": ("none", "regional"),
     "quantization": ("none", "fp8_rowwise"),
@@ -75,7 +75,7 @@ class Manifest:
     engine: str  # torch | onnx | tensorrt
     precision: str  # fp32 | bf16 | fp16
     checkpoint: CheckpointInfo
-    # Low-memory mode (wan22_triton.offload): weights in page-locked host memory, on the GPU only while they work.
+    # Low-memory mode (wan22_triton.memory.offload): weights in page-locked host memory, on the GPU only while they work.
     low_memory: bool = False
     # Torch engine (text encoder, experts, VAE decoder): when a model goes idle (each encode and decode, an expert's
     # last step before the switch or the decode), the PyTorch cache's unused GPU blocks go back to the driver
@@ -83,15 +83,15 @@ class Manifest:
     release_workspace: bool = False
     speed: SpeedOptions = field(default_factory=SpeedOptions)  # experts, torch engine
     limits: Limits = field(default_factory=Limits)  # checked by the orchestrator and by each component
-    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel)
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # several devices (wan22_triton.parallel.plan)
     video_sizes: tuple[VideoSize, ...] | None = None  # orchestrator of TensorRT plans or compile points: sizes served
-    # Benchmark seam (wan22_triton.random_weights): built from the checkpoint's config with weights from this seed.
+    # Benchmark seam (wan22_triton.engines.random_weights): built from the checkpoint's config with weights from this seed.
     random_weights_seed: int | None = None
     cudnn_benchmark: bool = False  # VAE decoder: autotuned cuDNN convolutions
-    loras: tuple[str, ...] = ()  # experts and orchestrators: the LoRA adapters served (wan22_triton.lora)
-    presets: tuple[Preset, ...] = ()  # orchestrators: the named sampler settings (wan22_triton.presets)
+    loras: tuple[str, ...] = ()  # experts and orchestrators: the LoRA adapters served (wan22_triton.request.lora)
+    presets: tuple[Preset, ...] = ()  # orchestrators: the named sampler settings (wan22_triton.request.presets)
     # Experts of `--compile-artifacts`: compiled one static graph per point, at export and in the server's warm-up
-    # (wan22_triton.compile_cache); empty: torch's default (compiled on first use, dynamic after a new shape).
+    # (wan22_triton.speed.compile_cache); empty: torch's default (compiled on first use, dynamic after a new shape).
     compile_points: tuple[CompilePoint, ...] = ()
 
     def to_json(self) -> str:

@@ -4,7 +4,7 @@ One run (`make perf-gpu`, or `python3 -m perf.gpu_benchmark` on the GPU host aft
 the flags and examples are in __main__.py):
 
 1. writes a configs-only checkpoint of the full Wan2.2-T2V-A14B architecture (perf/gpu_checkpoint.py); every
-   component gets RANDOM weights on the GPU from fixed seeds, identical on both sides (wan22_triton/random_weights.py,
+   component gets RANDOM weights on the GPU from fixed seeds, identical on both sides (wan22_triton/engines/random_weights.py,
    the export's `random_weights_seed`);
 2. baseline, in its own process (perf/gpu_baseline.py): an 8192^3 BF16 matmul (the TFLOP/s ceiling of this card),
    then stock diffusers WanPipeline BF16, eager, default attention, no offload: a 1-step warm-up, then the measured

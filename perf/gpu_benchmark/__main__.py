@@ -113,7 +113,7 @@ def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous:
     import torch
 
     from perf.flops import transformer_step_flops
-    from wan22_triton.random_weights import random_component
+    from wan22_triton.engines.random_weights import random_component
 
     transformer_config = json.loads((checkpoint / "transformer" / "config.json").read_text())
     latent = info.latent_shape(args.num_frames, args.height, args.width)[1:]

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from wan22_triton.events import process_name
+from wan22_triton.operations.events import process_name
 
 
 def monitored_gpu() -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wan22_triton import events
+from wan22_triton.operations import events
 
 from . import ROOT, log
 from .gpu_monitor import GpuMemoryPeak, gpu_used_gb, nvidia_smi
@@ -96,7 +96,7 @@ def bundle_backend_args() -> list[str]:
 
 def start_server(name: str, repo: Path, args):
     """tritonserver on the variant's repository; its log and events file next to the results."""
-    from devtools.launcher import TritonServer
+    from server.launcher import TritonServer
 
     extra = ["--log-info=true", *args.server_args, *bundle_backend_args()]
     events_file = args.out_dir / f"events-{name}.jsonl"

@@ -5,7 +5,7 @@ one batch). "Triton overhead" = client end-to-end minus the sum of the component
 BLS calls, the orchestrator's scheduler/CFG work, and moving tensors between processes and to the client; split in
 `overhead_split_s` into queueing, BLS plus orchestrator, client plus transport. In the low-memory mode the swaps
 (each model's weight loads and releases, the orchestrator's release calls) come from the server's events
-(wan22_triton.events).
+(wan22_triton.operations.events).
 """
 
 from __future__ import annotations

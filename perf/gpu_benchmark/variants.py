@@ -2,9 +2,9 @@
 
 A `Variant` holds the experts' speed options (wan22_triton.manifest.SpeedOptions), the VAE's cuDNN autotuning and,
 for the `*_lowmem` variants, the low-memory mode (experts and text encoder in page-locked host memory, on the GPU
-only while they work; wan22_triton/offload.py). The default variants are the FP8 tier `fp8_attention` and the BF16
+only while they work; wan22_triton/memory/offload.py). The default variants are the FP8 tier `fp8_attention` and the BF16
 tier `flash_attention`; `compile` is the BF16 tier with PyTorch's SDPA. `<tier>_<plan>` runs a tier over several
-GPUs (wan22_triton.parallel: `cfg2` CFG parallel, `ulysses2` sequence parallel, `cfg2_ulysses4`, ...).
+GPUs (wan22_triton.parallel.plan: `cfg2` CFG parallel, `ulysses2` sequence parallel, `cfg2_ulysses4`, ...).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from wan22_triton import components as C
 from wan22_triton.manifest import SpeedOptions
-from wan22_triton.parallel import ParallelPlan
+from wan22_triton.parallel.plan import ParallelPlan
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 
-from .. import events, locks, triton_io
-from ..components import EXPERT_MODELS
-from ..engines import torch_dtype
-from ..loading import load_component, release_workspace
-from ..manifest import Manifest
+from wan22_triton.operations import events, locks
+
+from wan22_triton.triton_models import triton_io
+from wan22_triton.components import EXPERT_MODELS
+from wan22_triton.engines.onnx_runner import torch_dtype
+from wan22_triton.engines.loading import load_component, release_workspace
+from wan22_triton.manifest import Manifest
 
 
 class ComponentModel:
@@ -23,7 +25,7 @@ class ComponentModel:
     after each call that `releases_after` and after the first call at each shape (loading.release_workspace).
 
     First call at a shape (torch engine; the shape of `shape_input`, the call's requests stacked on the batch axis):
-    a warm-up sample, a compile, a new size. It holds the device's "first-call" lock (wan22_triton.locks) from the
+    a warm-up sample, a compile, a new size. It holds the device's "first-call" lock (wan22_triton.operations.locks) from the
     forward to its release, so the models of a device warm up one at a time: Triton loads them in parallel, and
     both experts' 720p warm-ups at once took an H200 to 84 GB where a request takes 61."""
 
@@ -119,7 +121,7 @@ class ComponentModel:
     def load_weights(self, model_class: Any, kind: str, folder: str) -> torch.nn.Module:
         """`load_torch`, or in low-memory mode the module with its weights in host memory, kept as `self.weights`
         to load onto the GPU and release around work; `self.weights` is None otherwise."""
-        from .. import offload
+        from wan22_triton.memory import offload
 
         self.weights: offload.HostWeights | None = None
         if not self.manifest.low_memory:

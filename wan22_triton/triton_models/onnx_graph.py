@@ -6,9 +6,9 @@ Serves the VAE frame graphs (`vae_decoder_first_frame`, `vae_decoder_step`) for 
 
 from __future__ import annotations
 
-from .. import triton_io
-from ..engines import ONNX_GRAPH, OnnxRunner
-from .base import ComponentModel
+from wan22_triton.triton_models import triton_io
+from wan22_triton.engines.onnx_runner import ONNX_GRAPH, OnnxRunner
+from wan22_triton.triton_models.base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):

@@ -17,16 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import events, locks, offload, triton_io, watchdog
-from ..abandonment import AbandonWatch
-from ..components import EXPERT_WORKSPACE_INPUT, TEXT_ENCODER, VAE_DECODER, expert_models
-from ..errors import Cancelled
-from ..lora import LORA_INPUT, SCALE_INPUT, LoraChoice
-from ..manifest import Manifest
-from ..metrics import GenerationMetrics
-from ..parallel import ReplicaSlots, split_cfg
-from ..pipeline import StepInfo, Wan22T2VPipeline, validate_request
-from ..video import encode_mp4
+from wan22_triton.operations import events, locks, watchdog
+
+from wan22_triton.memory import offload
+
+from wan22_triton.triton_models import triton_io
+from wan22_triton.operations.abandonment import AbandonWatch
+from wan22_triton.components import EXPERT_WORKSPACE_INPUT, TEXT_ENCODER, VAE_DECODER, expert_models
+from wan22_triton.errors import Cancelled
+from wan22_triton.request.lora import LORA_INPUT, SCALE_INPUT, LoraChoice
+from wan22_triton.manifest import Manifest
+from wan22_triton.operations.metrics import GenerationMetrics
+from wan22_triton.parallel.plan import ReplicaSlots, split_cfg
+from wan22_triton.request.pipeline import StepInfo, Wan22T2VPipeline, validate_request
+from wan22_triton.request.video import encode_mp4
 
 
 def bls_text_encoder(prompts: list[str], version: int = -1) -> np.ndarray:
@@ -40,7 +44,7 @@ def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu"
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
     inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
     rows = latents.shape[0]
-    if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.lora)
+    if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.request.lora)
         inputs[LORA_INPUT] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
         inputs[SCALE_INPUT] = np.full((rows, 1), lora[1], dtype=np.float32)
     if release_workspace:  # this expert's last step for now: its workspace back after it (components.py)
@@ -147,7 +151,7 @@ class TritonPythonModel:
         return None
 
     def _measured_generate(self, request, sender=None):
-        with self.metrics.request():  # wan22_* metrics on Triton's /metrics (wan22_triton.metrics)
+        with self.metrics.request():  # wan22_* metrics on Triton's /metrics (wan22_triton.operations.metrics)
             return self._generate(request, sender)
 
     def _generate(self, request, sender=None):

@@ -1,6 +1,6 @@
 """`text_encoder`: tokenizer + UMT5 encoder, prompt embeddings exactly as diffusers' WanPipeline makes them.
 
-Low-memory mode (the manifest's `low_memory`; see wan22_triton.offload): the encoder's weights live in page-locked host
+Low-memory mode (the manifest's `low_memory`; see wan22_triton.memory.offload): the encoder's weights live in page-locked host
 memory and are on the GPU only while a request is encoded (loaded before, released after each request).
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import triton_io
-from ..component_limits import check_prompt_bytes
-from ..errors import RequestError
-from .base import ComponentModel
+from wan22_triton.triton_models import triton_io
+from wan22_triton.operations.limits import check_prompt_bytes
+from wan22_triton.errors import RequestError
+from wan22_triton.triton_models.base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):

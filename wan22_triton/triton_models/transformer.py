@@ -5,7 +5,7 @@ Engines: `torch` runs the diffusers module (the manifest's speed options, see fa
 `tensorrt` engine is not a Python model at all: Triton's tensorrt_plan backend serves the plan under the same
 contract. A GPU caller (the orchestrator on a GPU) sends CUDA tensors and gets `noise_pred` back on the GPU.
 
-Low-memory mode (the manifest's `low_memory`, torch engine; see wan22_triton.offload): the weights live in page-locked host
+Low-memory mode (the manifest's `low_memory`, torch engine; see wan22_triton.memory.offload): the weights live in page-locked host
 memory, go onto the GPU with the first request that brings work, and back when a request carries `release`
 (BOOL, optional, declared only in this mode): after computing that request's step if it has one; a request with
 `release` alone only releases (and answers with no outputs).
@@ -19,9 +19,9 @@ server holds weights, not its largest sample's workspace, which on an H200 made 
 later ones took 53).
 
 Sequence parallel (the manifest's `parallel.ulysses` > 1, torch engine): the instance drives a group of devices
-through worker processes (wan22_triton.worker_group) and answers with rank 0's result.
+through worker processes (wan22_triton.parallel.worker_group) and answers with rank 0's result.
 
-Compile artifacts (the manifest's `compile_points`, `--compile-artifacts`; wan22_triton.compile_cache): loaded in
+Compile artifacts (the manifest's `compile_points`, `--compile-artifacts`; wan22_triton.speed.compile_cache): loaded in
 setup when made on a machine like this one; Triton's warm-up (model_warmup, one sample per point) then runs every
 point before the model is READY. A forward that compiles logs it and emits `expert_compiled`. Warm-up samples
 (`--warmup` or the artifacts) carry the optional `warmup` input: their forward runs the first block alone, which
@@ -36,14 +36,20 @@ import time
 import numpy as np
 import torch
 
-from .. import compile_cache, events, fast_path, lora, triton_io
-from ..component_limits import check_latents
-from ..components import EXPERT_WARMUP_INPUT, EXPERT_WORKSPACE_INPUT
-from ..engines import ONNX_GRAPH, OnnxRunner
-from ..errors import RequestError
-from ..loading import build_expert, expert_forward
-from ..worker_group import WorkerGroup
-from .base import ComponentModel
+from wan22_triton.speed import compile_cache, fast_path
+
+from wan22_triton.operations import events
+
+from wan22_triton.request import lora
+
+from wan22_triton.triton_models import triton_io
+from wan22_triton.operations.limits import check_latents
+from wan22_triton.components import EXPERT_WARMUP_INPUT, EXPERT_WORKSPACE_INPUT
+from wan22_triton.engines.onnx_runner import ONNX_GRAPH, OnnxRunner
+from wan22_triton.errors import RequestError
+from wan22_triton.engines.loading import build_expert, expert_forward
+from wan22_triton.parallel.worker_group import WorkerGroup
+from wan22_triton.triton_models.base import ComponentModel
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")
 WARMUP = EXPERT_WARMUP_INPUT.name  # optional, declared with a warm-up: Triton's samples send it true
@@ -80,7 +86,7 @@ class TritonPythonModel(ComponentModel):
 
     def _sequence_parallel_group(self) -> WorkerGroup:
         """This instance and one worker process per further device of its group, each with the whole expert,
-        every forward spread over them (wan22_triton.sequence_parallel)."""
+        every forward spread over them (wan22_triton.parallel.sequence_parallel)."""
         plan = self.manifest.parallel
         devices = plan.group_devices(torch.device(self.device))
         if devices[-1].type == "cuda" and devices[-1].index >= torch.cuda.device_count():

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import triton_io
-from ..component_limits import check_latents
-from ..pipeline import frames_to_uint8
-from .base import ComponentModel
+from wan22_triton.triton_models import triton_io
+from wan22_triton.operations.limits import check_latents
+from wan22_triton.request.pipeline import frames_to_uint8
+from wan22_triton.triton_models.base import ComponentModel
 
 
 class TritonPythonModel(ComponentModel):
@@ -31,8 +31,8 @@ class TritonPythonModel(ComponentModel):
             if self.manifest.cudnn_benchmark:  # autotuned cuDNN convolutions (this process)
                 torch.backends.cudnn.benchmark = True
         elif self.engine in ("onnx", "tensorrt"):
-            from ..components import vae_decoder_frame_specs
-            from ..vae_frames import load_cache_layout, named_runners
+            from wan22_triton.components import vae_decoder_frame_specs
+            from wan22_triton.engines.vae_frames import load_cache_layout, named_runners
 
             first, step = vae_decoder_frame_specs(self.manifest.checkpoint, load_cache_layout(self.root))
             # ONNX graphs: this replica's version of each (export/registry.py); TensorRT plans: one version
@@ -55,7 +55,7 @@ class TritonPythonModel(ComponentModel):
             z = torch.as_tensor(latents).to(self.device, self.dtype)
             video = self.vae.decode(z, return_dict=False)[0]
         else:
-            from ..vae_frames import decode_with_frame_graphs
+            from wan22_triton.engines.vae_frames import decode_with_frame_graphs
 
             latents = np.asarray(latents.cpu()) if isinstance(latents, torch.Tensor) else latents
             video = decode_with_frame_graphs(self.run_first, self.run_step, latents)  # on the GPU with TensorRT

@@ -1,5 +1,5 @@
 """The Grafana dashboard (docker/kubernetes/grafana-dashboard.json, written by `render.py --dashboard`): the
-generation metrics of wan22_triton/metrics.py and Triton's queue, request and GPU metrics, per pod of a namespace.
+generation metrics of wan22_triton/operations/metrics.py and Triton's queue, request and GPU metrics, per pod of a namespace.
 
 Triton 2.51's custom metrics are counters and gauges: every average is a rate of a `*_seconds_total` over the rate of
 its count, over the dashboard's `$window`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devtools.server_args import DEFAULT_PORTS
+from server.tritonserver_args import DEFAULT_PORTS
 
 from .meta import EXPORT, SERVER, metadata, selector_labels
 from .values import Site, Tier

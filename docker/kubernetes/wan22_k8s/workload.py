@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clients.admin import ADMIN_KEY_ENV
-from devtools.launcher import STOP_GRACE_S
-from devtools.server_args import DEFAULT_PORTS, EXIT_TIMEOUT_S
+from server.launcher import STOP_GRACE_S
+from server.tritonserver_args import DEFAULT_PORTS, EXIT_TIMEOUT_S
 from wan22_triton.components import ORCHESTRATOR, ORCHESTRATOR_STREAM
 
 from .meta import EXPORT, SERVER, checkov_skips, labels, metadata, selector_labels
@@ -263,7 +263,7 @@ def server_deployment(site: Site, tier: Tier) -> dict[str, Any]:
     skips = {
         **IMAGE_DIGEST_SKIP,
         "CKV_K8S_35": f"the launcher takes the admin key only from ${ADMIN_KEY_ENV} or --admin-key "
-                      "(devtools/server_args.py) and hands it to tritonserver on its command line",
+                      "(server/tritonserver_args.py) and hands it to tritonserver on its command line",
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": n["service_account"],

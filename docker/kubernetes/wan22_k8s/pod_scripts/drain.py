@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
-# Generations in the orchestrator now (wan22_triton/metrics.py), and requests Triton holds in the model's queue.
+# Generations in the orchestrator now (wan22_triton/operations/metrics.py), and requests Triton holds in the model's queue.
 BUSY_GAUGES = ("wan22_active_generations", "nv_inference_pending_request_count")
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

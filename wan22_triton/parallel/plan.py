@@ -11,8 +11,8 @@ Three modes, composable; a plan uses replicas x cfg_parallel x ulysses devices (
   instances on every replica's first device.
 * cfg_parallel = 2: a guided step's conditional and unconditional halves run at once, on two instances of the expert (one per
   device), sent by the orchestrator as two concurrent BLS requests that Triton's scheduler places (`split_cfg`).
-* ulysses = N: each expert instance drives N devices, sequence parallel (wan22_triton.sequence_parallel), through its
-  own worker processes (wan22_triton.worker_group). 8 GPUs: e.g. cfg_parallel 2 x ulysses 4.
+* ulysses = N: each expert instance drives N devices, sequence parallel (wan22_triton.parallel.sequence_parallel), through its
+  own worker processes (wan22_triton.parallel.worker_group). 8 GPUs: e.g. cfg_parallel 2 x ulysses 4.
 
 Device layout of replica r, cfg half c, Ulysses rank u: r * cfg_parallel * ulysses + c * ulysses + u. The text encoder, the
 VAE and the orchestrator of a replica sit on its first device, with its first expert group.
@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import CheckpointInfo
-from .locks import InterProcessLock, lock_path
+from wan22_triton.checkpoint import CheckpointInfo
+from wan22_triton.operations.locks import InterProcessLock, lock_path
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ParallelPlan:
     cfg_parallel: int = 1  # 1, or 2: CFG halves on two expert instances at once
     ulysses: int = 1  # devices per expert instance (sequence parallel); must divide the attention heads
     # pieces each rank's heads are exchanged and attended in, so one piece's exchange overlaps another's attention
-    # (1: one exchange, nothing overlapped; at most the heads per rank are used: wan22_triton.sequence_parallel)
+    # (1: one exchange, nothing overlapped; at most the heads per rank are used: wan22_triton.parallel.sequence_parallel)
     ulysses_chunks: int = 2
     collective_timeout_s: int = 300  # a Ulysses step whose collectives do not finish by then fails
 

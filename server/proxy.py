@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wan22_triton import abandonment
+from wan22_triton.operations import abandonment
 
 from .inference_request import InferenceLimits, Rejected, bad_request, check_inference_request, parse_json
 

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from . import events
-from .loading import release_workspace as _release_workspace
+from wan22_triton.operations import events
+from wan22_triton.engines.loading import release_workspace as _release_workspace
 
 RELEASE = "release_workspace"  # a message to the workers between steps (loading.release_workspace)
 # (device, process group) -> the model every rank runs; picklable (a module-level function or a partial of one)

@@ -1,7 +1,7 @@
 """Run NVIDIA Triton Inference Server on a model repository: ``make serve`` (``serve``) and ``TritonServer`` (tests,
 demo, benchmarks).
 
-The binary: tritonserver_install.py (PATH or the nvidia-pytriton wheel). Its command line: server_args.py
+The binary: tritonserver_install.py (PATH or the nvidia-pytriton wheel). Its command line: tritonserver_args.py
 (loopback by default, admin APIs behind a key, bounded exit timeout). What this module adds around the process:
 
 * Triton's HTTP on a loopback port of its own, and on the public HTTP port the HTTP guard (gateway/), which checks
@@ -15,7 +15,7 @@ The binary: tritonserver_install.py (PATH or the nvidia-pytriton wheel). Its com
 CLI (foreground, tritonserver as its child with its output on the terminal; SIGINT, SIGTERM and SIGHUP stop it within
 ``--exit-timeout-secs`` + ``STOP_GRACE_S``; used by ``make serve``)::
 
-    python -m devtools.launcher --model-repository model_repository \\
+    python -m server.launcher --model-repository model_repository \\
         [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--listen-address 127.0.0.1] \\
         [--admin-key KEY] [--exit-timeout-secs 15] [--log-verbose N] [any other tritonserver flag, passed through]
 
@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX, admin_headers
-from gateway.http_guard import HttpGuard
-from gateway.proxy import GuardSettings
-from wan22_triton import abandonment
+from server.http_guard import HttpGuard
+from server.proxy import GuardSettings
+from wan22_triton.operations import abandonment
 
-from .server_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, build_command, default_port,
+from server.tritonserver_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, build_command, default_port,
                           has_nvidia_gpu, printable_command, resolve_admin_key)
 from .shm_regions import SHM_DIR, region_prefix_arg, remove_stale_regions, server_region_prefix, sets_region_prefix
 from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritonserver, prepend_path
@@ -116,7 +116,7 @@ class HttpFront:
 
     def command(self, install: TritonInstall, model_repository: Path | str, extra_args: Sequence[str],
                 **settings) -> list[str]:
-        """tritonserver's command (server_args.build_command) with its HTTP on loopback behind the guard, and the
+        """tritonserver's command (tritonserver_args.build_command) with its HTTP on loopback behind the guard, and the
         abandon token forwarded to the models."""
         forward = f"--http-header-forward-pattern={abandonment.FORWARD_PATTERN}"
         return build_command(install, model_repository, http_port=self.triton_port, http_address=LOOPBACK,
@@ -204,12 +204,12 @@ def serve(
                         admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,
                         log_verbose=log_verbose)
     removed = remove_stale_regions()
-    print(f"[devtools.launcher] tritonserver from {install.source}: {printable_command(cmd, key)}", file=sys.stderr)
+    print(f"[server.launcher] tritonserver from {install.source}: {printable_command(cmd, key)}", file=sys.stderr)
     notes = start_notes(listen_address, ports, key, key_source, exit_timeout_s, removed)
     notes.append(f"HTTP through the HTTP guard (gateway/, checks inference requests before Triton's parser); "
                  f"Triton's own HTTP on {LOOPBACK}:{front.triton_port}")
     for note in notes:
-        print(f"[devtools.launcher] {note}", file=sys.stderr)
+        print(f"[server.launcher] {note}", file=sys.stderr)
     sys.stderr.flush()
     stop_asked = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -429,7 +429,7 @@ class TritonServer:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(
-        prog="python -m devtools.launcher",
+        prog="python -m server.launcher",
         description="Run tritonserver in the foreground. Unrecognised flags are passed to tritonserver.",
         allow_abbrev=False,
     )

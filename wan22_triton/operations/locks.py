@@ -1,7 +1,7 @@
 """Locks shared by the model processes of one repository (fcntl on files in the temp folder, one per purpose).
 
-Purposes: "generation" (low-memory orchestrators, wan22_triton.offload), "replica-R-slot-K" (the replica a
-generation runs on, wan22_triton.parallel.ReplicaSlots), "gpu-staging" (random benchmark weights
+Purposes: "generation" (low-memory orchestrators, wan22_triton.memory.offload), "replica-R-slot-K" (the replica a
+generation runs on, wan22_triton.parallel.plan.ReplicaSlots), "gpu-staging" (random benchmark weights
 built on the GPU one model at a time) and "first-call-<device>" (base.ComponentModel: the first call at a new
 shape, a warm-up sample or a compile, runs one model at a time on a device). The kernel drops a lock whose
 holder dies, so a dead process never blocks the others.

@@ -7,11 +7,11 @@ The defaults run the diffusers module eagerly, as loaded; the options:
   one scale per row, ``torch._scaled_mm``), then regional compilation (``regional``: diffusers'
   ``compile_repeated_blocks``, one compiled graph reused by all 40 identical blocks, so the compile cost is one
   block's). Both need a CUDA device (FP8 needs compute capability >= 8.9). With `--compile-artifacts` the graphs
-  are static, one per compile point, and the export's compile cache is loaded first (wan22_triton.compile_cache).
-* ``attention``, the kernel of the blocks' self-attention (wan22_triton.self_attention), set before
+  are static, one per compile point, and the export's compile cache is loaded first (wan22_triton.speed.compile_cache).
+* ``attention``, the kernel of the blocks' self-attention (wan22_triton.speed.self_attention), set before
   compiling so the compiled block fuses the work around it: ``sdpa`` (diffusers' processor, PyTorch's SDPA),
-  ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.fp8_attention, `nvidia-cudnn-frontend`) or
-  ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.flash_attention, `flash-attn-4`).
+  ``fp8_cudnn`` (FP8 through cuDNN's fused kernel: wan22_triton.speed.fp8_attention, `nvidia-cudnn-frontend`) or
+  ``flash_attn_4`` (BF16 through FlashAttention-4's kernels: wan22_triton.speed.flash_attention, `flash-attn-4`).
   The GPU each option needs is in `MIN_CAPABILITY` (FP8 attention: Hopper; FlashAttention-4: Ampere, measured on
   Hopper only); a model asking for more than its GPU has fails to load with the reason.
 """
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .manifest import SpeedOptions
+from wan22_triton.manifest import SpeedOptions
 
 if TYPE_CHECKING:
-    from .compile_cache import CompileCache
+    from wan22_triton.speed.compile_cache import CompileCache
 
 def _utf8_locale() -> None:
     """UTF-8 text I/O for Inductor, which reads and writes its sources with the locale's encoding.
@@ -92,19 +92,19 @@ def optimize_transformer(
         quantize_(model, config, filter_fn=_block_linear)
         log(f"quantization fp8_rowwise (torchao) of the blocks' Linear layers: {time.perf_counter() - t0:.1f}s")
     if attention == "fp8_cudnn":
-        from . import fp8_attention, self_attention
+        from wan22_triton.speed import fp8_attention, self_attention
 
         cudnn = fp8_attention.import_cudnn_frontend()
         replaced = self_attention.set_self_attention(model, fp8_attention.attention)
         log(f"attention fp8_cudnn on {replaced} blocks' self-attention (cuDNN backend {cudnn.backend_version()})")
     elif attention == "flash_attn_4":
-        from . import flash_attention, self_attention
+        from wan22_triton.speed import flash_attention, self_attention
 
         flash_attention.import_flash_attn()
         replaced = self_attention.set_self_attention(model, flash_attention.attention)
         log(f"attention flash_attn_4 (FlashAttention-4, CuTe DSL) on {replaced} blocks' self-attention")
     if sequence_group is not None:
-        from . import sequence_parallel
+        from wan22_triton.parallel.plan import sequence_parallel
 
         sequence_parallel.enable(model, sequence_group, ulysses_chunks)
         if compile == "regional":

@@ -32,9 +32,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import events
-from .components import CompilePoint
-from .manifest import Manifest, SpeedOptions
+from wan22_triton.operations import events
+from wan22_triton.components import CompilePoint
+from wan22_triton.manifest import Manifest, SpeedOptions
 
 FOLDER = "compile_cache"  # in the expert's version folder
 ARTIFACTS = "artifacts.bin"

@@ -2,7 +2,7 @@
 
 Log lines are for people; tests and the GPU benchmark read these instead. Nothing is written when the variable is
 unset (normal serving). tritonserver passes its environment to the Python-backend stubs, so setting it for the
-server (`devtools.launcher.TritonServer(env=...)`) reaches every model process; each line carries the writer's pid and the
+server (`server.launcher.TritonServer(env=...)`) reaches every model process; each line carries the writer's pid and the
 model its process serves.
 
 Events (fields besides `event`, `time`, `pid`, `process`):
@@ -13,21 +13,21 @@ Events (fields besides `event`, `time`, `pid`, `process`):
   of the release call)
 * ``generation_lock_waited``: seconds (the orchestrator's low-memory generation lock, every request)
 * ``generation_replica``: model, replica (with several replicas: the one a generation holds and calls,
-  wan22_triton.parallel.ReplicaSlots)
+  wan22_triton.parallel.plan.ReplicaSlots)
 * ``expert_forward``: model, version, batch, first_block_only, started (each forward of a served expert)
 * ``workspace_released``: model, device, after ("load", or "call" with the manifest's release_workspace),
   reserved_before, reserved_after (bytes the PyTorch cache held; 0 on a CPU), seconds; requests (a call's count) or
   rank (a sequence-parallel worker) (loading.release_workspace)
 * ``component_died``: model, instance, stub_pid, exit_status; then ``component_restarted``: model, instance,
-  seconds, stub_pids, or ``component_restart_failed``: model, instance, error (wan22_triton.watchdog)
+  seconds, stub_pids, or ``component_restart_failed``: model, instance, error (wan22_triton.operations.watchdog)
 * ``compile_cache_loaded``: model, bytes, seconds, artifacts, points; ``compile_cache_mismatch``: model, differs
   ({field: [at export, here]}), reason; ``expert_compiled``: model, shape, seconds, graphs, cache_hits,
-  cache_misses, cache_bypasses (a forward that compiled; wan22_triton.compile_cache)
+  cache_misses, cache_bypasses (a forward that compiled; wan22_triton.speed.compile_cache)
 * ``export_component_written``: model, seconds; ``export_point_compiled``: model, point, seconds (the export's
   progress, export/repository.py and export/compile_artifacts.py)
-* ``lora_loaded``: model, loras (names), seconds (an expert's adapters loaded at start, wan22_triton.lora)
+* ``lora_loaded``: model, loras (names), seconds (an expert's adapters loaded at start, wan22_triton.request.lora)
 * ``lora_selected``: model, lora (name, or null: the base model), scale, previous, seconds (an expert's switch of
-  the active LoRA adapter, wan22_triton.lora.ExpertAdapters.select; only when the selection changes)
+  the active LoRA adapter, wan22_triton.request.lora.ExpertAdapters.select; only when the selection changes)
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def emit(event: str, **fields: Any) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:  # diagnostics never fail a request: say so where the server logs, go on
-        print(f"wan22_triton.events: cannot write {path}: {e}", file=sys.stderr, flush=True)
+        print(f"wan22_triton.operations.events: cannot write {path}: {e}", file=sys.stderr, flush=True)
         return
     try:
         os.write(fd, line)

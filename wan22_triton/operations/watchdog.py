@@ -24,7 +24,7 @@ each watches every model but its own (its own reload would end the watcher in th
 models watch each other and both watch the components; a claim per model and one per death let one watcher handle
 each death. Claims are abstract Unix sockets: the kernel drops them with their process and no file is left behind.
 
-Events (wan22_triton.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
+Events (wan22_triton.operations.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
 ``component_restarted`` (model, instance, seconds, stub_pids: the model's new stubs) or ``component_restart_failed``
 (model, instance, error).
 """
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import events
-from .locks import repository_key
+from wan22_triton.operations import events
+from wan22_triton.operations.locks import repository_key
 
 STUB_EXECUTABLE = "triton_python_backend_stub"
 NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a component process that dies cannot be "

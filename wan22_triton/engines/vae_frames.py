@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .components import CacheEntry, ComponentSpec
+from wan22_triton.components import CacheEntry, ComponentSpec
 
 CACHE_FRAMES = 2  # diffusers' CACHE_T: frames a 3-tap causal convolution keeps from the previous chunk
 

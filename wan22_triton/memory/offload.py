@@ -18,12 +18,12 @@ serving code are untouched.
 
 On a CPU instance (tests) the "device" copy is a second host buffer: the same code path, nothing saved.
 
-Two repository-wide locks (wan22_triton.locks) serialise (a) building random-weight components on the GPU before
+Two repository-wide locks (wan22_triton.operations.locks) serialise (a) building random-weight components on the GPU before
 they go to host memory (benchmark seam: only one at a time on the GPU), and (b) the generations of all orchestrator
 instances (both the unary and the streaming model), so that concurrent requests never hold both experts on the GPU.
 
 Each load and release (and each release the orchestrator asks for) is logged for people and written as an event
-(wan22_triton.events) for tests and the GPU benchmark.
+(wan22_triton.operations.events) for tests and the GPU benchmark.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from . import events, locks
+from wan22_triton.operations import events, locks
 
 _ALIGN = 512  # bytes; every view starts aligned (dtype views, vectorised kernels, Inductor's alignment guard)
 

@@ -17,7 +17,7 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
-from .errors import Cancelled, RequestError
+from wan22_triton.errors import Cancelled, RequestError
 
 OUTCOMES = ("ok", "invalid", "cancelled", "failed")
 

@@ -7,7 +7,7 @@ tensors. Its two users:
 
 * `SelfAttnProcessor`, the served experts' self-attention (`attn1`) on a faster kernel: unmasked, Q and K handed
   over in float32 after RoPE, V in the model's dtype. The kernels are torch custom ops
-  (wan22_triton.fp8_attention, wan22_triton.flash_attention), so `compile_repeated_blocks(fullgraph=True)` traces
+  (wan22_triton.speed.fp8_attention, wan22_triton.speed.flash_attention), so `compile_repeated_blocks(fullgraph=True)` traces
   each block as one graph. Cross-attention (512 text tokens, ~1% of a step's FLOPs at 480p) keeps diffusers'
   processor.
 * the ONNX export (export.onnx_export), on every Wan attention with plain SDPA: Q and K rounded back to the

@@ -10,7 +10,7 @@ projected output is gathered back in token order on every rank.
 `enable(model, group)` installs it with three forward hooks on modules that run once per forward outside the
 repeated blocks (`rope`, `patch_embedding`, `proj_out`, the places diffusers' own context-parallel plan for Wan
 splits and gathers) and a Ulysses-wrapped kernel on each block's self-attention: whatever kernel the speed options
-chose (wan22_triton.fast_path), or SDPA for diffusers' default processor. The collectives are torch's functional
+chose (wan22_triton.speed.fast_path), or SDPA for diffusers' default processor. The collectives are torch's functional
 collectives, which torch.compile traces, so a regionally compiled block keeps its all-to-alls inside the graph.
 The number of heads must divide by the group size (`parallel.check_heads`).
 """
@@ -22,8 +22,8 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
-from .parallel import check_heads
-from .self_attention import SelfAttnProcessor, WanAttnProcessor
+from wan22_triton.parallel.plan import check_heads
+from wan22_triton.speed.self_attention import SelfAttnProcessor, WanAttnProcessor
 
 
 # torch >= 2.12 names it all_gather_single (all_gather_tensor, deprecated there, is the older hosts' name)

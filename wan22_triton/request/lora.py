@@ -10,7 +10,7 @@ the weights, unmerge after) would rewrite every adapted weight of a 14B expert a
 restore the weights bit-exactly; unfused costs one rank-r GEMM pair per adapted layer and, when the selection
 changes, a Python loop over the adapted layers (`ExpertAdapters.select`, skipped when it does not change).
 
-**FP8 tier** (`--quantization fp8_rowwise`, wan22_triton.fast_path): the adapters are injected first, then torchao
+**FP8 tier** (`--quantization fp8_rowwise`, wan22_triton.speed.fast_path): the adapters are injected first, then torchao
 quantizes the base layers only (fast_path leaves peft's `lora_A`/`lora_B` alone): FP8 GEMMs for the 14B weights,
 a BF16 low-rank path beside them, scaled per call like the BF16 tier. Merging before quantizing would bake one
 adapter and one scale into the FP8 weights, one repository per LoRA. `--compile regional` is refused with LoRAs
@@ -32,8 +32,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from . import events
-from .errors import RequestError
+from wan22_triton.operations import events
+from wan22_triton.errors import RequestError
 
 LORA_FOLDER = "loras"  # in each expert's version folder
 LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded

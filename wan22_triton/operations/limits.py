@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .checkpoint import CheckpointInfo
-from .errors import RequestError
-from .manifest import Limits
+from wan22_triton.checkpoint import CheckpointInfo
+from wan22_triton.errors import RequestError
+from wan22_triton.manifest import Limits
 
 
 def check_prompt_bytes(name: str, size: int, limits: Limits, info: CheckpointInfo) -> None:

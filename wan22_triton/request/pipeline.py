@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import RequestSettings
-from .component_limits import check_prompt_bytes
-from .components import expert_models
-from .errors import Cancelled, RequestError
-from .lora import LoraChoice, name_problem
-from .manifest import Manifest
-from .presets import DEFAULT_SAMPLER, euler_sigmas, find_preset
+from wan22_triton.checkpoint import RequestSettings
+from wan22_triton.operations.limits import check_prompt_bytes
+from wan22_triton.components import expert_models
+from wan22_triton.errors import Cancelled, RequestError
+from wan22_triton.request.lora import LoraChoice, name_problem
+from wan22_triton.manifest import Manifest
+from wan22_triton.request.presets import DEFAULT_SAMPLER, euler_sigmas, find_preset
 
 if TYPE_CHECKING:  # the annotation only: the switch belongs to the low-memory mode (offload)
-    from .offload import ExpertSwitch
+    from wan22_triton.memory.offload import ExpertSwitch
 
 OUTPUT_FORMATS = ("frames", "mp4")
 

@@ -19,7 +19,7 @@ def pb_utils():
 
 def torch_device(args: Mapping[str, str], version_gpus: Callable[[int], Sequence[int]] | None = None) -> str:
     """The device of this model instance: its GPU for KIND_GPU; for KIND_MODEL (a model placing itself: a replica's
-    version, wan22_triton.parallel) the GPU `version_gpus(version)` lists at this instance's index; else the CPU."""
+    version, wan22_triton.parallel.plan) the GPU `version_gpus(version)` lists at this instance's index; else the CPU."""
     kind = args.get("model_instance_kind")
     if kind == "GPU":
         return f"cuda:{args.get('model_instance_device_id', '0')}"
@@ -55,7 +55,7 @@ def response(outputs: Mapping[str, Any]):
 
 def error_response(exc: BaseException):
     """INVALID_ARG for bad input, CANCELLED for a cancelled request, INTERNAL for anything else."""
-    from .errors import Cancelled, RequestError
+    from wan22_triton.errors import Cancelled, RequestError
 
     pb = pb_utils()
     if isinstance(exc, RequestError):
@@ -98,7 +98,7 @@ def bls_infer(
     """One synchronous BLS call; a failure of the called model is raised with its message.
 
     output_device "cuda:N": ask for the outputs in that GPU's memory (they come back as torch tensors).
-    model_version: that version of the model (a replica's, wan22_triton.parallel); -1: the latest."""
+    model_version: that version of the model (a replica's, wan22_triton.parallel.plan); -1: the latest."""
     pb = pb_utils()
     extra = {}
     if output_device.startswith("cuda"):
@@ -154,7 +154,7 @@ def execute_together(requests, names: tuple[str, ...], run, logger) -> list | No
 
 def _failed(exc: BaseException, logger):
     """The error response of a request, logged: bad input and cancellations as info, anything else as an error."""
-    from .errors import Cancelled, RequestError
+    from wan22_triton.errors import Cancelled, RequestError
 
     if isinstance(exc, (RequestError, Cancelled)):
         logger.log_info(f"request rejected: {exc}")

@@ -4,10 +4,10 @@ Triton 2.51 has no option that bounds what a JSON inference input may declare, a
 `"shape": [1099511627776]` aborts the server (inference_request.py has the why and the rules; proxy.py what the guard
 does with each request). The guard listens where clients connect; Triton's HTTP port stays on loopback behind it:
 
-    python -m gateway.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
+    python -m server.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
         [--max-json-bytes N] [--max-elements N] [--abandon-dir DIR] [--exit-with-pid PID] [--log-level INFO]
 
-`HttpGuard` runs it on a thread of the calling process (tests, `devtools.launcher.TritonServer`); the CLI runs it in
+`HttpGuard` runs it on a thread of the calling process (tests, `server.launcher.TritonServer`); the CLI runs it in
 the foreground, `--exit-with-pid` ties its life to tritonserver's when the launcher execs tritonserver.
 """
 
@@ -26,7 +26,7 @@ from typing import Sequence
 
 from aiohttp import web
 
-from wan22_triton import abandonment
+from wan22_triton.operations import abandonment
 
 from .inference_request import InferenceLimits
 from .proxy import GuardSettings, HttpGuardApp
@@ -179,7 +179,7 @@ def _process_exists(pid: int) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     defaults = GuardSettings()
-    parser = argparse.ArgumentParser(prog="python -m gateway.http_guard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m server.http_guard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", required=True, help="HOST:PORT clients connect to")
     parser.add_argument("--upstream", required=True, help="Triton's HTTP HOST:PORT (keep it on loopback)")
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .checkpoint import CheckpointInfo
+from wan22_triton.checkpoint import CheckpointInfo
 
 # Triton's names for the numpy dtypes we use (model_config.proto DataType without the TYPE_ prefix).
 TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "object": "STRING"}
@@ -76,7 +76,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class CompilePoint:
     """One video size at one expert batch: what the export compiles an expert for and the server warms it up with
-    (`--compile-artifacts`, wan22_triton.compile_cache)."""
+    (`--compile-artifacts`, wan22_triton.speed.compile_cache)."""
 
     num_frames: int
     height: int
@@ -204,7 +204,7 @@ def with_inputs(spec: ComponentSpec, *extra: TensorSpec) -> ComponentSpec:
     return ComponentSpec(spec.name, (*spec.inputs, *extra), spec.outputs, spec.max_batch_size, spec.sample_sizes)
 
 
-# Low-memory mode (export `low_memory`, wan22_triton.offload): the experts' config adds one optional input.
+# Low-memory mode (export `low_memory`, wan22_triton.memory.offload): the experts' config adds one optional input.
 TRITON_DTYPES.setdefault("bool", "BOOL")
 EXPERT_RELEASE_INPUT = TensorSpec("release", "bool", (BATCH, 1))  # true: weights back to host memory after this
 
@@ -220,7 +220,7 @@ def transformer_offload_optional_inputs(info: CheckpointInfo) -> frozenset[str]:
     return frozenset(t.name for t in transformer_offload_spec(info, TRANSFORMER_HIGH_NOISE).inputs)
 
 
-# LoRA adapters (export `--lora`, wan22_triton.lora): the experts' config adds two optional inputs, the adapter of
+# LoRA adapters (export `--lora`, wan22_triton.request.lora): the experts' config adds two optional inputs, the adapter of
 # this call and its scale (absent: the base model); the ONNX/TensorRT contract (`transformer_spec`) is unchanged.
 EXPERT_LORA_INPUTS = (TensorSpec("lora", "object", (BATCH, 1)), TensorSpec("lora_scale", "float32", (BATCH, 1)))
 
@@ -306,7 +306,7 @@ REQUEST_INPUTS = (
     TensorSpec("output_format", "object", SCALAR),  # "frames" (default) or "mp4"
     TensorSpec("lora", "object", SCALAR),  # an adapter the export loaded (manifest `loras`); "" or absent: none
     TensorSpec("lora_scale", "float32", SCALAR),  # its strength, default 1.0
-    TensorSpec("preset", "object", SCALAR),  # named sampler settings (wan22_triton.presets), its LoRA by default
+    TensorSpec("preset", "object", SCALAR),  # named sampler settings (wan22_triton.request.presets), its LoRA by default
 )
 OPTIONAL_REQUEST_INPUTS = frozenset(t.name for t in REQUEST_INPUTS if t.name != "prompt")
 

@@ -8,9 +8,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import events
-from .engines import torch_dtype
-from .manifest import Manifest
+from wan22_triton.operations import events
+from wan22_triton.engines.onnx_runner import torch_dtype
+from wan22_triton.manifest import Manifest
 
 
 def load_component(manifest: Manifest, root: Path, model_class: Any, kind: str, folder: str,
@@ -20,7 +20,7 @@ def load_component(manifest: Manifest, root: Path, model_class: Any, kind: str, 
     dtype = torch_dtype(manifest.precision)
     seed = manifest.random_weights_seed
     if seed is not None:
-        from .random_weights import random_component
+        from wan22_triton.engines.random_weights import random_component
 
         return random_component(kind, root / folder, seed, dtype, device)
     model = model_class.from_pretrained(root / folder, torch_dtype=dtype, use_safetensors=True)
@@ -30,12 +30,12 @@ def load_component(manifest: Manifest, root: Path, model_class: Any, kind: str, 
 def build_expert(manifest: Manifest, root: Path, device: str | torch.device, sequence_group: Any = None,
                  log: Callable[[str], None] = print, load_artifacts: bool = True) -> torch.nn.Module:
     """The torch engine's expert with the manifest's speed options; with `sequence_group` (a process group), one
-    rank of a Ulysses forward over it (wan22_triton.sequence_parallel). With compile points, the compile artifacts
+    rank of a Ulysses forward over it (wan22_triton.parallel.sequence_parallel). With compile points, the compile artifacts
     in `root` are loaded when they fit this machine (`load_artifacts`: False while the export makes them)."""
     from diffusers import WanTransformer3DModel
 
-    from . import fast_path
-    from .compile_cache import CompileCache
+    from wan22_triton.speed import fast_path
+    from wan22_triton.speed.compile_cache import CompileCache
 
     model = load_component(manifest, root, WanTransformer3DModel, "transformer", "transformer", device)
     cache = CompileCache.of_expert(manifest, root, device, load=load_artifacts)

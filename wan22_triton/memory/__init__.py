@@ -1,0 +1,1 @@
+"""Memory: low-memory mode (weights in page-locked host memory, swapped in when a model works)."""

@@ -1,0 +1,1 @@
+"""Operations: watchdog, metrics, structured events, per-component limits, locks, client abandonment."""

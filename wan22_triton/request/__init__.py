@@ -1,0 +1,1 @@
+"""The request path: the pipeline in numbered steps, sampler presets, per-call LoRA choice, video output."""

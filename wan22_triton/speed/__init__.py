@@ -1,0 +1,1 @@
+"""The experts' GPU speed options: compile and its artifacts, FP8 GEMMs, attention kernels."""
