@@ -15,11 +15,13 @@ METRICS_PORT ?= 8002
 # 127.0.0.1: clients on this machine only; 0.0.0.0 exposes the server on every interface.
 LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers; each takes a test module whole, so that its servers start once
+TEST_WORKERS ?= 2
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup checkpoint export serve demo test perf perf-gpu docker-export docker-serve clean
+.PHONY: setup checkpoint export model-repository kubernetes serve demo test test-fast perf perf-gpu docker-export docker-serve clean
 
 setup: $(VENV)/.ready $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION)
 
@@ -48,8 +50,20 @@ checkpoint: $(TINY)/model_index.json
 $(TINY)/model_index.json: devtools/tiny_checkpoint.py | $(VENV)/.ready
 	$(PY) -m devtools.tiny_checkpoint --out $(TINY)
 
-export: setup $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
+export: $(VENV)/.ready $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
 	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION)
+
+# The checked-in generated files, rewritten whole (tests/test_checked_in.py compares them with a fresh run):
+# model_repository/ is the export's defaults on the tiny checkpoint, what `make export` writes; docker/kubernetes/
+# holds the default render, one folder per tier (those with a Kustomization) and the dashboard.
+model-repository: $(VENV)/.ready checkpoint
+	rm -rf model_repository
+	$(PY) -m export --checkpoint $(TINY) --repository model_repository
+
+kubernetes: $(VENV)/.ready
+	rm -rf $(dir $(wildcard docker/kubernetes/*/Kustomization))
+	$(PY) docker/kubernetes/render.py --out docker/kubernetes
+	$(PY) docker/kubernetes/render.py --dashboard
 
 # The launcher refuses a repository without an export (it says how to make one) and prints the admin key
 # ($WAN22_ADMIN_KEY, else generated per start).
@@ -60,7 +74,11 @@ demo: setup checkpoint
 	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The edit loop: no tritonserver and nothing slow (the markers in pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -m "not server and not slow and not gpu_flow" $(PYTEST_ARGS)
 
 perf: setup checkpoint
 	$(PY) -m perf.perf_analyzer_sweep --checkpoint $(CHECKPOINT)
@@ -82,5 +100,7 @@ docker-serve:
 	  -p $(LISTEN_ADDRESS):$(HTTP_PORT):8000 -p $(LISTEN_ADDRESS):$(GRPC_PORT):8001 -p $(LISTEN_ADDRESS):$(METRICS_PORT):8002 \
 	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
 
+# model_repository/ keeps its checked-in files: only what git ignores there (weights, copied folders) goes.
 clean:
-	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache .$(REPOSITORY).tensorrt $(REPOSITORY)
+	rm -rf $(VENV) checkpoints outputs .pytest_cache .mypy_cache .$(REPOSITORY).tensorrt
+	git clean -q -d -f -X -- model_repository

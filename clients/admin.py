@@ -1,6 +1,6 @@
 """The admin key: the header Triton checks on its restricted (admin) APIs, as each protocol carries it.
 
-The launcher (server/launcher.py) restricts Triton's admin APIs (shared memory, model repository, statistics,
+The launcher (server/tritonserver_args.py) restricts Triton's admin APIs (shared memory, model repository, statistics,
 trace, logging) to requests carrying ADMIN_HEADER with the server's key; inference, health and metadata stay
 open. Standard library only: the launcher imports it too.
 """

@@ -1,5 +1,6 @@
 """What the gRPC and HTTP clients share: flags for every request input, the request tensors, MP4 output, and
-failures as one line."""
+failures as one line. Inputs, outputs and model names come from their declarations (wan22_triton.request.contract,
+wan22_triton.components.orchestrator), which need numpy only: no torch on a client."""
 
 from __future__ import annotations
 
@@ -11,36 +12,47 @@ from typing import Any, Iterator, NoReturn
 
 import numpy as np
 
-from wan22_triton import components
-from wan22_triton.manifest import Manifest
+from wan22_triton.checkpoint import CheckpointInfo, GenerationDefaults
+from wan22_triton.components.common import MANIFEST_PARAMETER
+from wan22_triton.components.orchestrator import ORCHESTRATOR, SEED_USED, STAGE_SECONDS, VIDEO, VIDEO_MP4
+from wan22_triton.request.contract import FIELDS, OUTPUT_FORMAT, SEED, Default, OutputFormat, RequestField
 
 from .admin import ADMIN_KEY_ENV, admin_key_from_env
 
-MODEL = "wan22_t2v"
-# Request inputs: name -> (Triton dtype, numpy dtype), from the contract's one declaration. Absent flags are left
-# to the server's defaults.
-REQUEST_INPUTS = {t.name: (t.wire_dtype, np.dtype(t.dtype).type) for t in components.REQUEST_INPUTS}
+MODEL = ORCHESTRATOR
+# Request inputs: name -> (Triton dtype, numpy dtype), from the contract. Absent flags are left to the server.
+REQUEST_INPUTS = {f.name: (f.tensor.wire_dtype, np.dtype(f.dtype).type) for f in FIELDS}
+RULES_EPILOG = ("<name> in a rule: the server's value (its limits, the checkpoint's factors, the LoRAs and presets "
+                "it was exported with)")
+
+SHOWN_DEFAULTS = {Default.CHECKPOINT: "the checkpoint's", Default.RANDOM: "random", None: "none", "": '""'}
+
+
+def flag_help(field: RequestField) -> str:
+    """What a request flag is, its rule and its default, from the contract."""
+    default = field.default
+    shown = SHOWN_DEFAULTS.get(default, default)
+    tail = "" if default is Default.REQUIRED else f"; default: {shown}"
+    return f"{field.help}; must be {field.describe()}{tail}"
 
 
 def parse_args(default_url: str, description: str, streaming: bool = False) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, epilog=RULES_EPILOG)
     parser.add_argument("--url", default=default_url, help="server address (host:port)")
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--output", default="outputs/video.mp4", help="MP4 file to write")
-    parser.add_argument("--fps", type=float, default=None, help="default: the model's `fps` parameter (checkpoint's)")
+    parser.add_argument("--fps", type=float, default=None, help="default: the checkpoint's, from the model's manifest")
     parser.add_argument("--timeout", type=float, default=None, help="client-side timeout in seconds")
     parser.add_argument("--admin-key", default=admin_key_from_env(),
                         help=f"the server's admin key, sent with every call (default ${ADMIN_KEY_ENV}); "
                              "needed for --shared-memory")
-    parser.add_argument("--prompt", required=True)
     if streaming:
         parser.add_argument("--stream", action="store_true", help="per-step progress bar (wan22_t2v_stream)")
         parser.add_argument("--shared-memory", action="store_true",
                             help="frames through system shared memory (client on the server's host; unary only)")
-    kinds = {np.int32: int, np.int64: int, np.float32: float, np.object_: str}
-    for name, (_, dtype) in REQUEST_INPUTS.items():
-        if name != "prompt":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=kinds[dtype], default=None)
+    for field in FIELDS:
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=field.kind, default=None,
+                            required=field.default is Default.REQUIRED, help=flag_help(field))
     args = parser.parse_args()
     if streaming and args.stream and args.shared_memory:
         parser.error("--shared-memory works with unary requests only: the streamed video comes in the last gRPC "
@@ -99,32 +111,39 @@ def request_arrays(values: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
+def served_checkpoint(config: dict[str, Any]) -> CheckpointInfo:
+    """The checkpoint a model serves, from the manifest in its config (Triton's JSON form), read without the
+    manifest module (torch)."""
+    data = json.loads(config["parameters"][MANIFEST_PARAMETER]["string_value"])["checkpoint"]
+    return CheckpointInfo(**{**data, "generation": GenerationDefaults(**data["generation"])})
+
+
 def model_fps(config: dict[str, Any]) -> float:
-    """The checkpoint's fps, from the manifest in the model's config (Triton's JSON form)."""
-    return float(Manifest.from_model_config(config).checkpoint.generation.fps)
+    """The checkpoint's fps, from the model's config."""
+    return float(served_checkpoint(config).generation.fps)
 
 
 def output_names(values: dict[str, Any]) -> list[str]:
-    video = "video_mp4" if values.get("output_format") == "mp4" else "video"
-    return [video, "seed_used", "stage_seconds"]
+    video = VIDEO_MP4 if values.get(OUTPUT_FORMAT) == OutputFormat.MP4 else VIDEO
+    return [video, SEED_USED, STAGE_SECONDS]
 
 
 def unpack_metadata(result) -> dict[str, Any]:
     """Seed and the server's per-stage seconds from an InferResult of either protocol."""
     return {
-        "seed": int(result.as_numpy("seed_used")[0]),
-        "stage_seconds": json.loads(result.as_numpy("stage_seconds")[0]),
+        SEED: int(result.as_numpy(SEED_USED)[0]),
+        STAGE_SECONDS: json.loads(result.as_numpy(STAGE_SECONDS)[0]),
     }
 
 
 def unpack(result) -> dict[str, Any]:
     """video (frames or MP4 bytes), seed and the server's per-stage seconds from an InferResult of either protocol."""
     out = unpack_metadata(result)
-    mp4 = result.as_numpy("video_mp4")
+    mp4 = result.as_numpy(VIDEO_MP4)
     if mp4 is not None:
-        out["video_mp4"] = bytes(mp4[0])
+        out[VIDEO_MP4] = bytes(mp4[0])
     else:
-        out["video"] = result.as_numpy("video")
+        out[VIDEO] = result.as_numpy(VIDEO)
     return out
 
 
@@ -133,14 +152,14 @@ def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
 
     from wan22_triton.request.video import read_mp4, write_mp4
 
-    if "video_mp4" in out:  # encoded on the server at the checkpoint's fps
+    if VIDEO_MP4 in out:  # encoded on the server at the checkpoint's fps
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(out["video_mp4"])
+        Path(path).write_bytes(out[VIDEO_MP4])
         video, fps = read_mp4(path)
     else:
-        video = out["video"]
+        video = out[VIDEO]
         write_mp4(video, path, fps)
     frames, height, width, _ = video.shape
-    stages = ", ".join(f"{k} {v:.2f}s" for k, v in out["stage_seconds"].items())
-    print(f"wrote {path} ({frames} frames, {width}x{height}, {fps:g} fps), seed {out['seed']}")
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in out[STAGE_SECONDS].items())
+    print(f"wrote {path} ({frames} frames, {width}x{height}, {fps:g} fps), seed {out[SEED]}")
     print(f"request latency {latency:.2f}s (server: {stages})")

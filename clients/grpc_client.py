@@ -21,10 +21,13 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from .admin import admin_headers
-from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args, request_arrays, request_values, save,
-                     unpack, unpack_metadata)
+from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM, PROGRESS, VIDEO
+from wan22_triton.request.contract import HEIGHT, NUM_FRAMES, OUTPUT_FORMAT, WIDTH, OutputFormat
 
-STREAM_MODEL = "wan22_t2v_stream"
+from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args, request_arrays, request_values, save,
+                     served_checkpoint, unpack, unpack_metadata)
+
+STREAM_MODEL = ORCHESTRATOR_STREAM
 
 
 def infer_inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
@@ -48,7 +51,7 @@ def generate(
     `VideoSharedMemory` is reused. `admin_key` is sent with every call."""
     headers = admin_headers(admin_key, "grpc")
     with grpcclient.InferenceServerClient(url) as client:
-        if shared_memory is not False and values.get("output_format") != "mp4":
+        if shared_memory is not False and values.get(OUTPUT_FORMAT) != OutputFormat.MP4:
             if isinstance(shared_memory, VideoSharedMemory):
                 return shared_memory.generate(client, values, model, timeout)
             with VideoSharedMemory(url, video_bytes(client, values, model, headers), admin_key) as region:
@@ -59,11 +62,12 @@ def generate(
 
 def video_bytes(client: grpcclient.InferenceServerClient, values: dict[str, Any], model: str,
                 headers: dict[str, str] | None = None) -> int:
-    """Size of the uint8 frames a request will return: its own frames/height/width, else the model's defaults."""
-    params = client.get_model_config(model, as_json=True, headers=headers)["config"]["parameters"]
+    """Size of the uint8 frames a request will return: its own frames/height/width, else the checkpoint's."""
+    config = client.get_model_config(model, as_json=True, headers=headers)["config"]
+    defaults = served_checkpoint(config).request_defaults
     size = 3
-    for name in ("num_frames", "height", "width"):
-        size *= int(values[name]) if values.get(name) is not None else int(params[f"default_{name}"]["string_value"])
+    for name in (NUM_FRAMES, HEIGHT, WIDTH):
+        size *= int(values[name]) if values.get(name) is not None else int(defaults[name])
     return size
 
 
@@ -108,7 +112,7 @@ class VideoSharedMemory:
 
     def _unregister(self, client, timeout_s: float = 10.0) -> None:
         """The server lets go of a response's output buffer only after sending it: right after a request the
-        region may still be "in use" for a moment (seen once in CI), so that refusal is retried until it passes."""
+        region may still be "in use" for a moment, so that refusal is retried until it passes."""
         from tritonclient.utils import InferenceServerException
 
         deadline = time.monotonic() + timeout_s
@@ -127,12 +131,12 @@ class VideoSharedMemory:
             raise ValueError(f"the video needs {size} bytes, the shared-memory region has {self.size}")
         outputs = [grpcclient.InferRequestedOutput(n) for n in output_names(values)]
         for output in outputs:
-            if output.name() == "video":
+            if output.name() == VIDEO:
                 output.set_shared_memory(self.name, size)
         result = client.infer(model, infer_inputs(values), outputs=outputs, client_timeout=timeout,
                               headers=self.headers)
-        shape = list(result.get_output("video").shape)
-        return {**unpack_metadata(result), "video": self._shm.get_contents_as_numpy(self._region, np.uint8, shape).copy()}
+        shape = list(result.get_output(VIDEO).shape)
+        return {**unpack_metadata(result), VIDEO: self._shm.get_contents_as_numpy(self._region, np.uint8, shape).copy()}
 
 
 def generate_stream(
@@ -165,7 +169,7 @@ def generate_stream(
                     raise TimeoutError(f"no result within {timeout} s; request cancelled") from None
                 if error is not None:
                     raise error
-                progress = result.as_numpy("progress")
+                progress = result.as_numpy(PROGRESS)
                 if progress is None:
                     return unpack(result)
                 steps += 1
@@ -175,7 +179,7 @@ def generate_stream(
                     client.stop_stream(cancel_requests=True)
                     # progress sent before the cancellation reached the server may still be queued ahead of it
                     result, error = responses.get(timeout=60)
-                    while error is None and result is not None and result.as_numpy("progress") is not None:
+                    while error is None and result is not None and result.as_numpy(PROGRESS) is not None:
                         result, error = responses.get(timeout=60)
                     raise error or RuntimeError("stream ended without the CANCELLED error")
         finally:

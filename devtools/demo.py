@@ -11,17 +11,20 @@ from pathlib import Path
 
 from clients import grpc_client
 from clients.common import save
-from server.launcher import TritonServer
+from server.triton_server import TritonServer
 from export.repository import ExportOptions, export_repository
+from wan22_triton.components.orchestrator import STAGE_SECONDS
+from wan22_triton.options import Engine
+from wan22_triton.request.contract import HEIGHT, NEGATIVE_PROMPT, NUM_FRAMES, NUM_INFERENCE_STEPS, PROMPT, SEED, WIDTH
 
 DEMO_REQUEST = {
-    "prompt": "A red panda walks along a mossy branch in soft morning light, cinematic",
-    "negative_prompt": "blurry, low quality",
-    "num_frames": 17,
-    "height": 64,
-    "width": 112,
-    "num_inference_steps": 8,
-    "seed": 42,
+    PROMPT: "A red panda walks along a mossy branch in soft morning light, cinematic",
+    NEGATIVE_PROMPT: "blurry, low quality",
+    NUM_FRAMES: 17,
+    HEIGHT: 64,
+    WIDTH: 112,
+    NUM_INFERENCE_STEPS: 8,
+    SEED: 42,
 }
 
 
@@ -29,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", default="checkpoints/tiny-wan2.2-t2v-a14b")
     parser.add_argument("--repository", default="model_repository")
-    parser.add_argument("--engine", default="torch", choices=("torch", "onnx"))
+    parser.add_argument("--engine", type=Engine, default=Engine.TORCH, choices=(Engine.TORCH, Engine.ONNX))
     parser.add_argument("--output", default="outputs/demo.mp4")
     args = parser.parse_args()
 
@@ -54,7 +57,7 @@ def main() -> None:
     print("\nstage timings:")
     for stage, seconds in timings.items():
         print(f"  {stage:<16} {seconds:7.2f} s")
-    for stage, seconds in out["stage_seconds"].items():
+    for stage, seconds in out[STAGE_SECONDS].items():
         print(f"    server {stage:<12} {seconds:7.2f} s")
     print(f"\nvideo: {Path(args.output).resolve()} (server log: {log})")
 

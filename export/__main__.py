@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from enum import Enum
 
-from wan22_triton.manifest import ENGINES, PRECISIONS, SPEED_CHOICES, Limits, SpeedOptions
+from wan22_triton.manifest import Limits
+from wan22_triton.options import SpeedOptions
 from wan22_triton.parallel.plan import ParallelPlan
 
 from .loras import LoraSource
-from .options import DEVICES, ExportOptions
+from .options import ExportOptions
 from .repository import export_repository
 
 HELP = {
@@ -38,12 +40,11 @@ HELP = {
     "lora": "NAME=FILE (both experts) or NAME=HIGH,LOW (one per expert), .safetensors; repeatable (docs/lora.md)",
 }
 REPEATABLE = {"lora": LoraSource.parse}  # tuple fields: the flag once per entry, each parsed by this
-CHOICES = {"engine": ENGINES, "device": DEVICES, "precision": PRECISIONS, **SPEED_CHOICES}
 BENCHMARK_ONLY = ("random_weights_seed", "vae_cudnn_benchmark")  # set by perf/, not a user's choice
 
 
 def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
-    """One flag per field of an options dataclass, typed by its default."""
+    """One flag per field of an options dataclass, typed by its default (an enum's: its members the choices)."""
     for field in dataclasses.fields(options):
         if dataclasses.is_dataclass(field.default_factory) or field.name in BENCHMARK_ONLY:
             continue
@@ -53,8 +54,9 @@ def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
         elif field.name in REPEATABLE:
             parser.add_argument(flag, action="append", type=REPEATABLE[field.name], default=[], metavar="NAME=FILE[,FILE]",
                                 help=HELP.get(field.name))
-        elif field.name in CHOICES:
-            parser.add_argument(flag, choices=CHOICES[field.name], default=default, help=HELP.get(field.name))
+        elif isinstance(default, Enum):
+            kind = type(default)
+            parser.add_argument(flag, type=kind, choices=list(kind), default=default, help=HELP.get(field.name))
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default,
                                 help=HELP.get(field.name))

@@ -17,10 +17,11 @@ import torch
 from wan22_triton.speed import compile_cache
 
 from wan22_triton.operations import events
-from wan22_triton.components import CompilePoint, ShapeSpec, transformer_spec
-from wan22_triton.engines.onnx_runner import torch_dtype
-from wan22_triton.engines.loading import build_expert, expert_forward
+from wan22_triton.components.common import CompilePoint, ShapeSpec
+from wan22_triton.components.expert import transformer_spec
+from wan22_triton.engines.loading import build_expert, expert_forward, torch_dtype
 from wan22_triton.manifest import Manifest
+from wan22_triton.options import Device
 from wan22_triton.parallel.plan import ParallelPlan
 
 from .options import ExportOptions
@@ -42,12 +43,12 @@ def compile_points(opts: ExportOptions) -> tuple[CompilePoint, ...]:
     return spec.compile_points(expert_batches(opts.parallel, spec))
 
 
-def export_device(device_kind: str) -> torch.device:
+def export_device(device_kind: Device) -> torch.device:
     """Where the export compiles: the first GPU for a GPU repository (ExportOptions.check made sure there is one)."""
-    return torch.device("cuda:0" if device_kind == "gpu" else "cpu")
+    return torch.device("cuda:0" if device_kind == Device.GPU else "cpu")
 
 
-def compile_writer(manifest: Manifest, device_kind: str,
+def compile_writer(manifest: Manifest, device_kind: Device,
                    log: Callable[[str], None] = print) -> Callable[[Path], None]:
     """Writes `compile_cache/` into an expert's version folder whose `transformer/` is already there."""
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan22_triton.components import ComponentSpec, Dim, TensorSpec
+from wan22_triton.components.common import ComponentSpec, Dim, TensorSpec
 from wan22_triton.manifest import MANIFEST_PARAMETER, Manifest
 
 
@@ -18,8 +18,9 @@ def _dims(tensor: TensorSpec, batched: bool) -> list[int]:
     return [-1 if isinstance(d, Dim) else int(d) for d in shape]
 
 
-# A warm-up marker's value: one true BOOL (a sample's requests carry batch 1), in the model's `warmup/` folder
-# where Triton looks for input_data_file.
+# A warm-up marker's value: one true BOOL (a sample's requests carry batch 1), in the model's folder where Triton
+# looks for input_data_file.
+WARMUP_FOLDER = "warmup"
 WARMUP_TRUE_FILE = "true"
 WARMUP_TRUE_BYTES = b"\x01"
 

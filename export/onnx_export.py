@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan22_triton import components
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.components import CacheEntry, ComponentSpec
+from wan22_triton.components.common import CacheEntry, ComponentSpec, Dim
+from wan22_triton.components.vae_decoder import vae_decoder_frame_specs
 from wan22_triton.speed.self_attention import WanAttnProcessor
 from wan22_triton.engines.vae_frames import (  # noqa: F401  (load_cache_layout re-exported for the export's users)
     FirstFrameDecoder,
@@ -66,7 +66,7 @@ def export_sizes(spec: ComponentSpec, sizes: Mapping[str, int] | None = None) ->
     traced at >= 2 (the graphs still accept 1 at run time; the tests check it).
     """
     merged = {**spec.sample_sizes, **(sizes or {})}
-    symbols = {d.symbol for t in spec.inputs for d in t.shape if isinstance(d, components.Dim)}
+    symbols = {d.symbol for t in spec.inputs for d in t.shape if isinstance(d, Dim)}
     return {k: (max(2, v) if k in symbols else v) for k, v in merged.items()}
 
 
@@ -74,12 +74,12 @@ def torch_dynamic_shapes(spec: ComponentSpec) -> tuple[dict[int, Any] | None, ..
     """`dynamic_shapes` for torch.export, positional over `spec.inputs`; `Dim(symbol, k)` becomes k * Dim(symbol)."""
     dims: dict[str, Any] = {}
 
-    def dim(d: components.Dim) -> Any:
+    def dim(d: Dim) -> Any:
         base = dims.setdefault(d.symbol, torch.export.Dim(d.symbol, min=1))
         return base if d.factor == 1 else d.factor * base
 
     return tuple(
-        {i: dim(d) for i, d in enumerate(t.shape) if isinstance(d, components.Dim)} or None for t in spec.inputs
+        {i: dim(d) for i, d in enumerate(t.shape) if isinstance(d, Dim)} or None for t in spec.inputs
     )
 
 
@@ -102,7 +102,7 @@ def _label_io_dims(model: onnx.ModelProto, spec: ComponentSpec) -> None:
         if len(dims) != len(t.shape):
             raise RuntimeError(f"{spec.name}: {value.name} has rank {len(dims)}, declared {len(t.shape)}")
         for d, want in zip(dims, t.shape):
-            if isinstance(want, components.Dim):
+            if isinstance(want, Dim):
                 d.dim_param = want.label
             elif d.HasField("dim_value") and d.dim_value != want:
                 raise RuntimeError(f"{spec.name}: {value.name} has dim {d.dim_value}, declared {want}")
@@ -283,7 +283,7 @@ class TransformerExportWrapper(nn.Module):
 
 def export_transformer(model: nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
                        sizes: Mapping[str, int] | None = None) -> Path:
-    """Export one expert (`components.transformer_spec(info, name)`) to `path` (+ `path.data`)."""
+    """Export one expert (`components.expert.transformer_spec(info, name)`) to `path` (+ `path.data`)."""
     with export_patches(model):
         return export_module(TransformerExportWrapper(model), spec, path, opset=opset, sizes=sizes)
 
@@ -316,13 +316,13 @@ def nearest_upsampling(module: nn.Module) -> Iterator[None]:
 
 def export_vae_decoder_frames(vae: nn.Module, info: CheckpointInfo, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                               layout: Sequence[CacheEntry] | None = None) -> tuple[Path, Path]:
-    """Export the first-frame and step graphs (`components.vae_decoder_frame_specs`) and the cache layout into
+    """Export the first-frame and step graphs (`components.vae_decoder.vae_decoder_frame_specs`) and the cache layout into
     `out_dir`; returns the two graph paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae = vae.eval()
     layout = list(layout) if layout is not None else discover_cache_layout(vae)
-    first_spec, step_spec = components.vae_decoder_frame_specs(info, layout)
+    first_spec, step_spec = vae_decoder_frame_specs(info, layout)
     with nearest_upsampling(vae):
         first = export_module(FirstFrameDecoder(vae, layout), first_spec, out_dir / f"{first_spec.name}.onnx", opset)
         step = export_module(StepDecoder(vae, layout), step_spec, out_dir / f"{step_spec.name}.onnx", opset)

@@ -18,7 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-LOW_PRECISION_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+from wan22_triton.components.expert import TIMESTEP
+from wan22_triton.options import Precision
+
+LOW_PRECISION_TYPES = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}
 FP16_MAX = 65504.0
 
 
@@ -73,7 +76,7 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def fp32_nodes(model: onnx.ModelProto, types: Mapping[str, int], fp32_inputs: Sequence[str] = ("timestep",),
+def fp32_nodes(model: onnx.ModelProto, types: Mapping[str, int], fp32_inputs: Sequence[str] = (TIMESTEP,),
                rules: Sequence[str] = FP32_RULES) -> dict[str, str]:
     """Node name -> the FP32_KEEP rule that keeps it in FP32. `model.graph.node` must be topologically sorted (ONNX
     requires it)."""
@@ -122,7 +125,7 @@ def fp32_nodes(model: onnx.ModelProto, types: Mapping[str, int], fp32_inputs: Se
 
 @dataclass
 class ConversionReport:
-    precision: str
+    precision: Precision
     fp32_nodes_by_rule: dict[str, int] = field(default_factory=dict)
     fp32_ops: dict[str, int] = field(default_factory=dict)
     low_precision_ops: dict[str, int] = field(default_factory=dict)
@@ -211,8 +214,8 @@ def _cast_node(src: str, dst: str, to: int) -> onnx.NodeProto:
     return helper.make_node("Cast", [src], [dst], name=f"{dst}__cast", to=to)
 
 
-def convert_to_low_precision(src: str | Path, dst: str | Path, precision: str = "fp16",
-                             fp32_inputs: Sequence[str] = ("timestep",), rules: Sequence[str] = FP32_RULES,
+def convert_to_low_precision(src: str | Path, dst: str | Path, precision: Precision = Precision.FP16,
+                             fp32_inputs: Sequence[str] = (TIMESTEP,), rules: Sequence[str] = FP32_RULES,
                              inline_limit: int = 1024) -> ConversionReport:
     """FP32 expert graph `src` (+ external data) -> `dst` (+ `dst.data`) in `precision`, FP32 where `FP32_KEEP` says.
 
@@ -224,7 +227,7 @@ def convert_to_low_precision(src: str | Path, dst: str | Path, precision: str = 
     rounded to FP16 at every step.
     """
     if precision not in LOW_PRECISION_TYPES:
-        raise ValueError(f"precision must be one of {sorted(LOW_PRECISION_TYPES)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(LOW_PRECISION_TYPES)}, got {precision!r}")
     low = LOW_PRECISION_TYPES[precision]
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -329,7 +332,7 @@ def convert_to_low_precision(src: str | Path, dst: str | Path, precision: str = 
     shapes = {v.name: v for v in (*graph.input, *graph.output, *graph.value_info)}
     casts: dict[tuple[str, int], str] = {}
     nodes: list[onnx.NodeProto] = []
-    suffix: dict[int, str] = {TensorProto.FLOAT: "fp32", low: precision}
+    suffix: dict[int, str] = {TensorProto.FLOAT: Precision.FP32, low: precision}
 
     def cast_of(tensor: str, to: int) -> str:
         key = (tensor, to)
@@ -398,11 +401,11 @@ def convert_to_low_precision(src: str | Path, dst: str | Path, precision: str = 
     return report
 
 
-def graph_precision(path: str | Path) -> str:
+def graph_precision(path: str | Path) -> Precision:
     """The precision of a graph's weights: fp16/bf16 if any float initializer has that type, else fp32."""
     model = onnx.load(str(path), load_external_data=False)
     found = {i.data_type for i in model.graph.initializer}
     for name, proto_type in LOW_PRECISION_TYPES.items():
         if proto_type in found:
             return name
-    return "fp32"
+    return Precision.FP32

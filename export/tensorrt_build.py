@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from wan22_triton import components as C
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.components import CacheEntry, ComponentSpec, ShapeSpec
+from wan22_triton.components.common import CacheEntry, ComponentSpec, ShapeSpec
+from wan22_triton.components.expert import expert_models, transformer_spec
+from wan22_triton.components.orchestrator import ORCHESTRATOR
+from wan22_triton.components.vae_decoder import VAE_DECODER, vae_decoder_frame_specs
 from wan22_triton.engines.onnx_runner import ONNX_GRAPH
-from wan22_triton.manifest import PRECISIONS
+from wan22_triton.options import Engine, Precision, parse
 
 from .model_config import build_model_config, to_pbtxt
 from .onnx_precision import convert_to_low_precision
@@ -93,7 +95,7 @@ class PlanSpec:
     from (relative to the repository)."""
 
     spec: ComponentSpec
-    precision: str
+    precision: Precision
     onnx: Path
 
 
@@ -108,24 +110,24 @@ def tensorrt_model_config(spec: ComponentSpec, *, num_profiles: int, parameters:
     return config
 
 
-def tensorrt_specs(info: CheckpointInfo, layout: Sequence[CacheEntry], precision: str) -> dict[str, PlanSpec]:
+def tensorrt_specs(info: CheckpointInfo, layout: Sequence[CacheEntry], precision: Precision) -> dict[str, PlanSpec]:
     """Served TensorRT models by name: the experts in `precision`, the VAE frame graphs always in fp32."""
-    specs = {name: PlanSpec(C.transformer_spec(info, name), precision, Path(name, "1", ONNX_GRAPH))
-             for name in C.expert_models(info)}
-    for spec in C.vae_decoder_frame_specs(info, layout):
-        specs[spec.name] = PlanSpec(spec, "fp32", Path(spec.name, "1", ONNX_GRAPH))
+    specs = {name: PlanSpec(transformer_spec(info, name), precision, Path(name, "1", ONNX_GRAPH))
+             for name in expert_models(info)}
+    for spec in vae_decoder_frame_specs(info, layout):
+        specs[spec.name] = PlanSpec(spec, Precision.FP32, Path(spec.name, "1", ONNX_GRAPH))
     return specs
 
 
 def write_tensorrt_configs(repository: str | Path, info: CheckpointInfo, layout: Sequence[CacheEntry], *,
-                           precision: str = "fp16", shape_spec: ShapeSpec | None = None) -> dict[str, Path]:
+                           precision: Precision = Precision.FP16, shape_spec: ShapeSpec | None = None) -> dict[str, Path]:
     """Write config.pbtxt of the two experts and the two VAE frame models; returns model name -> config path."""
     shape_spec = shape_spec or load_shape_spec()
     written = {}
     for name, plan in tensorrt_specs(info, layout, precision).items():
         num_profiles = len(profile_ranges(plan.spec, shape_spec, info))
         config = tensorrt_model_config(plan.spec, num_profiles=num_profiles,
-                                       parameters={"engine": "tensorrt", "precision": plan.precision})
+                                       parameters={"engine": Engine.TENSORRT, "precision": plan.precision})
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_pbtxt(config))
@@ -138,7 +140,7 @@ def _remove_graph(path: Path) -> None:
     path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
-def build_repository_engines(repository: str | Path, info: CheckpointInfo, *, precision: str = "fp16",
+def build_repository_engines(repository: str | Path, info: CheckpointInfo, *, precision: Precision = Precision.FP16,
                              shape_spec: ShapeSpec | None = None, work_dir: str | Path | None = None,
                              timing_cache: str | Path | None = None, keep_onnx: bool = False,
                              workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, log: Log = print) -> dict[str, dict[str, Any]]:
@@ -148,14 +150,13 @@ def build_repository_engines(repository: str | Path, info: CheckpointInfo, *, pr
     which also keeps the timing cache between builds). Returns model name -> plan info."""
     from wan22_triton.engines.vae_frames import load_cache_layout
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = parse(Precision, precision)
     repo = Path(repository)
     shape_spec = shape_spec or load_shape_spec()
     work = Path(work_dir) if work_dir else repo.resolve().parent / f".{repo.resolve().name}.tensorrt"
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(timing_cache) if timing_cache else work / "timing.cache"
-    layout = load_cache_layout(repo / C.VAE_DECODER / "1")
+    layout = load_cache_layout(repo / VAE_DECODER / "1")
     built: dict[str, dict[str, Any]] = {}
     for name, plan in tensorrt_specs(info, layout, precision).items():
         src = repo / plan.onnx
@@ -163,7 +164,7 @@ def build_repository_engines(repository: str | Path, info: CheckpointInfo, *, pr
             raise FileNotFoundError(f"{src} is missing: export the ONNX graphs first (python -m export --engine onnx)")
         extra: dict[str, Any] = {"shape_spec": shape_spec_dict(shape_spec)}
         graph = src
-        if plan.precision != "fp32":  # strongly typed: the graph itself must be in the plan's precision
+        if plan.precision != Precision.FP32:  # strongly typed: the graph itself must be in the plan's precision
             graph = work / name / f"model.{plan.precision}.onnx"
             log(f"  {name}: converting to {plan.precision}")
             extra["conversion"] = convert_to_low_precision(src, graph, plan.precision).to_dict()
@@ -185,14 +186,15 @@ def _read_info(repository: Path, checkpoint: str | None) -> CheckpointInfo:
         return read_checkpoint(checkpoint)
     from .model_config import read_manifest
 
-    return read_manifest(repository / C.ORCHESTRATOR).checkpoint  # what the export read
+    return read_manifest(repository / ORCHESTRATOR).checkpoint  # what the export read
 
 
 def main(argv: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.tensorrt_build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", default="model_repository", help="ONNX model repository to turn into plans")
     parser.add_argument("--checkpoint", help="checkpoint dir (default: the info the export stored in the repository)")
-    parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="experts' precision")
+    parser.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.FP16,
+                        help="experts' precision")
     parser.add_argument("--shape-spec", help=f"shape spec JSON (default {SHAPE_SPEC_FILE})")
     parser.add_argument("--work-dir", help="intermediate graphs and timing cache")
     parser.add_argument("--timing-cache", help="timing cache file (read and updated)")

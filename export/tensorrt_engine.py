@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from wan22_triton.components import ComponentSpec
-from wan22_triton.manifest import PRECISIONS
+from wan22_triton.components.common import ComponentSpec
+from wan22_triton.options import Precision, parse
 
 from .onnx_precision import graph_precision
 
@@ -131,7 +131,7 @@ class TensorRTEngine:
         """`model.plan.json`: how the plan was built."""
         return self.plan_path.with_name(self.plan_path.name + PLAN_INFO_SUFFIX)
 
-    def build(self, onnx_path: str | Path, spec: ComponentSpec, ranges: Ranges | Sequence[Ranges], precision: str,
+    def build(self, onnx_path: str | Path, spec: ComponentSpec, ranges: Ranges | Sequence[Ranges], precision: Precision,
               timing_cache_path: str | Path | None = None, *, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
               optimization_level: int = 3, tf32: bool = True, extra_info: Mapping[str, Any] | None = None,
               log: Log = print) -> dict[str, Any]:
@@ -142,8 +142,7 @@ class TensorRTEngine:
         `precision` is not a builder switch (the network is strongly typed): it must be the graph's own precision and
         is checked against it, so an FP32 graph is never shipped as "fp16" by mistake.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        precision = parse(Precision, precision)
         onnx_path, plan_path = Path(onnx_path), self.plan_path
         actual = graph_precision(onnx_path)
         if actual != precision:

@@ -9,7 +9,7 @@
    processor and with `SelfAttnProcessor` on each kernel: seconds per forward and cosine / relative L2 of the
    noise prediction against diffusers'.
 
-    python -m perf.attention_probe --out perf/results/gpu/attention_probe.json
+    python -m perf.attention_probe --out perf/results/gpu/attention_probe/results.json
 """
 
 from __future__ import annotations

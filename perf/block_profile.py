@@ -2,12 +2,13 @@
 
 A full-width A14B expert cut to `--layers` blocks (random weights, BF16), batch 2 (CFG) at 480x832x81 (32,760
 tokens), compiled the way the served expert is (`compile_repeated_blocks(fullgraph=True)`, Inductor `--modes`),
-with each self-attention kernel of `--attentions` (wan22_triton.manifest.SPEED_CHOICES).
+with each self-attention kernel of `--attentions` (wan22_triton.options.Attention).
 One profiled forward; CUDA kernel time summed into self-attention (flash/cuDNN SDPA kernels), GEMMs (cuBLAS,
 CUTLASS or Triton matmul templates) and everything else; GEMM and attention TFLOP/s against their FLOPs, and the
 BF16 matmul rate of the card.
 
-    python -m perf.block_profile --modes default --attentions sdpa,flash_attn_4 --out perf/results/gpu/block_profile.json
+    python -m perf.block_profile --modes default --attentions sdpa,flash_attn_4 \\
+        --out perf/results/gpu/block_profile/attentions.json
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from perf.flops import block_flops
 from perf.fp16_probe import A14B, a14b_blocks_480p
 from perf.gpu_baseline import matmul_tflops
 from wan22_triton.speed.fast_path import optimize_transformer
-from wan22_triton.manifest import SpeedOptions
+from wan22_triton.options import Attention, SpeedOptions, parse
 
 TOKENS, TEXT = 32760, 512  # a14b_blocks_480p: 21 x 30 x 52 patches, 512 text tokens
 
@@ -43,7 +44,7 @@ def flops(layers: int) -> dict[str, float]:
     return {k: 2 * layers * v for k, v in block_flops(A14B, TOKENS, TEXT).items()}
 
 
-def profile_mode(mode: str, attention: str, layers: int) -> dict:
+def profile_mode(mode: str, attention: Attention, layers: int) -> dict:
     model, inputs = a14b_blocks_480p(layers, seed=0)
     optimize_transformer(model, SpeedOptions(attention=attention))
     model.compile_repeated_blocks(fullgraph=True, mode=None if mode == "default" else mode)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"device": torch.cuda.get_device_name(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "torch": torch.__version__, "matmul_bf16_tflops": matmul, "weights": "random",
               "modes": [profile_mode(m, a, args.layers) for m in args.modes.split(",")
-                        for a in args.attentions.split(",")]}
+                        for a in (parse(Attention, name) for name in args.attentions.split(","))]}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -55,10 +55,10 @@ def inductor_counters() -> dict[str, int]:
 def compiled_block(layers: int, tuning: str = "torchao") -> tuple[torch.nn.Module, dict]:
     from perf.fp16_probe import a14b_blocks_480p
     from wan22_triton.speed.fast_path import optimize_transformer
-    from wan22_triton.manifest import SpeedOptions
+    from wan22_triton.options import Attention, Quantization, SpeedOptions
 
     model, inputs = a14b_blocks_480p(layers, seed=0)
-    optimize_transformer(model, SpeedOptions(quantization="fp8_rowwise", attention="fp8_cudnn"))
+    optimize_transformer(model, SpeedOptions(quantization=Quantization.FP8_ROWWISE, attention=Attention.FP8_CUDNN))
     for name, value in TUNINGS[tuning].items():
         setattr(torch._inductor.config, name, value)
     model.compile_repeated_blocks(fullgraph=True, dynamic=False)

@@ -16,7 +16,7 @@ or its residual gates (`--grow gates`: only the residual grows); the largest |bl
 reported with each scale. Reported per variant: relative L2 error and cosine of the output vs
 FP32, and the number of non-finite values in the output and in any block's output.
 
-    python -m perf.fp16_probe --layers 4 --scales 1,16,64 --out perf/results/gpu/fp16_probe.json
+    python -m perf.fp16_probe --layers 4 --scales 1,16,64 --out perf/results/gpu/fp16_probe/weights.json
     python -m perf.fp16_probe --device cpu --tiny     # a quick check of the script itself
 """
 
@@ -28,6 +28,8 @@ import json
 import time
 
 import torch
+
+from wan22_triton.components.expert import ENCODER_HIDDEN_STATES, HIDDEN_STATES, TIMESTEP
 
 A14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, in_channels=16, out_channels=16,
             text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), qk_norm="rms_norm_across_heads", cross_attn_norm=True,
@@ -96,9 +98,9 @@ def run(model, inputs: dict, autocast: torch.dtype | None = None) -> tuple[torch
         # hand the Conv3d's FP16 output to the blocks, and diffusers' `.type_as(hidden_states)` keeps it FP16)
         handles.append(model.patch_embedding.register_forward_hook(lambda _m, _a, out: out.float()))
     dtype = model.patch_embedding.weight.dtype
-    args = {k: (v.to(dtype) if v.is_floating_point() and k != "timestep" else v) for k, v in inputs.items()}
+    args = {k: (v.to(dtype) if v.is_floating_point() and k != TIMESTEP else v) for k, v in inputs.items()}
     try:
-        with torch.no_grad(), torch.autocast(inputs["hidden_states"].device.type, dtype=autocast, enabled=autocast is not None):
+        with torch.no_grad(), torch.autocast(inputs[HIDDEN_STATES].device.type, dtype=autocast, enabled=autocast is not None):
             out = model(**args, return_dict=False)[0].float()
     finally:
         for h in handles:
@@ -132,11 +134,11 @@ def main() -> None:
     config = TINY if args.tiny else A14B
     g = torch.Generator(args.device).manual_seed(0)
     inputs = {
-        "hidden_states": torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=g, device=args.device),
-        "timestep": torch.tensor([900.0], device=args.device),
-        "encoder_hidden_states": 0.2 * torch.randn(1, 512, config["text_dim"], generator=g, device=args.device),
+        HIDDEN_STATES: torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=g, device=args.device),
+        TIMESTEP: torch.tensor([900.0], device=args.device),
+        ENCODER_HIDDEN_STATES: 0.2 * torch.randn(1, 512, config["text_dim"], generator=g, device=args.device),
     }
-    tokens = inputs["hidden_states"][0, 0].numel() // 4
+    tokens = inputs[HIDDEN_STATES][0, 0].numel() // 4
     rows = []
     for scale in (float(s) for s in args.scales.split(",")):
         model = build(config, args.layers, scale, args.device, seed=1, grow=args.grow)

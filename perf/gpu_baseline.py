@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wan22_triton.components.expert import ENCODER_HIDDEN_STATES, EXPERT_MODELS, HIDDEN_STATES, NOISE_PRED, TIMESTEP
+from wan22_triton.options import Precision
+
 
 def matmul_tflops(device: str, n: int = 8192, iters: int = 30) -> float:
     """Median BF16 n^3 matmul rate (random data, CUDA events)."""
@@ -77,10 +80,8 @@ class Timings:
         self.calls.append((name, time.perf_counter() - self._t0.pop(name)))
         if self.capture is not None and name == "transformer" and len(self.capture) < 2:
             self.capture.append({
-                "hidden_states": kwargs["hidden_states"].float().cpu(),
-                "timestep": kwargs["timestep"].float().cpu(),
-                "encoder_hidden_states": kwargs["encoder_hidden_states"].float().cpu(),
-                "noise_pred": out[0].float().cpu(),
+                **{name: kwargs[name].float().cpu() for name in (HIDDEN_STATES, TIMESTEP, ENCODER_HIDDEN_STATES)},
+                NOISE_PRED: out[0].float().cpu(),
             })
 
     def summary(self) -> dict:
@@ -98,7 +99,7 @@ class Timings:
         return {
             "text_encoder_s": sum(s for n, s in self.calls if n == "text_encoder"),
             "vae_decode_s": sum(s for n, s in self.calls if n == "vae_decode"),
-            "step_s": {"transformer_high_noise": steps["transformer"], "transformer_low_noise": steps["transformer_2"]},
+            "step_s": {EXPERT_MODELS[folder]: seconds for folder, seconds in steps.items()},
         }
 
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.BF16)
     parser.add_argument("--weights-seed", type=int, default=0)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul", action="store_true", help="time an 8192^3 BF16 matmul first")
     args = parser.parse_args(argv)
 
-    from wan22_triton.engines.onnx_runner import torch_dtype
+    from wan22_triton.engines.loading import torch_dtype
 
     cuda = args.device.startswith("cuda")
     result: dict = {"device": args.device}
@@ -187,12 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     cond, uncond = capture[0], capture[-1]
     np.savez(
         args.workdir / "baseline_first_step.npz",
-        hidden_states=cond["hidden_states"].numpy(),
-        timestep=cond["timestep"].numpy(),
-        prompt_embeds=cond["encoder_hidden_states"].numpy(),
-        negative_prompt_embeds=uncond["encoder_hidden_states"].numpy(),
-        noise_pred_cond=cond["noise_pred"].numpy(),
-        noise_pred_uncond=uncond["noise_pred"].numpy(),
+        hidden_states=cond[HIDDEN_STATES].numpy(),
+        timestep=cond[TIMESTEP].numpy(),
+        prompt_embeds=cond[ENCODER_HIDDEN_STATES].numpy(),
+        negative_prompt_embeds=uncond[ENCODER_HIDDEN_STATES].numpy(),
+        noise_pred_cond=cond[NOISE_PRED].numpy(),
+        noise_pred_uncond=uncond[NOISE_PRED].numpy(),
     )
     result["frames_shape"] = list(video.shape)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""LoRA on a GPU (issue 15): swap time, per-step overhead of an active adapter, few-step preset end to end.
+"""LoRA on a GPU: swap time, per-step overhead of an active adapter, few-step preset end to end.
 
 One run on one GPU, the full Wan2.2-T2V-A14B architecture with RANDOM weights (as perf/gpu_benchmark; its pieces
 are reused here) and a random rank-`--rank` LoRA pair in the layout Wan2.2-Lightning ships (every block's self- and
@@ -17,7 +17,8 @@ name the `lightning_4step` preset uses:
    server log, batch sizes of every expert call from `expert_forward` events;
 5. results.json (after every request: a killed run keeps what it measured) and table.md in --out-dir.
 
-On the GPU host, after `source gpu-bundle/activate.sh` (estimated 6-7 minutes on an H200; not run yet):
+On the GPU host, after `source gpu-bundle/activate.sh` (about 8 minutes on one H200; results in
+perf/results/gpu/lora/ unless --out-dir says otherwise):
     python3 -m perf.lora_benchmark --deadline-s 480
 
 CPU dry run of the whole flow (tiny architecture; tests/test_lora_benchmark.py; FP8 needs a GPU, so bf16 only):
@@ -31,28 +32,36 @@ import argparse
 import copy
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from perf.gpu_benchmark import ROOT, STARTED, log
+from perf.gpu_benchmark import log
+from perf.gpu_benchmark.cli import add_common_args, name_list, print_results, time_left, write_run_record
 from perf.gpu_benchmark.gpu_monitor import GpuMemoryPeak, wait_gpu_free
 from perf.gpu_benchmark.measure import configs_checkpoint, prepare_folders, request_values, run_baseline, start_server
 from perf.gpu_benchmark.quality import psnr
+from perf.gpu_benchmark.report import cell
 from perf.gpu_benchmark.stats import count_steps, overhead, read_stats_after, stats_delta
 from perf.gpu_benchmark.variants import EXPERTS, Variant, export_variant
+from wan22_triton.components.orchestrator import ORCHESTRATOR, STAGE_SECONDS, VIDEO
 from wan22_triton.operations import events
 from wan22_triton.manifest import SpeedOptions
+from wan22_triton.options import Attention, Device, Quantization
+from wan22_triton.request.contract import (HEIGHT, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES, NUM_INFERENCE_STEPS, PROMPT,
+                                           SEED, WIDTH)
+# the request inputs; this module's LORA and PRESET are the preset's adapter and the preset
+from wan22_triton.request.contract import LORA as LORA_INPUT, PRESET as PRESET_INPUT
 from wan22_triton.request.presets import PRESETS, find_preset
 
 PRESET = find_preset(PRESETS, "lightning_4step")
 LORA = PRESET.lora  # the preset's adapter name: the pair is exported under it
 TIERS = {
     "fp8": Variant("Triton FP8 GEMMs + FP8 attention, eager (LoRA)",
-                   SpeedOptions(quantization="fp8_rowwise", attention="fp8_cudnn"), vae_cudnn_benchmark=True),
+                   SpeedOptions(quantization=Quantization.FP8_ROWWISE, attention=Attention.FP8_CUDNN),
+                   vae_cudnn_benchmark=True),
     "bf16": Variant("Triton BF16 eager (LoRA)", SpeedOptions()),
 }
 DIFFUSERS_STEPS = 40  # the default the few-step preset is compared with
@@ -61,10 +70,7 @@ TARGETS = {"swap_pair_max_s": 1.0, "step_overhead_pct": 10.0, "preset_speedup_vs
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf.lora_benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b", help="architecture")
-    parser.add_argument("--layers", type=int, default=None, help="override the experts' layer count (smoke tests)")
+    add_common_args(parser, name="lora", workdir="/tmp/wan22-lora-bench")
     parser.add_argument("--tiers", default="fp8,bf16", help=f"comma list of {list(TIERS)}")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -76,20 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora-seed", type=int, default=15, help="high-noise file; the low-noise one: seed + 1")
     parser.add_argument("--lora-delta", type=float, default=0.3,
                         help="|B·A·x| / |x| of each adapted layer (visible on the video, finite)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--guidance-scale-2", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=42, help="generation seed, every request and the baseline")
-    parser.add_argument("--weights-seed", type=int, default=1234, help="random weights, both sides")
-    parser.add_argument("--prompt", default="A red panda walks along a mossy branch in a misty forest at sunrise")
-    parser.add_argument("--negative-prompt", default="blurry, low quality, distorted, static")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="Triton tiers only")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "perf" / "results" / "gpu" / "lora")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/wan22-lora-bench"))
-    parser.add_argument("--startup-timeout", type=float, default=900.0)
-    parser.add_argument("--server-arg", action="append", default=[], dest="server_args",
-                        help="extra tritonserver argument, repeatable")
-    parser.add_argument("--deadline-s", type=float, default=0.0,
-                        help="skip a tier when less than its estimated time is left (0: no limit)")
     args = parser.parse_args(argv)
     # what the reused gpu_benchmark pieces read (describe_run, start_server, run_baseline)
     args.shared_memory, args.shm_region, args.reference_variant, args.warmup_steps = True, "reused", "", args.steps
@@ -128,17 +121,17 @@ def write_lora_pair(checkpoint: Path, args) -> dict[str, Any]:
 
 def preset_values(args, steps: int | None = None) -> dict[str, Any]:
     """The preset request: its own steps, guidance (off) and LoRA; `steps` overrides (the warm-up)."""
-    values = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "num_frames": args.num_frames,
-              "height": args.height, "width": args.width, "seed": args.seed, "preset": PRESET.name}
+    values = {PROMPT: args.prompt, NEGATIVE_PROMPT: args.negative_prompt, NUM_FRAMES: args.num_frames,
+              HEIGHT: args.height, WIDTH: args.width, SEED: args.seed, PRESET_INPUT: PRESET.name}
     if steps is not None:
-        values["num_inference_steps"] = steps
+        values[NUM_INFERENCE_STEPS] = steps
     return values
 
 
 def request_plan(args) -> list[tuple[str, dict[str, Any]]]:
     """(kind, request values), warm-ups first (kind `warmup_*`: not in the statistics derived below)."""
-    base = {**request_values(args, args.steps), "lora": ""}
-    lora = {**request_values(args, args.steps), "lora": LORA, "lora_scale": 1.0}
+    base = {**request_values(args, args.steps), LORA_INPUT: ""}
+    lora = {**request_values(args, args.steps), LORA_INPUT: LORA, LORA_SCALE: 1.0}
     plan = [("warmup_lora", lora), ("warmup_preset", preset_values(args, 2)),
             ("base", base), ("lora", lora), ("preset", preset_values(args))]
     for i in range(args.swap_requests):
@@ -159,7 +152,7 @@ def measured_request(url: str, client, admin: dict, key: str, shm, values: dict,
     e2e = time.perf_counter() - t0
     models = stats_delta(before, read_stats_after(client, served + 1, headers=admin))
     found = events.read_events(events_file, offset)  # every model writes its events before it answers
-    row: dict[str, Any] = {"e2e_s": e2e, "models": models, "stage_seconds": out["stage_seconds"]}
+    row: dict[str, Any] = {"e2e_s": e2e, "models": models, STAGE_SECONDS: out[STAGE_SECONDS]}
     count_steps(row)
     selected = [e for e in found if e["event"] == "lora_selected"]
     row["lora_selected"] = [{k: e.get(k) for k in ("model", "lora", "previous", "scale", "seconds")} for e in selected]
@@ -171,7 +164,7 @@ def measured_request(url: str, client, admin: dict, key: str, shm, values: dict,
     row.update(overhead(e2e, models))
     row.pop("models")
     row["models_compute_s"] = {m: v["compute_infer_s"] for m, v in models.items()}
-    return row, out["video"]
+    return row, out[VIDEO]
 
 
 def adapter_load_s(events_file: Path) -> dict[str, float]:
@@ -209,7 +202,7 @@ def run_tier(name: str, tier: Variant, checkpoint: Path, pair: list[str], args, 
         try:
             url, key, admin = server.grpc_url, server.admin_key, server.admin_headers("grpc")
             with grpcclient.InferenceServerClient(url) as client:
-                size = grpc_client.video_bytes(client, request_values(args, args.steps), "wan22_t2v")
+                size = grpc_client.video_bytes(client, request_values(args, args.steps), ORCHESTRATOR)
                 with grpc_client.VideoSharedMemory(url, size, key) as shm:
                     for served, (kind, values) in enumerate(request_plan(args)):
                         request, video = measured_request(url, client, admin, key, shm, values, served, events_file)
@@ -266,7 +259,7 @@ def summarize_tier(name: str, row: dict[str, Any], args) -> None:
                          "expert_calls": sum(len(batches[e]) for e in EXPERTS),
                          "triton_overhead_s": preset["triton_overhead_s"],
                          "triton_overhead_pct": preset["triton_overhead_pct"],
-                         "stage_seconds": preset["stage_seconds"]}
+                         STAGE_SECONDS: preset[STAGE_SECONDS]}
     videos = {k: args.workdir / f"video-{name}-{k}.npy" for k in ("base", "lora")}
     if all(p.exists() for p in videos.values()):
         base, lora = np.load(videos["base"]), np.load(videos["lora"])
@@ -305,10 +298,6 @@ def compare_tiers(results: dict[str, Any], args) -> None:
         rows["fp8"]["preset_vs_bf16"] = {"psnr_db": psnr(fp8, bf16), "equal": bool(np.array_equal(fp8, bf16))}
 
 
-def _f(value: Any, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def render_table(results: dict[str, Any]) -> str:
     base = results.get("baseline", {})
     proj = base.get("projected_40_steps", {})
@@ -328,13 +317,14 @@ def render_table(results: dict[str, Any]) -> str:
         pair = row["swap_s"]["pair"]
         over = row["overhead_pct"]
         lines.append(
-            f"| {row['label']} | {' / '.join(_f(bare['base'][e], '.3f') for e in EXPERTS)} "
-            f"| {' / '.join(_f(bare['lora'][e], '.3f') for e in EXPERTS)} "
-            f"| {' / '.join(_f(over.get(e), '+.1f') for e in EXPERTS)} "
-            f"| {_f(pair['mean'], '.4f')} / {_f(pair['max'], '.4f')} "
+            f"| {row['label']} | {' / '.join(cell(bare['base'][e], '.3f') for e in EXPERTS)} "
+            f"| {' / '.join(cell(bare['lora'][e], '.3f') for e in EXPERTS)} "
+            f"| {' / '.join(cell(over.get(e), '+.1f') for e in EXPERTS)} "
+            f"| {cell(pair['mean'], '.4f')} / {cell(pair['max'], '.4f')} "
             f"| {', '.join(f'{v:.2f}' for v in row['adapter_load_s'].values()) or '-'} "
-            f"| {_f(row.get('preset', {}).get('e2e_s'), '.2f')} | {_f(row.get('speedup_vs_diffusers_40'), '.1f')}x "
-            f"| {_f(row.get('lora_vs_base', {}).get('psnr_db'), '.1f')} | {_f(row.get('peak_gpu_memory_gb'), '.1f')} |")
+            f"| {cell(row.get('preset', {}).get('e2e_s'), '.2f')} | {cell(row.get('speedup_vs_diffusers_40'), '.1f')}x "
+            f"| {cell(row.get('lora_vs_base', {}).get('psnr_db'), '.1f')} "
+            f"| {cell(row.get('peak_gpu_memory_gb'), '.1f')} |")
     fp8 = results["tiers"].get("fp8", {}).get("preset_vs_bf16")
     if fp8:
         lines += ["", f"fp8 preset video vs bf16 preset video: PSNR {fp8['psnr_db']:.1f} dB"]
@@ -375,11 +365,8 @@ def baseline_phase(checkpoint: Path, args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    names = [t.strip() for t in args.tiers.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TIERS]
-    if unknown:
-        raise SystemExit(f"unknown tiers {unknown}; known: {list(TIERS)}")
-    if args.device == "cpu" and "fp8" in names:
+    names = name_list(args.tiers, TIERS, "tiers")
+    if args.device == Device.CPU and "fp8" in names:
         raise SystemExit("the fp8 tier needs --device gpu (the export refuses FP8 and its attention on a CPU); "
                          "use --tiers bf16")
     if args.steps < 2:
@@ -391,17 +378,18 @@ def main(argv: list[str] | None = None) -> None:
 
     checkpoint = configs_checkpoint(args)
     info = read_checkpoint(checkpoint)
-    results = describe_run(args, argv, checkpoint, info, {})
+    results = describe_run(args, argv, checkpoint, info, {}, module="perf.lora_benchmark")
     results.pop("variants")
     results["meta"].pop("reference_variant")
-    results["meta"]["command"] = "python3 -m perf.lora_benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
-    results["meta"]["ours"] += "; LoRA unfused, chosen per call (wan22_triton/request/lora.py); compile refused with LoRA"
+    results["meta"]["ours"] += ("; LoRA unfused, chosen per call (wan22_triton/request/lora.py); "
+                                "compile refused with LoRA")
     results["workload"].update({"baseline_steps": args.baseline_steps, "swap_requests": args.swap_requests,
                                 "preset": {"name": PRESET.name, **PRESET.settings(), "sampler": PRESET.sampler,
                                            "lora": PRESET.lora}})
     results["workload"].pop("warmup_steps")
     results["targets"] = TARGETS
     results["tiers"] = {}
+    write_run_record(args.out_dir, results["meta"])
     save(results, args)
 
     results["lora"] = write_lora_pair(checkpoint, args)
@@ -424,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in names:
         tier = TIERS[name]
-        left = args.deadline_s - (time.monotonic() - STARTED) if args.deadline_s else float("inf")
+        left = time_left(args)
         if left < estimate_s(name, results, args):
             results["tiers"][name] = {"label": tier.label, "status": f"skipped: {left:.0f}s left of the deadline"}
             log(f"{name}: skipped ({left:.0f}s left)")
@@ -441,9 +429,7 @@ def main(argv: list[str] | None = None) -> None:
 
     compare_tiers(results, args)
     save(results, args)
-    print()
-    print(render_table(results))
-    print(f"\nresults: {args.out_dir}/results.json, table.md")
+    print_results(render_table(results), args.out_dir)
 
 
 if __name__ == "__main__":

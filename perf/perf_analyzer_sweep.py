@@ -39,9 +39,18 @@ from typing import Any
 import numpy as np
 
 from clients.admin import ADMIN_KEY_ENV, admin_headers, admin_key_from_env
-from server.launcher import TritonServer, printable_command
-from wan22_triton import components as C
+from server.triton_server import TritonServer
+from server.tritonserver_args import printable_command
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
+from wan22_triton.components.common import ComponentSpec
+from wan22_triton.components.expert import (TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, expert_models,
+                                            transformer_spec)
+from wan22_triton.components.orchestrator import ORCHESTRATOR
+from wan22_triton.components.text_encoder import TEXT, TEXT_ENCODER, text_encoder_spec
+from wan22_triton.components.vae_decoder import VAE_DECODER, vae_decoder_spec
+from wan22_triton.request.contract import (GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NEGATIVE_PROMPT, NUM_FRAMES,
+                                           NUM_INFERENCE_STEPS, PROMPT, SEED, WIDTH)
+from wan22_triton.options import Device, Engine, Precision
 
 from .gpu_benchmark.measure import bundle_backend_args, stub_env_bin
 from .perf_analyzer_env import perf_analyzer_command
@@ -49,7 +58,10 @@ from .perf_analyzer_env import perf_analyzer_command
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("concurrency", "warmup", "measurement_request_count", "stability_percentage", "max_trials", "engine",
             "device", "precision")
-MODELS = (C.ORCHESTRATOR, C.TEXT_ENCODER, C.TRANSFORMER_HIGH_NOISE, C.TRANSFORMER_LOW_NOISE, C.VAE_DECODER)
+MODELS = (ORCHESTRATOR, TEXT_ENCODER, TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, VAE_DECODER)
+# The orchestrator's request inputs this sweep has flags for (the prompts come from --prompts).
+REQUEST_FLAGS = (NEGATIVE_PROMPT, NUM_FRAMES, HEIGHT, WIDTH, NUM_INFERENCE_STEPS, SEED, GUIDANCE_SCALE,
+                 GUIDANCE_SCALE_2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,9 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-key", default=admin_key_from_env(),
                    help=f"with --url: the server's admin key (default ${ADMIN_KEY_ENV}), for its statistics")
     p.add_argument("--repository", type=Path, help="model repository to export into (default: a temporary one)")
-    p.add_argument("--engine", default="torch", choices=("torch", "onnx", "tensorrt"))
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--engine", type=Engine, choices=list(Engine), default=Engine.TORCH)
+    p.add_argument("--device", type=Device, choices=list(Device), default=Device.CPU)
+    p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.FP32)
     p.add_argument("--replicas", type=int, default=1,
                    help="export: whole pipelines, one per device group (throughput of concurrent requests)")
     p.add_argument("--weights-seed", type=int,
@@ -105,25 +117,21 @@ def _tensor(array: np.ndarray) -> dict[str, Any]:
 
 def orchestrator_data(args: argparse.Namespace, prompts: list[str]) -> list[dict[str, Any]]:
     """One `wan22_t2v` request per prompt; BYTES inputs as JSON string lists, numbers as one-element lists."""
-    flags = {
-        "negative_prompt": args.negative_prompt, "num_frames": args.num_frames, "height": args.height,
-        "width": args.width, "num_inference_steps": args.num_inference_steps, "seed": args.seed,
-        "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2,
-    }
+    flags = {name: getattr(args, name) for name in REQUEST_FLAGS}
     common = {name: [value] for name, value in flags.items() if value is not None}
-    return [{"prompt": [prompt], **common} for prompt in prompts]
+    return [{PROMPT: [prompt], **common} for prompt in prompts]
 
 
-def component_spec(name: str, info: CheckpointInfo) -> C.ComponentSpec:
-    if name == C.TEXT_ENCODER:
-        return C.text_encoder_spec(info)
-    return C.vae_decoder_spec(info) if name == C.VAE_DECODER else C.transformer_spec(info, name)
+def component_spec(name: str, info: CheckpointInfo) -> ComponentSpec:
+    if name == TEXT_ENCODER:
+        return text_encoder_spec(info)
+    return vae_decoder_spec(info) if name == VAE_DECODER else transformer_spec(info, name)
 
 
 def component_data(name: str, info: CheckpointInfo, args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     """Per-batch-element inputs of a component, at the shapes the orchestrator sends for the requested video."""
-    if name == C.TEXT_ENCODER:
-        return [{"text": [prompt]} for prompt in prompts]
+    if name == TEXT_ENCODER:
+        return [{TEXT: [prompt]} for prompt in prompts]
     _, frames, height, width = info.latent_shape(args.num_frames, args.height, args.width)
     sizes = {"batch": 1, "latent_frames": frames, "latent_height": height, "latent_width": width}
     # Batch-of-one samples without their batch axis; timestep [1] -> [] travels as [1] (the config's reshape).
@@ -135,7 +143,7 @@ def component_data(name: str, info: CheckpointInfo, args: argparse.Namespace, pr
 
 
 # perf_analyzer picks each BLS composing model's version by its inference count in the window, and fails with this
-# when one of them ran nothing inside it: a short count window can fall between a request's calls (seen once in CI).
+# when one of them ran nothing inside it: a short count window can fall between a request's calls.
 COMPOSING_MISSED = "failed to find the requested model version"
 
 
@@ -148,8 +156,8 @@ def run_model(name: str, url: str, args: argparse.Namespace, data_file: Path, ba
     base += [arg for header in headers.items() for arg in ("-H", ":".join(header))]
     result: dict[str, Any] = {"batch_size": batch}
     if args.warmup:  # first calls pay lazy initialisation (torch/oneDNN kernels for these shapes, CUDA context...)
-        # at the sweep's top concurrency, so that every instance (every replica's) has had its first call: run 11's
-        # warm-up at concurrency 1 left the second replica's first call in a measured window (5.2 s for 2.7 s)
+        # at the sweep's top concurrency, so that every instance (every replica's) has had its first call: at
+        # concurrency 1 only one replica warms up, and the other's first call (twice a warm one) lands in a window
         warmup = [*base, "--concurrency-range", str(args.concurrency),
                   "--request-count", str(args.warmup * args.concurrency)]
         result["warmup_command"] = printable_command(warmup, admin_key)
@@ -289,22 +297,22 @@ def throughput_ratio(results: dict[str, Any], other: dict[str, Any]) -> dict[str
 
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
-    served = [C.TEXT_ENCODER, *C.expert_models(info), C.VAE_DECODER]
-    models = [m.strip() for m in args.models.split(",")] if args.models else [C.ORCHESTRATOR, *served]
-    unknown = set(models) - {C.ORCHESTRATOR, *served}
+    served = [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
+    models = [m.strip() for m in args.models.split(",")] if args.models else [ORCHESTRATOR, *served]
+    unknown = set(models) - {ORCHESTRATOR, *served}
     if unknown:
-        raise SystemExit(f"unknown models {sorted(unknown)}; this checkpoint serves {[C.ORCHESTRATOR, *served]}")
+        raise SystemExit(f"unknown models {sorted(unknown)}; this checkpoint serves {[ORCHESTRATOR, *served]}")
     started = dt.datetime.now(dt.timezone.utc)
     results = {}
     for name in models:
-        data = orchestrator_data(args, prompts) if name == C.ORCHESTRATOR else component_data(name, info, args, prompts)
+        data = orchestrator_data(args, prompts) if name == ORCHESTRATOR else component_data(name, info, args, prompts)
         data_file = out / f"{name}.json"
         data_file.write_text(json.dumps({"data": data}))
         # Not with a version per replica: perf_analyzer 2.50 reads one version's statistics, then aborts on them
         # ("Server side statistics compute counts must be the same"; checked on the CPU).
-        composing = served if name == C.ORCHESTRATOR and args.replicas == 1 else []
+        composing = served if name == ORCHESTRATOR and args.replicas == 1 else []
         # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
-        batch = 1 if name == C.ORCHESTRATOR else component_spec(name, info).max_batch_size
+        batch = 1 if name == ORCHESTRATOR else component_spec(name, info).max_batch_size
         results[name] = run_model(name, url, args, data_file, batch, out, composing, admin_key)
     summary = {
         "date": started.isoformat(timespec="seconds"),
@@ -312,7 +320,7 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
         "url": url,
         "protocol": args.protocol,
         "checkpoint": info.path,
-        "request": {k: getattr(args, k) for k in ("num_frames", "height", "width", "num_inference_steps", "seed")},
+        "request": {k: getattr(args, k) for k in (NUM_FRAMES, HEIGHT, WIDTH, NUM_INFERENCE_STEPS, SEED)},
         "latent_shape": list(info.latent_shape(args.num_frames, args.height, args.width)),
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "machine": machine_info(url, args.protocol),
@@ -324,8 +332,8 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     req = summary["request"]
     device = summary["machine"].get("gpus", [summary["machine"]["cpu"]])[0]
-    title = (f"{Path(info.path).name}: {req['num_frames']} frames {req['width']}x{req['height']}, "
-             f"{req['num_inference_steps']} steps | {device}")
+    title = (f"{Path(info.path).name}: {req[NUM_FRAMES]} frames {req[WIDTH]}x{req[HEIGHT]}, "
+             f"{req[NUM_INFERENCE_STEPS]} steps | {device}")
     plot(results, out / "sweep.png", title)
     print_table(results)
     print(f"\n[perf] results in {out}")

@@ -7,8 +7,9 @@ does with each request). The guard listens where clients connect; Triton's HTTP 
     python -m server.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
         [--max-json-bytes N] [--max-elements N] [--abandon-dir DIR] [--exit-with-pid PID] [--log-level INFO]
 
-`HttpGuard` runs it on a thread of the calling process (tests, `server.launcher.TritonServer`); the CLI runs it in
-the foreground, `--exit-with-pid` ties its life to tritonserver's when the launcher execs tritonserver.
+`HttpGuard` runs it on a thread of the calling process (process.HttpFront, which the launcher and TritonServer use);
+the CLI runs it in the foreground in front of a tritonserver started some other way, `--exit-with-pid` tying its life
+to that server's.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-elements", type=int, default=defaults.inference.max_elements,
                         help="elements one input may declare")
     parser.add_argument("--abandon-dir", default=None,
-                        help="tell models when an HTTP client goes away: markers here (gateway/abandonment.py)")
+                        help="tell models when an HTTP client goes away: markers here "
+                             "(wan22_triton/operations/abandonment.py)")
     parser.add_argument("--exit-with-pid", type=int, default=None, help="stop when this process is gone")
     parser.add_argument("--log-level", default="WARNING",
                         help="INFO: every request (access log), refusal and abandoned request too")

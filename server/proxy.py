@@ -34,7 +34,7 @@ from wan22_triton.operations import abandonment
 
 from .inference_request import InferenceLimits, Rejected, bad_request, check_inference_request, parse_json
 
-log = logging.getLogger("gateway")
+log = logging.getLogger("server.http_guard")
 
 # Triton's model URL pattern (http_server.cc, model_regex_) with the kind fixed to "infer", matched as Triton does:
 # in full, on the path without query or fragment.
@@ -59,7 +59,7 @@ class GuardSettings:
     max_body_bytes: int = 128 << 20  # 2x a 720p A14B expert request in binary (hidden_states + embeddings, 56 MB)
     inference: InferenceLimits = field(default_factory=InferenceLimits)
     connect_timeout_s: float = 30.0
-    abandon_dir: str | None = None  # set: clients that go away are told to the model (gateway/abandonment.py)
+    abandon_dir: str | None = None  # set: clients that go away are told to the model (abandonment.py)
 
 
 def error_response(exc: Rejected) -> web.Response:

@@ -112,11 +112,11 @@ def build_command(
     used as written (``--disable-auto-complete-config``, the successor of
     ``--strict-model-config=true``), models are loaded at startup
     (``--model-control-mode=explicit`` with ``--load-model=*`` unless ``extra_args`` name the models: explicit mode
-    lets the orchestrators' watchdog reload a component whose process died, wan22_triton/operations/watchdog.py; its load and
-    unload API is an admin API, behind the key). gRPC and metrics listen on ``listen_address``, HTTP on
+    lets the orchestrators' watchdog reload a component whose process died, wan22_triton/operations/watchdog.py;
+    its load and unload API is an admin API, behind the key). gRPC and metrics listen on ``listen_address``, HTTP on
     ``http_address`` (default the same; the launcher's HTTP guard puts Triton's behind it on loopback);
     the admin APIs need ``admin_key`` (``restricted_api_args``). ``extra_args`` come last
-    and so override. The Python backend's region prefix is ``ServerProcess``'s (it needs the pid).
+    and so override. The Python backend's region prefix is ``process.ServerProcess``'s (it needs the pid).
     """
     repo = check_repository(model_repository)
     cmd = [

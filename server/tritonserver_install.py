@@ -158,7 +158,8 @@ def _check_numpy() -> None:
         )
 
 
-def find_tritonserver(tritonserver: str | os.PathLike | None = None, cache_dir: Path | str | None = None) -> TritonInstall:
+def find_tritonserver(tritonserver: str | os.PathLike | None = None,
+                      cache_dir: Path | str | None = None) -> TritonInstall:
     """Locate ``tritonserver`` and build the environment to run it with.
 
     ``tritonserver``: explicit binary (used like a PATH one); default: ``PATH``, else the wheel.

@@ -33,7 +33,8 @@ from export.repository import export_repository
 from wan22_triton.speed import compile_cache
 from wan22_triton.operations import events
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.components import EXPERT_WARMUP_INPUT, CompilePoint, ShapeSpec, transformer_spec
+from wan22_triton.components.common import CompilePoint, ShapeSpec
+from wan22_triton.components.expert import WARMUP_INPUT, transformer_spec
 from wan22_triton.manifest import SpeedOptions
 from wan22_triton.parallel.plan import ParallelPlan
 
@@ -71,50 +72,35 @@ def exported(workdir, tiny_checkpoint) -> Path:
     return repo
 
 
-def _serve(repo: Path, inductor_cache: Path):
-    from server.launcher import TritonServer
-
-    events_file = repo / "events.jsonl"
-    server = TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300,
-                          env={events.EVENTS_FILE_ENV: str(events_file), INDUCTOR_CACHE_ENV: str(inductor_cache)})
-    server.start()
-    server.ready_at = time.time()  # at or after READY
-    server.events_file = events_file
-    print(f"{repo.name}: start -> READY {server.startup_seconds:.1f}s")
+def _serve(served, repository, inductor_cache: Path, options: ExportOptions | None = None):
+    server = served(options, repository=repository, env={INDUCTOR_CACHE_ENV: str(inductor_cache)})
+    print(f"{server.model_repository}: start -> READY {server.startup_seconds:.1f}s")
     return server
 
 
 @pytest.fixture(scope="module")
-def served(exported, workdir):
-    server = _serve(exported, workdir / "inductor-served")  # empty: hits can only come from the artifacts
-    yield server
-    server.stop()
+def with_artifacts(served, exported, workdir):
+    return _serve(served, exported, workdir / "inductor-served")  # empty: hits can only come from the artifacts
 
 
 @pytest.fixture(scope="module")
-def warmed(workdir, tiny_checkpoint):
+def warmed(served, workdir):
     """Eager experts exported with `--warmup` alone: Triton's warm-up at the spec's sizes, nothing compiled."""
-    spec, repo = workdir / "warmup_spec.json", workdir / "repo-warmup"
+    spec = workdir / "warmup_spec.json"
     spec.write_text(json.dumps(SPEC))
-    export_repository(tiny_checkpoint, repo, ExportOptions(warmup=True, shape_spec=str(spec)), log=lambda _: None)
-    server = _serve(repo, workdir / "inductor-warmup")
-    server.repo = repo
-    yield server
-    server.stop()
+    return _serve(served, None, workdir / "inductor-warmup", ExportOptions(warmup=True, shape_spec=str(spec)))
 
 
 @pytest.fixture(scope="module")
-def mismatched(exported, workdir, served):
+def mismatched(served, exported, workdir, with_artifacts):
     repo = workdir / "repo-mismatched"
-    shutil.copytree(exported, repo, ignore=shutil.ignore_patterns("events.jsonl", "tritonserver.log"))
+    shutil.copytree(exported, repo)
     for expert in EXPERTS:
         record_file = repo / expert / "1" / compile_cache.FOLDER / compile_cache.RECORD
         record = json.loads(record_file.read_text())
         record["environment"]["torch"] = "0.0.0-elsewhere"
         record_file.write_text(json.dumps(record))
-    server = _serve(repo, workdir / "inductor-served")
-    yield server
-    server.stop()
+    return _serve(served, repo, workdir / "inductor-served")  # the first server's, as a restart on one machine
 
 
 def _events(server, name: str, since: int = 0) -> list[dict]:
@@ -156,7 +142,7 @@ def test_export_writes_artifacts_their_record_and_warmup(exported, tiny_checkpoi
             assert list(warmup.inputs["hidden_states"].dims) == [info.in_channels, frames, height, width]
             assert list(warmup.inputs["timestep"].dims) == [1]  # the input's dims, reshaped to a scalar per item
             # zeros, and the marker that makes the expert run its first block alone (a true BOOL from a file)
-            marker = warmup.inputs.pop(EXPERT_WARMUP_INPUT.name)
+            marker = warmup.inputs.pop(WARMUP_INPUT.name)
             assert all(i.zero_data for i in warmup.inputs.values())
             assert (exported / expert / "warmup" / marker.input_data_file).read_bytes() == b"\x01"
     # The other first calls too, so that READY means full speed: the text encoder once (prompt and negative
@@ -218,29 +204,30 @@ def test_gpu_artifacts_need_a_gpu_at_export(tiny_checkpoint, tmp_path):
 
 # -- served ---------------------------------------------------------------------------------------------------------
 
-def test_served_experts_load_the_artifacts_and_compile_every_point_before_ready(served, tiny_checkpoint):
-    loaded = _events(served, "compile_cache_loaded")
-    assert sorted(e["model"] for e in loaded) == sorted(EXPERTS) and not _events(served, "compile_cache_mismatch")
-    compiled = _events(served, "expert_compiled")
+def test_served_experts_load_the_artifacts_and_compile_every_point_before_ready(with_artifacts, tiny_checkpoint):
+    loaded = _events(with_artifacts, "compile_cache_loaded")
+    assert sorted(e["model"] for e in loaded) == sorted(EXPERTS)
+    assert not _events(with_artifacts, "compile_cache_mismatch")
+    compiled = _events(with_artifacts, "expert_compiled")
     for expert in EXPERTS:
         mine = [e for e in compiled if e["model"] == expert]
         assert {tuple(e["shape"]) for e in mine} == _point_shapes(tiny_checkpoint)
         # every graph from the artifacts (the server's Inductor cache started empty), all in Triton's warm-up
         assert all(e["cache_misses"] == 0 and e["cache_hits"] == e["graphs"] == 1 for e in mine), mine
-        assert all(e["time"] < served.ready_at for e in mine)
+        assert all(e["time"] < with_artifacts.ready_at for e in mine)
 
 
-def test_each_warmup_compile_hands_its_workspace_back_before_ready(served):
+def test_each_warmup_compile_hands_its_workspace_back_before_ready(with_artifacts):
     """So the READY server holds its weights, not the workspace of its largest warm-up sample."""
     for expert in EXPERTS:
-        order = [e["event"] for e in events.read_events(served.events_file) if e.get("model") == expert
-                 and e["time"] < served.ready_at and (e["event"] == "expert_compiled" or (
+        order = [e["event"] for e in events.read_events(with_artifacts.events_file) if e.get("model") == expert
+                 and e["time"] < with_artifacts.ready_at and (e["event"] == "expert_compiled" or (
                      e["event"] == "workspace_released" and e["after"] == "call"))]
         assert order == ["expert_compiled", "workspace_released"] * len(POINTS), order
 
 
 def test_warmup_alone_runs_every_model_before_ready_and_serves_any_size(warmed, tiny_checkpoint, torch_server):
-    repo = warmed.repo
+    repo = warmed.model_repository
     for model, samples in (("text_encoder", 1), *((e, len(POINTS)) for e in EXPERTS), ("vae_decoder", 2)):
         assert len(parse_pbtxt((repo / model / "config.pbtxt").read_text()).model_warmup) == samples, model
         assert not read_manifest(repo / model).compile_points
@@ -278,24 +265,25 @@ def test_models_of_a_device_warm_up_one_at_a_time(warmed):
         assert any(m == forward["model"] and s <= forward["started"] <= forward["time"] <= t for s, t, m in held)
 
 
-def test_first_requests_after_ready_compile_nothing(served, torch_server):
-    offset = events.end_offset(served.events_file)
-    video = grpc_client.generate(served.grpc_url, REQUEST)["video"]  # CFG: batch 2, 5 frames
-    grpc_client.generate(served.grpc_url, {**REQUEST, "num_frames": 9, "guidance_scale": 1.0})  # batch 1, 9 frames
-    forwards = _events(served, "expert_forward", offset)
+def test_first_requests_after_ready_compile_nothing(with_artifacts, torch_server):
+    offset = events.end_offset(with_artifacts.events_file)
+    video = grpc_client.generate(with_artifacts.grpc_url, REQUEST)["video"]  # CFG: batch 2, 5 frames
+    grpc_client.generate(with_artifacts.grpc_url,
+                         {**REQUEST, "num_frames": 9, "guidance_scale": 1.0})  # batch 1, 9 frames
+    forwards = _events(with_artifacts, "expert_forward", offset)
     assert {e["batch"] for e in forwards} == {1, 2}
-    assert not _events(served, "expert_compiled", offset)
+    assert not _events(with_artifacts, "expert_compiled", offset)
     # and the compiled experts draw the eager experts' video (to rounding)
     assert psnr(video, grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]) >= 40.0
 
 
-def test_sizes_outside_the_spec_are_refused(served):
+def test_sizes_outside_the_spec_are_refused(with_artifacts):
     with pytest.raises(InferenceServerException, match="not a size this repository was built for") as err:
-        grpc_client.generate(served.grpc_url, {**REQUEST, "height": 64})
+        grpc_client.generate(with_artifacts.grpc_url, {**REQUEST, "height": 64})
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
-def test_mismatched_record_falls_back_and_serves_the_same_video(served, mismatched, tiny_checkpoint):
+def test_mismatched_record_falls_back_and_serves_the_same_video(with_artifacts, mismatched, tiny_checkpoint):
     mismatches = _events(mismatched, "compile_cache_mismatch")
     assert sorted(e["model"] for e in mismatches) == sorted(EXPERTS) and not _events(mismatched, "compile_cache_loaded")
     here = compile_cache.environment("cpu", "fp32", REGIONAL)["torch"]
@@ -308,15 +296,15 @@ def test_mismatched_record_falls_back_and_serves_the_same_video(served, mismatch
                   and e["time"] < mismatched.ready_at}
         assert shapes == _point_shapes(tiny_checkpoint)
     assert np.array_equal(grpc_client.generate(mismatched.grpc_url, REQUEST)["video"],
-                          grpc_client.generate(served.grpc_url, REQUEST)["video"])
+                          grpc_client.generate(with_artifacts.grpc_url, REQUEST)["video"])
 
 
-def test_a_direct_call_with_another_shape_is_served_with_a_logged_compile(served, tiny_checkpoint):
+def test_a_direct_call_with_another_shape_is_served_with_a_logged_compile(with_artifacts, tiny_checkpoint):
     info = read_checkpoint(tiny_checkpoint)
     inputs = transformer_spec(info, EXPERTS[0]).sample_inputs({"batch": 1, "latent_frames": 2, "latent_height": 4,
                                                                 "latent_width": 4})
-    offset = events.end_offset(served.events_file)
-    with grpcclient.InferenceServerClient(served.grpc_url) as client:
+    offset = events.end_offset(with_artifacts.events_file)
+    with grpcclient.InferenceServerClient(with_artifacts.grpc_url) as client:
         inputs["timestep"] = inputs["timestep"].reshape(-1, 1)  # the config's dims [1] per item
         tensors = []
         for name, array in inputs.items():
@@ -324,7 +312,8 @@ def test_a_direct_call_with_another_shape_is_served_with_a_logged_compile(served
             tensors[-1].set_data_from_numpy(array)
         noise = client.infer(EXPERTS[0], tensors).as_numpy("noise_pred")
     assert noise.shape == inputs["hidden_states"].shape
-    compiled = _events(served, "expert_compiled", offset)
+    compiled = _events(with_artifacts, "expert_compiled", offset)
     assert [tuple(e["shape"]) for e in compiled] == [inputs["hidden_states"].shape]
     assert compiled[0]["cache_misses"] == 1  # a new graph, made now
-    _wait_for_log(served, f"{EXPERTS[0]}: compiled 1 graph(s) for hidden_states {list(inputs['hidden_states'].shape)}")
+    shape = list(inputs["hidden_states"].shape)
+    _wait_for_log(with_artifacts, f"{EXPERTS[0]}: compiled 1 graph(s) for hidden_states {shape}")

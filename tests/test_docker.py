@@ -1,11 +1,14 @@
 """The docker images: hadolint-clean, and every pinned version in one place (docker/versions.env).
 
 No docker engine here, so nothing is built; what can be checked without one is: the linter, that the Dockerfiles'
-ARG defaults are the versions.env values, that torch is the lock's, and that what the Dockerfiles COPY exists.
+ARG defaults are the versions.env values, that torch is the lock's, that what the Dockerfiles COPY exists, and that
+each image copies every package of this repository that the module its CMD runs imports.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 import shutil
 import subprocess
@@ -41,6 +44,50 @@ def versions() -> dict[str, str]:
 def arg_defaults(dockerfile: str) -> dict[str, str]:
     text = (DOCKER / dockerfile).read_text()
     return dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+
+
+def copied_sources(dockerfile: str) -> set[str]:
+    return {src.rstrip("/") for line in re.findall(r"^COPY\s+(.+)$", (DOCKER / dockerfile).read_text(), flags=re.M)
+            for src in line.split()[:-1]}
+
+
+def entry_module(dockerfile: str) -> str:
+    """The module the image's CMD runs: ``python3 -m X``, or the one the recipe of ``make <target>`` runs."""
+    cmd = json.loads(re.search(r"^CMD\s+(\[.*\])$", (DOCKER / dockerfile).read_text(), flags=re.M).group(1))
+    if cmd[0] == "make":
+        recipe = re.search(rf"^{cmd[1]}:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+        return re.search(r"-m\s+(\S+)", recipe).group(1)
+    return cmd[cmd.index("-m") + 1]
+
+
+def module_file(name: str) -> Path | None:
+    """This repository's file of module ``name``; None for the standard library and installed packages."""
+    path = ROOT.joinpath(*name.split("."))
+    return next((f for f in (path.with_suffix(".py"), path / "__init__.py") if f.is_file()), None)
+
+
+def local_packages(module: str) -> set[str]:
+    """Top-level packages of this repository that ``python -m module`` imports, following the imports module by
+    module (those inside functions too)."""
+    seen: set[str] = set()
+    todo = [module, f"{module}.__main__"]
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages' __init__ run first
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                base = ".".join(base + ([node.module] if node.module else []))
+                todo += [base] + [f"{base}.{alias.name}" for alias in node.names]  # a name may be a submodule
+    return {name.split(".")[0] for name in seen}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -93,9 +140,8 @@ def test_torch_and_numpy_are_the_locks():
 
 def test_copied_paths_exist_and_make_export_skips_setup():
     for dockerfile in DOCKERFILES:
-        for line in re.findall(r"^COPY\s+(.+)$", (DOCKER / dockerfile).read_text(), flags=re.M):
-            for src in line.split()[:-1]:
-                assert (ROOT / src).exists(), f"{dockerfile}: COPY {src} does not exist"
+        for src in copied_sources(dockerfile):
+            assert (ROOT / src).exists(), f"{dockerfile}: COPY {src} does not exist"
     makefile = (ROOT / "Makefile").read_text()
     export = (DOCKER / "Dockerfile.export").read_text()
     # The image marks `make setup` done the way the Makefile checks it, and runs `make export` as the README says.
@@ -114,6 +160,24 @@ def test_build_context_is_only_what_is_copied(dockerfile):
     rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
     assert rules[0] == "*"
     included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    copied = {src.rstrip("/") for line in re.findall(r"^COPY\s+(.+)$", (DOCKER / dockerfile).read_text(), flags=re.M)
-              for src in line.split()[:-1]}
-    assert included == copied
+    assert included == copied_sources(dockerfile)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_image_copies_every_package_its_cmd_imports(dockerfile):
+    """The module the CMD runs, and every module of this repository it imports, are in the image; the build imports
+    that module (or one of its submodules), so a third-party package the image lacks fails the build, not the start."""
+    module = entry_module(dockerfile)
+    needed = local_packages(module)
+    assert module.split(".")[0] in needed, f"{dockerfile}: {module} is not a module of this repository"
+    missing = needed - copied_sources(dockerfile)
+    assert not missing, f"{dockerfile}: runs {module}, which imports {sorted(missing)}: COPY them"
+    build_imports = re.findall(r'python3? -c "import ([^;"]+)', (DOCKER / dockerfile).read_text())
+    imported = {name.strip() for names in build_imports for name in names.split(",")}
+    assert any(name == module or name.startswith(f"{module}.") for name in imported), (dockerfile, imported)
+
+
+def test_import_walk_follows_relative_absolute_and_nested_imports():
+    # server.launcher imports its siblings relatively, clients.admin absolutely, wan22_triton through server.process
+    assert local_packages("server.launcher") >= {"server", "clients", "wan22_triton"}
+    assert "devtools" not in local_packages("server.launcher")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from export.model_config import parse_pbtxt, read_manifest
 from export.repository import ExportOptions, export_repository
+from wan22_triton import options
 from wan22_triton.manifest import SpeedOptions
 
 EXPERTS = ("transformer_high_noise", "transformer_low_noise")
@@ -65,3 +69,73 @@ def test_gpu_kernels_are_refused_at_load_where_no_gpu_can_run_them(tiny_checkpoi
     model = WanTransformer3DModel.from_pretrained(tiny_checkpoint / "transformer")
     with pytest.raises(ValueError, match=f"{next(iter(option.values()))} needs a CUDA GPU"):
         optimize_transformer(model, SpeedOptions(**option), log=lambda _: None)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("clients", "devtools", "docker", "export", "perf", "server", "wan22_triton")
+OPTION_VALUES = {member.value for kind in (options.Engine, options.Device, options.Precision, options.Compile,
+                                           options.Quantization, options.Attention) for member in kind}
+
+
+def _string_comparisons(tree: ast.AST):
+    """(line, value) of each `==`, `!=`, `in`, `not in` between a name and an option value as a string literal; a
+    torch device's `.type` (torch's "cpu"/"cuda", not our option) aside."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for op, left, right in zip(node.ops, operands, operands[1:]):
+            if not isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)):
+                continue
+            for side, other in ((left, right), (right, left)):
+                items = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                found = [i.value for i in items if isinstance(i, ast.Constant) and i.value in OPTION_VALUES]
+                if found and not (isinstance(other, ast.Attribute) and other.attr == "type"):
+                    yield node.lineno, found[0]
+
+
+def test_no_option_value_is_compared_as_a_string():
+    # Engine, device, precision and speed options are enums (wan22_triton.options): code compares members.
+    found = [f"{path.relative_to(ROOT)}:{line}: {value!r}"
+             for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+             for line, value in _string_comparisons(ast.parse(path.read_text(), str(path)))]
+    assert not found, "compare with the enum members of wan22_triton.options:\n" + "\n".join(found)
+
+
+def test_the_scan_finds_string_comparisons():
+    source = 'if engine == "torch" or device != "gpu" or p in ("fp16", "bf16") or d.type == "cpu": pass'
+    assert [value for _, value in _string_comparisons(ast.parse(source))] == ["torch", "gpu", "fp16"]
+
+
+def test_manifest_options_round_trip_as_enum_members(tiny_checkpoint):
+    from wan22_triton.checkpoint import read_checkpoint
+    from wan22_triton.manifest import Manifest
+
+    manifest = Manifest(model="m", engine=options.Engine.ONNX, precision=options.Precision.BF16,
+                        checkpoint=read_checkpoint(tiny_checkpoint),
+                        speed=SpeedOptions(compile=options.Compile.REGIONAL))
+    assert '"engine": "onnx"' in manifest.to_json() and '"compile": "regional"' in manifest.to_json()
+    back = Manifest.from_json(manifest.to_json())
+    assert back.speed == manifest.speed and back.parallel == manifest.parallel
+    assert back.engine is options.Engine.ONNX and back.precision is options.Precision.BF16
+    assert back.speed.compile is options.Compile.REGIONAL and back.speed.attention is options.Attention.SDPA
+    with pytest.raises(ValueError, match="engine must be one of torch, onnx, tensorrt, got 'jax'"):
+        Manifest.from_json(manifest.to_json().replace('"onnx"', '"jax"'))
+
+
+def test_export_flags_take_the_enum_values():
+    import argparse
+
+    from export.__main__ import _add_flags, _pick
+
+    parser = argparse.ArgumentParser()
+    for kind in (ExportOptions, SpeedOptions):
+        _add_flags(parser, kind)
+    args = parser.parse_args(["--engine", "onnx", "--device", "gpu", "--precision", "fp16", "--attention", "fp8_cudnn"])
+    opts, speed = _pick(ExportOptions, args), _pick(SpeedOptions, args)
+    assert (opts.engine, opts.device, opts.precision) == (options.Engine.ONNX, options.Device.GPU,
+                                                          options.Precision.FP16)
+    assert speed.attention is options.Attention.FP8_CUDNN
+    assert "{torch,onnx,tensorrt}" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp64"])

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+pytestmark = [pytest.mark.gpu_flow, pytest.mark.server]
 SIZES = ("32x48x9", "48x64x9")
 EXPERTS = ("transformer_high_noise", "transformer_low_noise")
 

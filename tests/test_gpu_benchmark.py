@@ -12,6 +12,8 @@ import json
 
 import pytest
 
+pytestmark = [pytest.mark.gpu_flow, pytest.mark.server]
+
 
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory):

@@ -1,4 +1,4 @@
-"""The HTTP guard (gateway/) in front of real tritonservers.
+"""The HTTP guard (server/http_guard.py) in front of real tritonservers.
 
 Two servers: the session's `torch_server` (conftest) for the Wan2.2 models, and `probe`, a one-model repository
 written here (`guard_probe`: runs for `seconds`, watching `is_cancelled()` and the guard's abandon marker, then
@@ -27,11 +27,13 @@ from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client, http_client
 from clients.common import request_arrays
-from server.launcher import TritonServer
-from wan22_triton.operations import abandonment
 from server.http_guard import HttpGuard
-from server.proxy import GuardSettings
 from server.inference_request import InferenceLimits
+from server.proxy import GuardSettings
+from server.triton_server import TritonServer
+from wan22_triton.operations import abandonment
+
+from .conftest import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = dict(prompt="a lantern in the fog", num_frames=5, height=32, width=48, num_inference_steps=2, seed=11)
@@ -56,7 +58,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-sys.path.insert(0, {str(ROOT)!r})  # the stub imports only what its environment installs; gateway is not
+sys.path.insert(0, {str(ROOT)!r})  # this checkout's wan22_triton: the stub imports only what its environment installs
 from wan22_triton.operations.abandonment import AbandonWatch
 
 
@@ -178,14 +180,12 @@ def guard(torch_server):
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("guard-probe")
-    markers = tmp / "abandoned"
-    server = TritonServer(write_probe_repository(tmp / "repo"), log_file=tmp / "server.log",
-                          extra_args=[f"--http-header-forward-pattern={PROBE_FORWARD_PATTERN}"],
-                          env={abandonment.DIR_ENV: str(markers)})
-    with server:
-        yield server, markers
+def probe(served, tmp_path_factory):
+    markers = tmp_path_factory.mktemp("guard-probe") / "abandoned"
+    server = served(repository=write_probe_repository,
+                    extra_args=[f"--http-header-forward-pattern={PROBE_FORWARD_PATTERN}"],
+                    env={abandonment.DIR_ENV: str(markers)})
+    return server, markers
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +201,12 @@ def probe_guard(probe):
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.server
 def test_without_the_guard_the_bomb_kills_tritonserver(tmp_path):
     """The evidence: the bytes the guard refuses abort a bare tritonserver 2.51 (SIGABRT, std::bad_alloc)."""
     bomb = json.dumps({"inputs": [{"name": "blob_bytes", "shape": [1099511627776], "datatype": "INT64",
                                    "data": [1]}]}).encode()
-    server = TritonServer(write_probe_repository(tmp_path / "repo"), log_file=tmp_path / "server.log").start()
+    server = Server(write_probe_repository(tmp_path / "repo")).start()  # its own: the bomb kills it
     try:
         with HttpGuard("127.0.0.1:0", triton_http(server)) as running:
             status, body = post(running.url, infer_path(PROBE), bomb)
@@ -356,7 +357,7 @@ def _get(url: str, path: str, headers: dict | None = None) -> tuple[int, str | N
 
 
 def test_command_line_guard_serves_and_leaves_with_tritonserver(probe):
-    """What the launcher runs: `python -m server.http_guard`, tied to a process by --exit-with-pid."""
+    """The guard on its own: `python -m server.http_guard`, tied to a process by --exit-with-pid."""
     server, _ = probe
     stand_in = subprocess.Popen(["sleep", "60"])  # stands in for tritonserver's pid
     guard = subprocess.Popen([sys.executable, "-m", "server.http_guard", "--listen", "127.0.0.1:0", "--upstream",

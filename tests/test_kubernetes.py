@@ -92,9 +92,12 @@ def server_container(docs: list[dict]) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    """Every tier and the cluster-wide files, written by the CLI as an operator would."""
+    """The checked-in files an operator applies (cluster/, a folder per tier, the adapter's values), copied apart
+    from the renderer's sources; tests/test_checked_in.py keeps them equal to a fresh render."""
     out = tmp_path_factory.mktemp("kubernetes")
-    render.main(["--out", str(out)])
+    for kustomization in K8S.glob(f"*/{render.KUSTOMIZATION}"):
+        shutil.copytree(kustomization.parent, out / kustomization.parent.name)
+    shutil.copy(K8S / render.ADAPTER_VALUES_FILE, out)
     return out
 
 
@@ -332,7 +335,7 @@ def test_export_job_exports_the_tier(tier_name, tiny_checkpoint, tmp_path):
     from export.__main__ import main as export_main
     from export.model_config import parse_pbtxt, read_manifest
     from tritonclient.grpc import model_config_pb2 as mc
-    from wan22_triton.components import ORCHESTRATOR
+    from wan22_triton.components.orchestrator import ORCHESTRATOR
 
     tier, docs = TIERS[tier_name], tier_docs(tier_name)
     job = find(docs, "Job")

@@ -27,15 +27,16 @@ from clients import grpc_client
 from export.loras import LoraSource, expert_lora_writer
 from export.repository import ExportOptions, export_repository
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.components import expert_models
+from wan22_triton.components.expert import expert_models
 from wan22_triton.errors import RequestError
 from wan22_triton.request.lora import ExpertAdapters
-from wan22_triton.manifest import Limits, Manifest, SpeedOptions
+from wan22_triton.manifest import Manifest, SpeedOptions
 from wan22_triton.parallel.plan import ParallelPlan, split_cfg
-from wan22_triton.request.pipeline import Wan22T2VPipeline, frames_to_uint8, uses_cfg, validate_request
+from wan22_triton.request.pipeline import Wan22T2VPipeline, frames_to_uint8, uses_cfg
+from wan22_triton.request.validation import validate_request
 from wan22_triton.request.presets import PRESETS
 
-from .conftest import psnr, run_diffusers
+from .conftest import TEST_LIMITS, psnr, run_diffusers
 from .test_pipeline_diffusers import REQUEST, diffusers_pipeline, inputs
 
 # diffusers' own load_lora_weights of a second adapter (the reference pipeline's): expected, several are the point
@@ -314,18 +315,9 @@ def test_fp8_quantization_leaves_the_lora_pairs_in_bf16(experts):
 # ---- a real tritonserver ----
 
 @pytest.fixture(scope="module")
-def lora_server(tiny_checkpoint, sources, tmp_path_factory):
-    from server.launcher import TritonServer
-
-    repo = tmp_path_factory.mktemp("repo-lora")
-    limits = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
-    export_repository(tiny_checkpoint, repo, ExportOptions(limits=limits, orchestrator_instances=4, lora=sources),
-                      log=lambda _: None)
-    # 4 orchestrator instances: the concurrency test's requests all run at once; a shared CPU can make that slow
-    server = TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300)
-    server.start()
-    yield server
-    server.stop()
+def lora_server(served, sources):
+    # 4 orchestrator instances: the concurrency test's requests all run at once
+    return served(ExportOptions(limits=TEST_LIMITS, orchestrator_instances=4, lora=sources))
 
 
 def test_served_lora_is_the_pipelines(lora_server, reference_pipe, manifest, experts):
@@ -371,7 +363,7 @@ def test_bad_lora_inputs_are_invalid_arg_and_the_server_keeps_serving(lora_serve
     (b"style", 100.0, "'lora_scale' must be a finite number within [-4, 4], got 100.0"),
 ])
 def test_expert_called_directly_refuses_what_the_orchestrator_would(lora_server, manifest, name, scale, message):
-    from wan22_triton.components import transformer_spec
+    from wan22_triton.components.expert import transformer_spec
 
     expert = expert_models(manifest.checkpoint)[0]
     tensors = transformer_spec(manifest.checkpoint, expert).sample_inputs({"batch": 1})

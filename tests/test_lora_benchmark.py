@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = [pytest.mark.gpu_flow, pytest.mark.server]
 EXPERTS = ("transformer_high_noise", "transformer_low_noise")
 
 

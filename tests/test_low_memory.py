@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,32 +22,19 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
+from export.options import ExportOptions
 from wan22_triton.operations import events
 from wan22_triton.memory.offload import ExpertSwitch
+
+from .conftest import TEST_LIMITS, TORCH
 
 HIGH, LOW = "transformer_high_noise", "transformer_low_noise"
 REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width=48, num_inference_steps=6, seed=21)
 
 
 @pytest.fixture(scope="module")
-def low_memory_server(tmp_path_factory, tiny_checkpoint):
-    from export.repository import ExportOptions, export_repository
-    from wan22_triton.manifest import Limits
-    from server.launcher import TritonServer
-
-    repo = tmp_path_factory.mktemp("repo-low-memory")
-    opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),
-                         orchestrator_instances=2, low_memory=True)
-    export_repository(tiny_checkpoint, repo, opts, log=lambda _: None)
-    server = TritonServer(repo, log_file=repo / "tritonserver.log",
-                          env={events.EVENTS_FILE_ENV: str(repo.parent / f"{repo.name}-events.jsonl")})
-    server.start()
-    yield server
-    server.stop()
-
-
-def _events_file(server) -> Path:
-    return Path(server.env[events.EVENTS_FILE_ENV])
+def low_memory_server(served):
+    return served(replace(TORCH, low_memory=True))
 
 
 def _events_since(server, offset: int, until=lambda _: True, timeout: float = 10.0) -> list[dict]:
@@ -54,7 +42,7 @@ def _events_since(server, offset: int, until=lambda _: True, timeout: float = 10
     its events before it answers, so a request's are in when its response is; a cancelled request's clean-up is not."""
     deadline = time.monotonic() + timeout
     while True:
-        found = events.read_events(_events_file(server), offset)
+        found = events.read_events(server.events_file, offset)
         if until(found) or time.monotonic() > deadline:
             return found
 
@@ -107,7 +95,7 @@ def test_low_memory_needs_the_torch_engine(tiny_checkpoint, tmp_path):
 
 
 def test_same_video_as_normal_mode_and_release_at_the_switch(low_memory_server, torch_server):
-    offset = events.end_offset(_events_file(low_memory_server))
+    offset = events.end_offset(low_memory_server.events_file)
     out = grpc_client.generate(low_memory_server.grpc_url, REQUEST)
     normal = grpc_client.generate(torch_server.grpc_url, REQUEST)
     assert np.array_equal(out["video"], normal["video"])
@@ -161,7 +149,7 @@ def test_cancelled_request_releases_its_expert_and_the_next_is_unchanged(low_mem
     solo = grpc_client.generate(low_memory_server.grpc_url, REQUEST)["video"]
     experts = _step_experts(low_memory_server, {**REQUEST, "num_inference_steps": 40})
     cancel_after = experts.index(LOW) + 2  # mid-way through the low-noise steps
-    offset = events.end_offset(_events_file(low_memory_server))
+    offset = events.end_offset(low_memory_server.events_file)
     with pytest.raises(InferenceServerException) as err:
         grpc_client.generate_stream(low_memory_server.grpc_url, {**REQUEST, "num_inference_steps": 40},
                                     cancel_after_steps=cancel_after)
@@ -178,7 +166,7 @@ def test_cancelled_request_releases_its_expert_and_the_next_is_unchanged(low_mem
 def test_concurrent_requests_take_turns_and_equal_their_solo_results(low_memory_server):
     requests = [{**REQUEST, "seed": seed, "num_inference_steps": 3} for seed in (1, 2, 3)]
     solo = [grpc_client.generate(low_memory_server.grpc_url, r)["video"] for r in requests]
-    offset = events.end_offset(_events_file(low_memory_server))
+    offset = events.end_offset(low_memory_server.events_file)
     with ThreadPoolExecutor(max_workers=3) as pool:  # wan22_t2v has 2 instances: at least two run side by side
         together = list(pool.map(lambda r: grpc_client.generate(low_memory_server.grpc_url, r)["video"], requests))
     for a, b in zip(solo, together):
@@ -292,28 +280,17 @@ def test_a_line_still_being_written_is_read_once_whole(tmp_path):
     assert [e["event"] for e in events.read_events(path)] == ["weights_loaded", "weights_released"]
 
 
-def test_text_encoder_offload_alone_moves_only_its_weights_and_keeps_the_video(tiny_checkpoint, tmp_path,
-                                                                              torch_server):
+def test_text_encoder_offload_alone_moves_only_its_weights_and_keeps_the_video(served, torch_server):
     """`--text-encoder-offload`: the text encoder as in low-memory mode, the experts as normal."""
-    from server.launcher import TritonServer
     from export.model_config import read_manifest
-    from export.repository import ExportOptions, export_repository
-    from wan22_triton.manifest import Limits
 
-    opts = ExportOptions(engine="torch", limits=Limits(max_num_frames=33, max_size=256, max_inference_steps=50),
-                         text_encoder_offload=True)
-    export_repository(tiny_checkpoint, tmp_path, opts, log=lambda _: None)
-    assert read_manifest(tmp_path / "text_encoder").low_memory
-    assert not any(read_manifest(tmp_path / m).low_memory for m in (HIGH, LOW, "vae_decoder", "wan22_t2v"))
-    server = TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log",
-                          env={events.EVENTS_FILE_ENV: str(tmp_path / "events.jsonl")})
-    server.start()
-    try:
-        offset = events.end_offset(_events_file(server))
-        video = grpc_client.generate(server.grpc_url, REQUEST)["video"]
-        found = _events_since(server, offset)
-    finally:
-        server.stop()
+    server = served(ExportOptions(limits=TEST_LIMITS, text_encoder_offload=True))
+    repo = server.model_repository
+    assert read_manifest(repo / "text_encoder").low_memory
+    assert not any(read_manifest(repo / m).low_memory for m in (HIGH, LOW, "vae_decoder", "wan22_t2v"))
+    offset = events.end_offset(server.events_file)
+    video = grpc_client.generate(server.grpc_url, REQUEST)["video"]
+    found = _events_since(server, offset)
     assert np.array_equal(video, grpc_client.generate(torch_server.grpc_url, REQUEST)["video"])
     assert _weight_moves(found, "text_encoder") == ["load", "release"]  # around its one encode
     assert not _weight_moves(found, HIGH) and not _weight_moves(found, LOW) and not _expert_releases(found)

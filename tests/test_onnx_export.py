@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from export import onnx_export
-from wan22_triton import components
+from wan22_triton.components.common import ComponentSpec, Dim, TensorSpec
+from wan22_triton.components.expert import TRANSFORMER_HIGH_NOISE, transformer_spec
+from wan22_triton.components.vae_decoder import vae_decoder_frame_specs
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.engines.vae_frames import (
     CACHE_LAYOUT_FILE,
@@ -86,7 +88,7 @@ def tiny(request: pytest.FixtureRequest) -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def transformer_onnx(tiny: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    spec = components.transformer_spec(tiny.info, components.TRANSFORMER_HIGH_NOISE)
+    spec = transformer_spec(tiny.info, TRANSFORMER_HIGH_NOISE)
     path = onnx_export.export_transformer(tiny.transformer, spec, tmp_path_factory.mktemp("onnx") / f"{spec.name}.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return SimpleNamespace(spec=spec, path=path, session=session)
@@ -97,7 +99,7 @@ def vae_onnx(tiny: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) ->
     out_dir = tmp_path_factory.mktemp("vae_onnx")
     first, step = onnx_export.export_vae_decoder_frames(tiny.vae, tiny.info, out_dir)
     layout = onnx_export.load_cache_layout(out_dir)
-    first_spec, step_spec = components.vae_decoder_frame_specs(tiny.info, layout)
+    first_spec, step_spec = vae_decoder_frame_specs(tiny.info, layout)
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (first, step)]
     # Both result conventions named_runners accepts: {name: array} (first) and a list in declared order (step).
     names = first_spec.output_names
@@ -111,11 +113,11 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
     return tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
 
 
-def _declared_dims(t: components.TensorSpec) -> tuple[int | str, ...]:
-    return tuple(d.label if isinstance(d, components.Dim) else d for d in t.shape)
+def _declared_dims(t: TensorSpec) -> tuple[int | str, ...]:
+    return tuple(d.label if isinstance(d, Dim) else d for d in t.shape)
 
 
-def _assert_graph_matches_spec(path: Path, spec: components.ComponentSpec) -> None:
+def _assert_graph_matches_spec(path: Path, spec: ComponentSpec) -> None:
     onnx_export.check_graph(path)
     assert onnx_export.external_data_files(path) == {path.name + ".data"}
     assert sorted(p.name for p in path.parent.glob(path.stem + ".*")) == [path.name, path.name + ".data"]
@@ -163,7 +165,7 @@ def test_frame_decoders_include_the_clamp(tiny: SimpleNamespace) -> None:
 
 def test_frame_decoder_shapes_follow_the_declaration(tiny: SimpleNamespace) -> None:
     layout = discover_cache_layout(tiny.vae)
-    first_spec, step_spec = components.vae_decoder_frame_specs(tiny.info, layout)
+    first_spec, step_spec = vae_decoder_frame_specs(tiny.info, layout)
     sizes = {"batch": 2, "latent_height": 3, "latent_width": 5}
     first, step = FirstFrameDecoder(tiny.vae, layout), StepDecoder(tiny.vae, layout)
     with torch.no_grad():
@@ -253,7 +255,7 @@ def test_export_patches_cast_float64_buffers_and_restore(tiny: SimpleNamespace) 
     with onnx_export.export_patches(model):
         assert model.rope.freqs_cos.dtype == torch.float32
         assert isinstance(model.blocks[0].attn1.processor, onnx_export.ExportWanAttnProcessor)
-        feeds = components.transformer_spec(tiny.info, "t").sample_inputs({"batch": 1, "latent_frames": 2})
+        feeds = transformer_spec(tiny.info, "t").sample_inputs({"batch": 1, "latent_frames": 2})
         with torch.no_grad():
             patched = model(*[torch.from_numpy(v) for v in feeds.values()], return_dict=False)[0]
     assert model.rope.freqs_cos.dtype == torch.float64
@@ -264,6 +266,6 @@ def test_export_patches_cast_float64_buffers_and_restore(tiny: SimpleNamespace) 
 
 
 def test_export_sizes_avoid_specialisation(tiny: SimpleNamespace) -> None:
-    first_spec, _ = components.vae_decoder_frame_specs(tiny.info, discover_cache_layout(tiny.vae))
+    first_spec, _ = vae_decoder_frame_specs(tiny.info, discover_cache_layout(tiny.vae))
     assert first_spec.sample_sizes["batch"] == 1
     assert onnx_export.export_sizes(first_spec)["batch"] == 2

@@ -27,14 +27,13 @@ from wan22_triton.operations import events
 from wan22_triton.triton_models import triton_io
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.engines.loading import build_expert
-from wan22_triton.manifest import Limits, Manifest
+from wan22_triton.manifest import Manifest
 from wan22_triton.parallel.plan import ParallelPlan
 from wan22_triton.parallel.worker_group import GroupFailed, WorkerGroup
 
-from .conftest import psnr
+from .conftest import TEST_LIMITS, psnr
 
 REQUEST = dict(prompt="a lighthouse at dusk", num_frames=5, height=32, width=48, num_inference_steps=4, seed=3)
-LIMITS = Limits(max_num_frames=9, max_size=64)
 FAIL_BOUND_S = 30.0  # a worker's death to the failed step; gloo sees the closed connection at once
 
 
@@ -211,16 +210,8 @@ PLAN = ParallelPlan(cfg_parallel=2, ulysses=2)
 
 
 @pytest.fixture(scope="module")
-def parallel_server(tmp_path_factory, tiny_checkpoint):
-    from server.launcher import TritonServer
-
-    repo = tmp_path_factory.mktemp("repo-parallel")
-    export_repository(tiny_checkpoint, repo, ExportOptions(limits=LIMITS, parallel=PLAN), log=lambda _: None)
-    server = TritonServer(repo, log_file=repo / "tritonserver.log", env={events.EVENTS_FILE_ENV: str(repo / "events.jsonl")})
-    server.start()
-    server.events_file = repo / "events.jsonl"
-    yield server
-    server.stop()
+def parallel_server(served):
+    return served(ExportOptions(limits=TEST_LIMITS, parallel=PLAN))
 
 
 def test_parallel_video_equals_the_single_device_video(parallel_server, torch_server):
@@ -282,32 +273,27 @@ def test_cancel_stops_a_parallel_generation_between_steps(parallel_server):
 
 # -- placement ------------------------------------------------------------------------------------------------------
 
-def test_replicas_keep_each_request_on_its_own_replica(tmp_path, tiny_checkpoint, torch_server):
+def test_replicas_keep_each_request_on_its_own_replica(served, torch_server):
     """Two replicas, two concurrent requests, twice: each generation holds a different replica, and every expert
     call of a generation goes to that replica's version (Triton alone would place each call on any idle instance);
     the videos are the single pipeline's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.launcher import TritonServer
-
-    export_repository(tiny_checkpoint, tmp_path, ExportOptions(limits=LIMITS, parallel=ParallelPlan(replicas=2)),
-                      log=lambda _: None)
-    events_file = tmp_path / "events.jsonl"
-    env = {events.EVENTS_FILE_ENV: str(events_file)}
-    with TritonServer(tmp_path, log_file=tmp_path / "tritonserver.log", env=env) as server:
-        single = grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]
-        grpc_client.generate(server.grpc_url, REQUEST)  # first calls at this shape: one at a time on the CPU
-        with ThreadPoolExecutor(2) as pool:
-            for _ in range(2):
-                offset = events.end_offset(events_file)
-                videos = list(pool.map(lambda _: grpc_client.generate(server.grpc_url, REQUEST)["video"], (0, 1)))
-                assert all(np.array_equal(v, single) for v in videos)
-                seen = events.read_events(events_file, offset)
-                chosen = [e["replica"] for e in seen if e["event"] == "generation_replica"]
-                forwards = [e["version"] for e in seen if e["event"] == "expert_forward"]
-                steps = REQUEST["num_inference_steps"]
-                # both replicas busy at once: one generation each, all of its forwards on its version
-                assert sorted(chosen) == [0, 1] and sorted(forwards) == [1] * steps + [2] * steps, (chosen, forwards)
+    server = served(ExportOptions(limits=TEST_LIMITS, parallel=ParallelPlan(replicas=2)))
+    events_file = server.events_file
+    single = grpc_client.generate(torch_server.grpc_url, REQUEST)["video"]
+    grpc_client.generate(server.grpc_url, REQUEST)  # first calls at this shape: one at a time on the CPU
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            offset = events.end_offset(events_file)
+            videos = list(pool.map(lambda _: grpc_client.generate(server.grpc_url, REQUEST)["video"], (0, 1)))
+            assert all(np.array_equal(v, single) for v in videos)
+            seen = events.read_events(events_file, offset)
+            chosen = [e["replica"] for e in seen if e["event"] == "generation_replica"]
+            forwards = [e["version"] for e in seen if e["event"] == "expert_forward"]
+            steps = REQUEST["num_inference_steps"]
+            # both replicas busy at once: one generation each, all of its forwards on its version
+            assert sorted(chosen) == [0, 1] and sorted(forwards) == [1] * steps + [2] * steps, (chosen, forwards)
 
 
 def _instance_groups(repo: Path, model: str) -> list[tuple[str, int, list[int]]]:

@@ -12,7 +12,8 @@ import pytest
 from export.model_config import read_manifest
 from export.repository import ExportOptions, export_repository
 from wan22_triton.errors import RequestError
-from wan22_triton.request.pipeline import expert_for_timestep, validate_request
+from wan22_triton.request.pipeline import expert_for_timestep
+from wan22_triton.request.validation import validate_request
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.components import expert_models
+from wan22_triton.components.expert import expert_models
 from wan22_triton.manifest import Manifest
-from wan22_triton.request.pipeline import Wan22T2VPipeline, frames_to_uint8, validate_request
+from wan22_triton.request.pipeline import Wan22T2VPipeline, frames_to_uint8
+from wan22_triton.request.validation import validate_request
 
 from .conftest import psnr, run_diffusers
 

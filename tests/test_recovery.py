@@ -18,7 +18,11 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
+from export.options import ExportOptions
+from export.repository import export_repository
 from wan22_triton.operations import events, watchdog
+
+from .conftest import TEST_LIMITS, Server
 
 # What the launcher must pass for a dead component to be reloaded (the watchdog reads it from the command line).
 RECOVERY_FLAGS = ["--model-control-mode=explicit", "--load-model=*"]
@@ -32,17 +36,9 @@ NOT_READY_BOUND_S = 2.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint):
-    from server.launcher import TritonServer
-    from export.repository import ExportOptions, export_repository
-    from wan22_triton.manifest import Limits
-
-    repo = tmp_path_factory.mktemp("repo-recovery")
-    export_repository(tiny_checkpoint, repo, ExportOptions(engine="torch", limits=Limits(max_num_frames=9, max_size=64)),
-                      log=lambda _: None)
-    server = TritonServer(repo, log_file=repo / "tritonserver.log", extra_args=RECOVERY_FLAGS,
-                          env={events.EVENTS_FILE_ENV: str(repo / "events.jsonl")})
-    server.start()
-    server.events_file = repo / "events.jsonl"
+    repo = tmp_path_factory.mktemp("recovery") / "repo"
+    export_repository(tiny_checkpoint, repo, ExportOptions(limits=TEST_LIMITS), log=lambda _: None)
+    server = Server(repo, extra_args=RECOVERY_FLAGS).start()  # its own: a stub of it is killed
     server.reference = grpc_client.generate(server.grpc_url, REQUEST)["video"]  # before anything dies
     yield server
     # No crash at the stop. 1: Triton's exit timeout, which the expert killed mid-request causes (Triton 2.51 never
@@ -131,6 +127,7 @@ def assert_recorded(server, since: int, model: str, killed_pid: int, killed_at: 
     return restarted
 
 
+@pytest.mark.server
 def test_expert_killed_while_idle_is_reloaded_and_serves_the_same_video(server):
     since = events.end_offset(server.events_file)
     with Readiness(server) as readiness:
@@ -139,6 +136,7 @@ def test_expert_killed_while_idle_is_reloaded_and_serves_the_same_video(server):
     assert_recorded(server, since, EXPERT, killed_pid, killed_at)
 
 
+@pytest.mark.server
 def test_expert_killed_mid_request_fails_that_request_clearly_then_serves(server):
     since = events.end_offset(server.events_file)
     killed: list[tuple[float, int]] = []
@@ -160,6 +158,7 @@ def test_expert_killed_mid_request_fails_that_request_clearly_then_serves(server
     assert_recorded(server, since, EXPERT, killed_pid, killed_at)
 
 
+@pytest.mark.server
 def test_orchestrator_killed_is_reloaded_by_the_other_orchestrator_model(server):
     since = events.end_offset(server.events_file)
     with Readiness(server) as readiness:

@@ -5,7 +5,7 @@ test_server_launcher; the tiny Wan export for the client's shared-memory path).
 * Triton's admin APIs (shared memory, statistics, model repository, trace, logging) refused without the admin key
   header and served with it; inference, health, metadata and model config open;
 * the Python backend's /dev/shm regions of servers that are gone removed at start, a live server's kept;
-* a SIGTERM stop bounded by the exit timeout + launcher.STOP_GRACE_S, with a keep-alive HTTP connection open and a
+* a SIGTERM stop bounded by the exit timeout + process.STOP_GRACE_S, with a keep-alive HTTP connection open and a
   request in flight (each held Triton's stop for its whole exit timeout, 30 s by default; the request, past it, for
   as long as its model executes);
 * a repository without an export, and clients that cannot reach the server: one clear line, no traceback.
@@ -30,9 +30,11 @@ from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
 from clients.admin import ADMIN_KEY_ENV
-from server import launcher, shm_regions
-from server.launcher import TritonServer
+from server import process, shm_regions
+from server.triton_server import TritonServer
+from server.tritonserver_install import TritonLaunchError
 
+from .conftest import Server
 from .test_server_launcher import CONFIG, MODEL, _infer, launcher_cli, write_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +52,8 @@ CLIENTS = {"grpc": grpcclient, "http": httpclient}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("security")
-    with TritonServer(write_repository(tmp / "repo"), log_file=tmp / "server.log") as srv:
-        yield srv
+def server(served):
+    return served(repository=write_repository)  # test_server_launcher's
 
 
 def _client(server: TritonServer, protocol: str):
@@ -85,9 +85,9 @@ def test_listens_on_loopback_only_by_default(server):
         assert listening_addresses(port) == {"127.0.0.1"}, port
 
 
+@pytest.mark.server
 def test_listen_address_option_exposes_every_interface(tmp_path):
-    with TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log",
-                      listen_address="0.0.0.0") as exposed:
+    with Server(write_repository(tmp_path / "repo"), listen_address="0.0.0.0") as exposed:
         for port in (exposed.http_port, exposed.grpc_port, exposed.metrics_port):
             assert listening_addresses(port) and listening_addresses(port) <= {"0.0.0.0", "::"}, port
         assert exposed.host == "127.0.0.1"  # where its own clients connect
@@ -174,7 +174,7 @@ def test_admin_key_comes_from_the_environment_and_is_checked(tmp_path, monkeypat
     first, second = TritonServer(tmp_path).admin_key, TritonServer(tmp_path).admin_key
     assert first != second and len(first) >= 16  # generated per server
     for weak in ("short", "has:colon-and-more-chars", "has=equals-and-more-chars"):
-        with pytest.raises(launcher.TritonLaunchError, match="admin key"):
+        with pytest.raises(TritonLaunchError, match="admin key"):
             TritonServer(tmp_path, admin_key=weak)
 
 
@@ -195,7 +195,7 @@ def test_regions_of_gone_servers_are_removed_at_start_and_a_live_servers_kept(se
     for region in stale:
         region.write_bytes(b"\0" * 16)
     try:
-        with TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log") as second:
+        with Server(write_repository(tmp_path / "repo")) as second:
             assert list(SHM.glob(f"{second.shm_prefix}*"))
             assert not [r for r in stale if r.exists()]
             assert all(r.exists() for r in live)
@@ -216,6 +216,7 @@ class TritonPythonModel:
 """
 
 
+@pytest.mark.server
 def test_sigterm_stop_is_bounded_with_a_request_in_flight_and_a_connection_open(tmp_path):
     """`make serve` style: the launcher CLI, a stale region to clean, then SIGTERM while a request runs and an HTTP
     keep-alive connection stays open. A short exit timeout keeps the test short; the default's bound is the same sum."""
@@ -243,7 +244,7 @@ def test_sigterm_stop_is_bounded_with_a_request_in_flight_and_a_connection_open(
             keep_alive = httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}")
             assert keep_alive.is_server_ready()
             time.sleep(1.0)  # the slow request reaches its execute
-            bound = EXIT_TIMEOUT_S + launcher.STOP_GRACE_S + STOP_SLACK_S
+            bound = EXIT_TIMEOUT_S + process.STOP_GRACE_S + STOP_SLACK_S
             t0 = time.monotonic()
             proc.terminate()
             proc.wait(timeout=bound)
@@ -298,7 +299,7 @@ def test_serving_a_repository_without_an_export_says_to_export(tmp_path, layout)
 
 @pytest.mark.parametrize("module, protocol", [("clients.grpc_client", "gRPC"), ("clients.http_client", "HTTP")])
 def test_clients_say_in_one_line_that_the_server_is_unreachable(module, protocol):
-    (port,) = launcher._free_ports(1)
+    (port,) = process.free_ports(1)
     proc = _run(module, "--url", f"127.0.0.1:{port}", "--prompt", "x")
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: cannot reach tritonserver over {protocol} at 127.0.0.1:{port}")

@@ -28,8 +28,10 @@ for p in (ROOT, ROOT / "perf"):
         sys.path.insert(0, str(p))
 
 import perf_analyzer_env  # noqa: E402
-from server import launcher, tritonserver_install  # noqa: E402
-from server.launcher import TritonLaunchError, TritonServer  # noqa: E402
+from server import process, tritonserver_install  # noqa: E402
+from server.tritonserver_install import TritonLaunchError  # noqa: E402
+
+from .conftest import Server  # noqa: E402
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -86,10 +88,8 @@ def port_is_open(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("triton")
-    with TritonServer(write_repository(tmp / "repo"), log_file=tmp / "server.log", startup_timeout=120) as srv:
-        yield srv
+def server(served):
+    return served(repository=write_repository)
 
 
 def _infer(module, url: str, a: np.ndarray, b: np.ndarray):
@@ -133,21 +133,22 @@ def test_python_backend_runs_in_this_environment(server):
         assert set(tritonserver_install.PYTHON_BACKEND_FILES) <= set(os.listdir(Path(backend_dir) / "python"))
 
 
+@pytest.mark.server
 def test_extra_environment_reaches_the_model_processes(tmp_path):
     seen, first = tmp_path / "seen.txt", tmp_path / "bin"
     first.mkdir()
     init = f'import os; open(r"{seen}", "w").write(os.environ["WAN22_TEST_VALUE"] + "\\n" + os.environ["PATH"])'
     repo = write_repository(tmp_path / "repo", init=init)
-    with TritonServer(repo, log_file=tmp_path / "server.log", env={"WAN22_TEST_VALUE": "from-the-launcher"},
-                      path_first=[str(first)]):
+    with Server(repo, env={"WAN22_TEST_VALUE": "from-the-launcher"}, path_first=[str(first)]):
         value, path = seen.read_text().split("\n")
     assert value == "from-the-launcher"
     # the extra directory first, then this interpreter's (whose python3 runs the stub when the first has none)
     assert path.split(os.pathsep)[:2] == [str(first), str(Path(sys.executable).parent)]
 
 
+@pytest.mark.server
 def test_server_stops_cleanly(tmp_path):
-    srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log").start()
+    srv = Server(write_repository(tmp_path / "repo")).start()
     pid, ports = srv.pid, (srv.http_port, srv.grpc_port)
     assert srv.is_running() and srv.startup_seconds is not None
     out0, _ = _infer(tritonclient_http, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))
@@ -167,8 +168,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.server
 def test_sigkill_fallback_takes_the_stubs_along(tmp_path):
-    srv = TritonServer(write_repository(tmp_path / "repo"), log_file=tmp_path / "server.log", stop_timeout=0.01).start()
+    srv = Server(write_repository(tmp_path / "repo"), stop_timeout=0.01).start()
     stubs = subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True, text=True).stdout.split()
     assert stubs, "expected a Python-backend stub process"
     assert srv.shm_prefix == f"wan22_server_{srv.pid}_" and list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
@@ -178,11 +180,12 @@ def test_sigkill_fallback_takes_the_stubs_along(tmp_path):
     assert not list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
 
 
+@pytest.mark.server
 def test_failing_model_fails_fast_with_log(tmp_path):
     repo = write_repository(tmp_path / "repo", init='raise RuntimeError("boom-from-initialize")')
     t0 = time.monotonic()
     with pytest.raises(TritonLaunchError) as info:
-        TritonServer(repo, log_file=tmp_path / "server.log", startup_timeout=60).start()
+        Server(repo, startup_timeout=60).start()
     assert time.monotonic() - t0 < 60
     assert "exited with code" in str(info.value)
     assert "boom-from-initialize" in str(info.value)
@@ -192,7 +195,7 @@ def test_failing_model_fails_fast_with_log(tmp_path):
 def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None):
     """`python -m server.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:
     yields (the process, {kind: port}); killed on the way out if still running."""
-    http, grpc, metrics = launcher._free_ports(3)
+    http, grpc, metrics = process.free_ports(3)
     pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     full_env = dict(os.environ, PYTHONPATH=pythonpath, HTTP_PORT=str(http), **(env or {}))
     log = open(log_path, "wb")
@@ -221,6 +224,7 @@ def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] 
         log.close()
 
 
+@pytest.mark.server
 def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
     with launcher_cli(write_repository(tmp_path / "repo"), tmp_path / "cli.log") as (proc, ports):
         # tritonserver is the launcher's child ($HTTP_PORT honoured, flags as given), its output on the launcher's
@@ -277,8 +281,8 @@ def test_perf_analyzer_smoke(server, tmp_path):
 
 def test_tritons_own_http_port_is_none_of_the_servers_other_ports(monkeypatch):
     """The server's ports are picked free and released before Triton's loopback HTTP port is picked, so the kernel
-    may offer one of them again: that one is skipped (CI once saw HTTP and gRPC on one port, and no server)."""
+    may offer one of them again: that one is skipped (else HTTP and gRPC could get one port, and no server starts)."""
     offered = iter([[5001], [5002], [5003]])
-    monkeypatch.setattr(launcher, "_free_ports", lambda count: next(offered))
-    front = launcher.HttpFront("127.0.0.1", 5000, taken=(5001, 5002))
+    monkeypatch.setattr(process, "free_ports", lambda count: next(offered))
+    front = process.HttpFront("127.0.0.1", 5000, taken=(5001, 5002))
     assert front.triton_port == 5003

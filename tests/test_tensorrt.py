@@ -27,9 +27,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export import onnx_precision as op
 from export import tensorrt_build as tb
 from export.tensorrt_engine import TensorRTEngine, tensorrt_available
-from wan22_triton import components as C
 from wan22_triton.checkpoint import read_checkpoint
-from wan22_triton.components import Dim, ShapeSpec
+from wan22_triton.components.common import Dim, ShapeSpec, TensorSpec
+from wan22_triton.components.expert import (EXPERT_MODELS, TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE,
+                                            transformer_spec)
+from wan22_triton.components.vae_decoder import VAE_DECODER, vae_decoder_frame_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("export/onnx_precision.py", "export/tensorrt_engine.py", "export/tensorrt_build.py")
@@ -169,7 +171,7 @@ def test_shape_spec_file_is_the_default():
 
 
 def test_profiles_one_per_shape_spec_entry(info, layout):
-    spec = C.transformer_spec(info, C.TRANSFORMER_HIGH_NOISE)
+    spec = transformer_spec(info, TRANSFORMER_HIGH_NOISE)
     shape_spec = ShapeSpec(num_frames=(81, 33), resolutions=((480, 832), (720, 1280)), max_batch=2)
     profiles = [spec.profile(r) for r in tb.profile_ranges(spec, shape_spec, info)]
     assert len(profiles) == 4
@@ -182,7 +184,7 @@ def test_profiles_one_per_shape_spec_entry(info, layout):
                                                      (2, info.text_len, info.text_dim),
                                                      (2, info.text_len, info.text_dim))
     # The VAE frame graphs see neither the frame count nor batches > their max_batch_size (1).
-    first, step = C.vae_decoder_frame_specs(info, layout)
+    first, step = vae_decoder_frame_specs(info, layout)
     vae_profiles = [step.profile(r) for r in tb.profile_ranges(step, shape_spec, info)]
     assert len(vae_profiles) == 2
     assert vae_profiles[1]["latent_frame"] == ((1, info.z_dim, 1, 90, 160),) * 3
@@ -190,7 +192,7 @@ def test_profiles_one_per_shape_spec_entry(info, layout):
         assert vae_profiles[0][f"cache_in_{i}"] == ((1, entry.channels, 2, 60 * entry.scale, 104 * entry.scale),) * 3
 
 
-def _dims(tensor: C.TensorSpec, batched: bool) -> list[int]:
+def _dims(tensor: TensorSpec, batched: bool) -> list[int]:
     shape = tensor.shape[1:] if batched else tensor.shape
     return [-1 if isinstance(d, Dim) else d for d in shape] or [1]
 
@@ -198,9 +200,9 @@ def _dims(tensor: C.TensorSpec, batched: bool) -> list[int]:
 def test_configs_parse_and_match_declarations(tmp_path, info, layout):
     shape_spec = tb.load_shape_spec()
     written = tb.write_tensorrt_configs(tmp_path, info, layout, precision="fp16", shape_spec=shape_spec)
-    first, step = C.vae_decoder_frame_specs(info, layout)
-    specs = {s.name: s for s in (C.transformer_spec(info, C.TRANSFORMER_HIGH_NOISE),
-                                 C.transformer_spec(info, C.TRANSFORMER_LOW_NOISE), first, step)}
+    first, step = vae_decoder_frame_specs(info, layout)
+    specs = {s.name: s for s in (transformer_spec(info, TRANSFORMER_HIGH_NOISE),
+                                 transformer_spec(info, TRANSFORMER_LOW_NOISE), first, step)}
     assert set(written) == set(specs) == {"transformer_high_noise", "transformer_low_noise", "vae_decoder_first_frame",
                                           "vae_decoder_step"}
     for name, path in written.items():
@@ -241,7 +243,7 @@ def expert(tiny_checkpoint, info, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("expert")
     model = load_transformer(tiny_checkpoint / "transformer")
-    spec = C.transformer_spec(info, C.TRANSFORMER_HIGH_NOISE)
+    spec = transformer_spec(info, TRANSFORMER_HIGH_NOISE)
     fp32 = export_transformer(model, spec, out / "fp32" / "model.onnx")
     fp16 = out / "fp16" / "model.fp16.onnx"
     report = op.convert_to_low_precision(fp32, fp16, "fp16")
@@ -365,15 +367,15 @@ def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
 
     _, _, fp32, _, _ = expert
     repo = tmp_path / "repo"
-    version = repo / C.TRANSFORMER_HIGH_NOISE / "1"
+    version = repo / TRANSFORMER_HIGH_NOISE / "1"
     version.mkdir(parents=True)
     for f in (fp32, fp32.with_name(fp32.name + ".data")):
         shutil.copy(f, version / f.name)
-    (repo / C.VAE_DECODER / "1").mkdir(parents=True)
-    save_cache_layout(layout, repo / C.VAE_DECODER / "1")
+    (repo / VAE_DECODER / "1").mkdir(parents=True)
+    save_cache_layout(layout, repo / VAE_DECODER / "1")
     with pytest.raises(RuntimeError, match="docker/Dockerfile.export"):
         tb.build_repository_engines(repo, info, precision="fp16", work_dir=tmp_path / "work", log=lambda _: None)
-    converted = tmp_path / "work" / C.TRANSFORMER_HIGH_NOISE / "model.fp16.onnx"
+    converted = tmp_path / "work" / TRANSFORMER_HIGH_NOISE / "model.fp16.onnx"
     assert op.graph_precision(converted) == "fp16"
     assert (version / "model.onnx").is_file()  # nothing removed before a plan exists
 
@@ -426,9 +428,9 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
     # Experts: the FP16 plan vs the FP32 PyTorch expert, at both profile shapes and both batch sizes.
     from export.onnx_export import load_transformer, load_vae
 
-    for folder, name in C.EXPERT_MODELS.items():
+    for folder, name in EXPERT_MODELS.items():
         model = load_transformer(tiny_checkpoint / folder)
-        spec = C.transformer_spec(info, name)
+        spec = transformer_spec(info, name)
         for (h, w), batch in (((32, 48), 2), ((64, 32), 1)):
             _, frames, lh, lw = info.latent_shape(5, h, w)
             inputs = spec.sample_inputs({"batch": batch, "latent_frames": frames, "latent_height": lh,
@@ -442,7 +444,7 @@ def test_tiny_plans_build_and_run(tiny_checkpoint, info, tmp_path):
 
     vae = load_vae(tiny_checkpoint / "vae")
     layout = load_cache_layout(repo / "vae_decoder" / "1")
-    first_spec, step_spec = C.vae_decoder_frame_specs(info, layout)
+    first_spec, step_spec = vae_decoder_frame_specs(info, layout)
     run_first, run_step = named_runners(engines[first_spec.name].run, engines[step_spec.name].run,
                                         first_spec, step_spec)
     latents = np.random.default_rng(3).standard_normal((1, info.z_dim, 3, 8, 4)).astype(np.float32)

@@ -26,17 +26,18 @@ from export.model_config import read_manifest
 from export.options import ExportOptions
 from export.repository import export_repository
 from wan22_triton.operations import events
-from wan22_triton.manifest import Limits, Manifest
+from wan22_triton.manifest import Manifest
+
+from .conftest import TEST_LIMITS, Server
 
 COMPONENTS = ("text_encoder", "transformer_high_noise", "transformer_low_noise", "vae_decoder")
 EXPERTS = COMPONENTS[1:3]
 ORCHESTRATORS = ("wan22_t2v", "wan22_t2v_stream")
 REQUEST = dict(prompt="a kite over a beach", num_frames=5, height=32, width=48, num_inference_steps=4, seed=5)
-LIMITS = Limits(max_num_frames=9, max_size=64)
 
 
 def _export(checkpoint: Path, repo: Path, **options) -> Path:
-    export_repository(checkpoint, repo, ExportOptions(limits=LIMITS, **options), log=lambda _: None)
+    export_repository(checkpoint, repo, ExportOptions(limits=TEST_LIMITS, **options), log=lambda _: None)
     return repo
 
 
@@ -145,17 +146,14 @@ def test_sequence_parallel_worker_releases_when_rank_0_does(tiny_checkpoint, tmp
 
 
 # -- served -------------------------------------------------------------------------------------------------------
-def _server(checkpoint: Path, repo: Path, **options):
-    from server.launcher import TritonServer
-
-    _export(checkpoint, repo, engine="torch", **options)
-    return TritonServer(repo, log_file=repo / "tritonserver.log", startup_timeout=300,  # a busy 2-core CI machine
-                        env={events.EVENTS_FILE_ENV: str(repo.parent / f"{repo.name}-events.jsonl")})
+def _server(checkpoint: Path, repo: Path, **options) -> Server:
+    return Server(_export(checkpoint, repo, engine="torch", **options))
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, tiny_checkpoint):
-    """(released, kept): the default export and `--keep-workspace`, started and stopped side by side."""
+    """(released, kept): the default export and `--keep-workspace`, started and stopped side by side; servers of
+    their own, whose first request at a size is the test's."""
     made = [_server(tiny_checkpoint, tmp_path_factory.mktemp(name), **options)
             for name, options in (("repo-release", {}), ("repo-keep", {"keep_workspace": True}))]
     try:
@@ -169,7 +167,7 @@ def servers(tmp_path_factory, tiny_checkpoint):
 
 
 def _events(server, offset: int = 0) -> list[dict]:
-    return events.read_events(server.env[events.EVENTS_FILE_ENV], offset)
+    return events.read_events(server.events_file, offset)
 
 
 def _released(found: list[dict], after: str) -> dict[str, int]:
@@ -180,6 +178,7 @@ def _released(found: list[dict], after: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.server
 def test_loaded_models_release_once(servers):
     for server in servers:  # whatever the option: what loading left is released, once per component instance
         assert _released(_events(server), "load") == {model: 1 for model in COMPONENTS}
@@ -189,18 +188,19 @@ def _forwards(found: list[dict]) -> dict[str, int]:
     return {model: sum(1 for e in found if e["event"] == "expert_forward" and e["model"] == model) for model in EXPERTS}
 
 
+@pytest.mark.server
 def test_one_release_per_idle_model_and_the_same_video(servers):
     released, kept = servers
     # The first request at a size: each expert also releases after its first call at the new shape (what a
     # warm-up sample leaves behind is not kept), which is its last step too when it has one step only.
-    offset = events.end_offset(released.env[events.EVENTS_FILE_ENV])
+    offset = events.end_offset(released.events_file)
     first = grpc_client.generate(released.grpc_url, REQUEST)["video"]
     found = _events(released, offset)
     steps = _forwards(found)
     assert _released(found, "call") == {"text_encoder": 1, "vae_decoder": 1,
                                         **{model: 1 if steps[model] == 1 else 2 for model in EXPERTS}}
 
-    offsets = [events.end_offset(server.env[events.EVENTS_FILE_ENV]) for server in servers]
+    offsets = [events.end_offset(server.events_file) for server in servers]
     video = grpc_client.generate(released.grpc_url, REQUEST)["video"]
     assert np.array_equal(video, first)
     assert np.array_equal(video, grpc_client.generate(kept.grpc_url, REQUEST)["video"])

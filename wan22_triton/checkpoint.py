@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The request fields are WanPipeline.__call__'s argument names: diffusers' defaults are read under the same names.
+from wan22_triton.request.contract import (FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NUM_FRAMES,
+                                           NUM_INFERENCE_STEPS, WIDTH)
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """Sampling defaults the Wan authors publish per model family; a diffusers checkpoint does not store them."""
@@ -31,21 +36,6 @@ GENERATION_DEFAULTS: dict[str, GenerationDefaults] = {
     "wan2.2-t2v-a14b": GenerationDefaults(num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, fps=16),
     "wan2.1-t2v": GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=16),
 }
-
-
-@dataclass(frozen=True)
-class RequestSettings:
-    """A request's optional inputs; the checkpoint's `request_defaults` fill those a request leaves out."""
-
-    negative_prompt: str
-    num_frames: int
-    height: int
-    width: int
-    num_inference_steps: int
-    guidance_scale: float
-    guidance_scale_2: float
-    flow_shift: float
-    output_format: str = "frames"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -77,7 +67,9 @@ class CheckpointInfo:
     The export reads it once and hands it to every served model inside its manifest (wan22_triton.manifest).
     """
 
-    path: str
+    # Where the export read it. Not in a manifest: a served model loads its own version folder, and a config must
+    # not depend on the machine that exported it.
+    path: str = field(default="", kw_only=True)
     family: str
     expert_folders: tuple[str, ...]  # diffusers sub-folders, high-noise first: ("transformer", "transformer_2")
     boundary_ratio: float | None
@@ -112,17 +104,17 @@ class CheckpointInfo:
         return self.boundary_ratio * self.num_train_timesteps
 
     @property
-    def request_defaults(self) -> RequestSettings:
-        return RequestSettings(
-            negative_prompt="",
-            num_frames=self.default_num_frames,
-            height=self.default_height,
-            width=self.default_width,
-            num_inference_steps=self.generation.num_inference_steps,
-            guidance_scale=self.generation.guidance_scale,
-            guidance_scale_2=self.generation.guidance_scale_2,
-            flow_shift=float(self.scheduler_config.get("flow_shift", 1.0)),
-        )
+    def request_defaults(self) -> dict[str, int | float]:
+        """The request fields whose default is the checkpoint's (request.contract.Default.CHECKPOINT), by name."""
+        return {
+            NUM_FRAMES: self.default_num_frames,
+            HEIGHT: self.default_height,
+            WIDTH: self.default_width,
+            NUM_INFERENCE_STEPS: self.generation.num_inference_steps,
+            GUIDANCE_SCALE: self.generation.guidance_scale,
+            GUIDANCE_SCALE_2: self.generation.guidance_scale_2,
+            FLOW_SHIFT: float(self.scheduler_config.get(FLOW_SHIFT, 1.0)),  # the scheduler's own config key
+        }
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(channels, latent frames, latent height, latent width) for a video size, as diffusers computes it."""
@@ -171,9 +163,9 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
         vae_scale_factor_spatial=int(_vae_config_value(vae, "scale_factor_spatial")),
         latents_mean=tuple(float(v) for v in vae["latents_mean"]),
         latents_std=tuple(float(v) for v in vae["latents_std"]),
-        default_height=int(_pipeline_call_default("height")),
-        default_width=int(_pipeline_call_default("width")),
-        default_num_frames=int(_pipeline_call_default("num_frames")),
+        default_height=int(_pipeline_call_default(HEIGHT)),
+        default_width=int(_pipeline_call_default(WIDTH)),
+        default_num_frames=int(_pipeline_call_default(NUM_FRAMES)),
         generation=dataclasses.replace(GENERATION_DEFAULTS[family], **generation),
         scheduler_config=scheduler,
     )

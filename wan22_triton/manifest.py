@@ -12,42 +12,14 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Mapping
 
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.components import CompilePoint
+from wan22_triton.components.common import MANIFEST_PARAMETER, CompilePoint
+from wan22_triton.options import Device, Engine, Precision, SpeedOptions, check_choices, parse
 from wan22_triton.parallel.plan import ParallelPlan
 from wan22_triton.request.presets import Preset
-
-MANIFEST_PARAMETER = "manifest"
-ENGINES = ("torch", "onnx", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-# The torch engine's expert speed options and their values (wan22_triton.speed.fast_path applies them); first: default.
-SPEED_CHOICES = {
-    "compile": ("none", "regional"),
-    "quantization": ("none", "fp8_rowwise"),
-    "attention": ("sdpa", "fp8_cudnn", "flash_attn_4"),
-}
-
-
-@dataclass(frozen=True)
-class SpeedOptions:
-    compile: str = SPEED_CHOICES["compile"][0]
-    quantization: str = SPEED_CHOICES["quantization"][0]
-    attention: str = SPEED_CHOICES["attention"][0]
-
-    def check(self) -> None:
-        """ValueError naming the option whose value is not one of its choices."""
-        for name, values in SPEED_CHOICES.items():
-            if getattr(self, name) not in values:
-                raise ValueError(f"{name} must be one of {values}, got {getattr(self, name)!r}")
-
-    def chosen(self) -> dict[str, str]:
-        """The options that differ from the defaults."""
-        default = SpeedOptions()
-        return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(default, k)}
 
 
 @dataclass(frozen=True)
@@ -72,8 +44,8 @@ class Manifest:
     """One served model's settings from the export."""
 
     model: str  # served name
-    engine: str  # torch | onnx | tensorrt
-    precision: str  # fp32 | bf16 | fp16
+    engine: Engine
+    precision: Precision
     checkpoint: CheckpointInfo
     # Low-memory mode (wan22_triton.memory.offload): weights in page-locked host memory, on the GPU only while they work.
     low_memory: bool = False
@@ -94,8 +66,16 @@ class Manifest:
     # (wan22_triton.speed.compile_cache); empty: torch's default (compiled on first use, dynamic after a new shape).
     compile_points: tuple[CompilePoint, ...] = ()
 
+    def check(self, device: Device) -> None:
+        """The export's rules (options.check_choices) on what this manifest serves on `device` (the text encoder's
+        `low_memory` may come from text_encoder_offload, which a parallel plan allows: that rule stays the export's)."""
+        check_choices(self.engine, device, self.precision, self.speed, low_memory=self.low_memory,
+                      ulysses=self.parallel.ulysses, loras=bool(self.loras))
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        del data["checkpoint"]["path"]  # CheckpointInfo.path: the export's, not the served model's
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -112,9 +92,11 @@ class Manifest:
 
 
 def _decode(kind: Any, value: Any) -> Any:
-    """JSON data back into the annotated type: dataclasses field by field, lists into tuples, `X | None`."""
+    """JSON data back into the annotated type: dataclasses field by field, lists into tuples, `X | None`, enums."""
     if value is None:
         return None
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return parse(kind, value)
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         return kind(**{f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})

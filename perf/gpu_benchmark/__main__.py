@@ -1,8 +1,11 @@
 """Wan2.2 T2V-A14B served by Triton against diffusers' WanPipeline (BF16), side by side on one GPU.
 
 The command line of the GPU benchmark (what one run does, and where each part lives: perf/gpu_benchmark/__init__.py).
-On the GPU host, after `source gpu-bundle/activate.sh` (the run reported: perf/results/gpu/command.txt):
-    python3 -m perf.gpu_benchmark --variants fp8_attention,flash_attention,compile --measured-requests 3
+On the GPU host, after `source gpu-bundle/activate.sh` (or through perf/gpu_host/benchmark.sh); results in
+perf/results/gpu/gpu_benchmark/ unless --out-dir says otherwise (docs/performance.md):
+    python3 -m perf.gpu_benchmark --variants fp8_attention
+    python3 -m perf.gpu_benchmark --variants fp8_attention,flash_attention,compile --measured-requests 3 \
+        --out-dir perf/results/gpu/speed_tiers
 
 Low-memory mode (the `*_lowmem` variants): `--no-baseline --reference-variant bf16` runs only the Triton variants and
 compares each video with the reference variant's; the measured request's swaps (each model's load/release times,
@@ -20,37 +23,25 @@ CPU dry run of the whole flow (tiny architecture, no GPU; tests/test_gpu_benchma
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import importlib.metadata
 import json
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from . import ROOT, STARTED, log
-from .gpu_monitor import nvidia_smi, wait_gpu_free
+from wan22_triton.request.contract import (FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NEGATIVE_PROMPT,
+                                           NUM_FRAMES, PROMPT, SEED, WIDTH)
+
+from . import log
+from .cli import add_common_args, machine_meta, name_list, print_results, time_left, write_run_record
+from .gpu_monitor import wait_gpu_free
 from .measure import configs_checkpoint, prepare_folders, run_baseline, run_variant, text_encoder_cpu_probe
 from .quality import compare_to_reference
 from .report import render_table, save
 from .variants import DEFAULT_VARIANTS, VARIANTS, estimate_s
 
-DEFAULT_PROMPT = (
-    "A red panda walks along a mossy branch in a misty forest at sunrise, soft golden light, cinematic, detailed"
-)
-DEFAULT_NEGATIVE = "blurry, low quality, distorted, static"
-PACKAGES = ("diffusers", "transformers", "torchao", "nvidia-cudnn-frontend", "flash-attn-4", "nvidia-cutlass-dsl",
-            "tritonclient")
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf.gpu_benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b")
-    parser.add_argument("--layers", type=int, default=None, help="override the experts' layer count (smoke tests)")
+    add_common_args(parser, name="gpu_benchmark", workdir="/tmp/wan22-gpu-bench")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -59,24 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
                         help="frames in the gRPC response instead of a system shared-memory region")
     parser.add_argument("--warmup-steps", type=int, default=2, help="Triton warm-up request (2: both experts)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--guidance-scale-2", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=42, help="generation seed (initial noise), both sides")
-    parser.add_argument("--weights-seed", type=int, default=1234, help="random weights, both sides")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "perf" / "results" / "gpu")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/wan22-gpu-bench"))
-    parser.add_argument("--startup-timeout", type=float, default=900.0)
     parser.add_argument("--shm-region", choices=("reused", "per-request"), default="reused",
                         help="with shared memory: one region for all requests of a variant, or a fresh one each")
     parser.add_argument("--measured-requests", type=int, default=1,
                         help="measured requests per variant; the table reports the first, results.json all")
-    parser.add_argument("--server-arg", action="append", default=[], dest="server_args",
-                        help="extra tritonserver argument, repeatable "
-                             "(e.g. --server-arg=--cuda-memory-pool-byte-size=0:1073741824)")
-    parser.add_argument("--deadline-s", type=float, default=0.0,
-                        help="skip a variant when less than its estimated time is left (0: no limit)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="Triton variants only (no diffusers run, no parity probes, no repeat)")
     parser.add_argument("--reference-variant", default="",
@@ -90,24 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def machine_meta(module: str, argv: list[str] | None) -> dict[str, Any]:
-    """Where and when a benchmark ran, with which command and package versions (results.json `meta`)."""
-    import torch
-
-    gpu = nvidia_smi("name,driver_version,memory.total")
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for package in PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"python3 -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
-        "gpu": gpu[0] if gpu else "cpu", "driver": gpu[1] if gpu else None,
-        "gpu_memory_mib": gpu[2] if gpu else None, "host": platform.node(), "versions": versions,
-    }
-
-
-def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous: dict[str, Any]) -> dict[str, Any]:
+def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous: dict[str, Any],
+                 module: str = "perf.gpu_benchmark") -> dict[str, Any]:
     """results.json's `meta` (where, what, with which versions) and `workload`, and the phases of `previous`
     (--resume) that finished."""
     import torch
@@ -122,7 +83,7 @@ def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous:
     del meta_model
     return {
         "meta": {
-            **machine_meta("perf.gpu_benchmark", argv),
+            **machine_meta(module, argv),
             "reference_variant": args.reference_variant,
             "server_args": args.server_args,
             "checkpoint": (
@@ -137,9 +98,9 @@ def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous:
                        else "in the gRPC response"),
         },
         "workload": {
-            "height": args.height, "width": args.width, "num_frames": args.num_frames, "steps": args.steps,
-            "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2, "flow_shift": 3.0,
-            "seed": args.seed, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+            HEIGHT: args.height, WIDTH: args.width, NUM_FRAMES: args.num_frames, "steps": args.steps,
+            GUIDANCE_SCALE: args.guidance_scale, GUIDANCE_SCALE_2: args.guidance_scale_2, FLOW_SHIFT: 3.0,
+            SEED: args.seed, PROMPT: args.prompt, NEGATIVE_PROMPT: args.negative_prompt,
             "warmup_steps": args.warmup_steps,
             "latent_shape": [info.in_channels, *latent],
             "transformer_params_b": params_b,
@@ -152,10 +113,7 @@ def describe_run(args, argv: list[str] | None, checkpoint: Path, info, previous:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    names = name_list(args.variants, VARIANTS, "variants")
     prepare_folders(args, "--device cpu --preset tiny ...")
 
     from wan22_triton.checkpoint import read_checkpoint
@@ -165,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     results_path = args.out_dir / "results.json"
     previous = json.loads(results_path.read_text()) if args.resume and results_path.exists() else {}
     results = describe_run(args, argv, checkpoint, info, previous)
+    write_run_record(args.out_dir, results["meta"])
     log(f"{results['meta']['gpu']}: {results['meta']['checkpoint']}; one CFG step = "
         f"{results['workload']['transformer_step_pflop']:.3f} PFLOP")
 
@@ -188,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         if results["variants"].get(name, {}).get("status") == "ok":
             continue
         variant = VARIANTS[name]
-        left = args.deadline_s - (time.monotonic() - STARTED) if args.deadline_s else float("inf")
+        left = time_left(args)
         if left < estimate_s(variant, results):
             results["variants"][name] = {"label": variant.label, "status": f"skipped: {left:.0f}s left of the deadline"}
             log(f"{name}: skipped ({left:.0f}s left)")
@@ -211,9 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             results["baseline_repeat"] = {"label": "diffusers BF16 (baseline, again last)",
                                           "status": f"failed: {type(e).__name__}: {e}"}
     save(results, args)
-    print()
-    print(render_table(results))
-    print(f"\nresults: {args.out_dir}/results.json, table.md, gpu_benchmark.png")
+    print_results(render_table(results), args.out_dir, "results.json, table.md, gpu_benchmark.png")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from wan22_triton.components.expert import ENCODER_HIDDEN_STATES, HIDDEN_STATES, NOISE_PRED, RELEASE_INPUT, TIMESTEP
+from wan22_triton.components.orchestrator import ORCHESTRATOR, STAGE_SECONDS, VIDEO
+from wan22_triton.components.text_encoder import PROMPT_EMBEDS, TEXT, TEXT_ENCODER
+from wan22_triton.components.vae_decoder import VAE_DECODER
 from wan22_triton.operations import events
+from wan22_triton.options import Device
+from wan22_triton.request.contract import (GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NEGATIVE_PROMPT, NUM_FRAMES,
+                                           NUM_INFERENCE_STEPS, PROMPT, SEED, WIDTH)
 
 from . import ROOT, log
 from .gpu_monitor import GpuMemoryPeak, gpu_used_gb, nvidia_smi
@@ -50,7 +57,7 @@ def stub_env_bin() -> str | None:
 def prepare_folders(args: Any, cpu_dry_run: str, need_gpu: bool = True) -> None:
     """A GPU run refuses to start without an NVIDIA GPU (`cpu_dry_run`: the flags to use instead); then --out-dir and
     --workdir exist."""
-    if need_gpu and args.device == "gpu" and not nvidia_smi("name"):
+    if need_gpu and args.device == Device.GPU and not nvidia_smi("name"):
         raise SystemExit(f"no NVIDIA GPU here (nvidia-smi); for a CPU dry run: {cpu_dry_run}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +89,9 @@ def infer_model(url: str, model: str, inputs: dict[str, np.ndarray], output: str
 
 def request_values(args, steps: int) -> dict[str, Any]:
     return {
-        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "num_frames": args.num_frames,
-        "height": args.height, "width": args.width, "num_inference_steps": steps,
-        "guidance_scale": args.guidance_scale, "guidance_scale_2": args.guidance_scale_2, "seed": args.seed,
+        PROMPT: args.prompt, NEGATIVE_PROMPT: args.negative_prompt, NUM_FRAMES: args.num_frames,
+        HEIGHT: args.height, WIDTH: args.width, NUM_INFERENCE_STEPS: steps,
+        GUIDANCE_SCALE: args.guidance_scale, GUIDANCE_SCALE_2: args.guidance_scale_2, SEED: args.seed,
     }
 
 
@@ -96,7 +103,7 @@ def bundle_backend_args() -> list[str]:
 
 def start_server(name: str, repo: Path, args):
     """tritonserver on the variant's repository; its log and events file next to the results."""
-    from server.launcher import TritonServer
+    from server.triton_server import TritonServer
 
     extra = ["--log-info=true", *args.server_args, *bundle_backend_args()]
     events_file = args.out_dir / f"events-{name}.jsonl"
@@ -132,12 +139,12 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
             shm = args.shared_memory
             if shm and args.shm_region == "reused":
                 with grpcclient.InferenceServerClient(url) as client:
-                    size = grpc_client.video_bytes(client, request_values(args, args.steps), "wan22_t2v")
+                    size = grpc_client.video_bytes(client, request_values(args, args.steps), ORCHESTRATOR)
                 shm = stack.enter_context(grpc_client.VideoSharedMemory(url, size, key))
             t0 = time.perf_counter()
             warm = grpc_client.generate(url, request_values(args, args.warmup_steps), shared_memory=shm, admin_key=key)
             result["warmup_s"] = time.perf_counter() - t0
-            result["warmup_stage_seconds"] = warm["stage_seconds"]
+            result["warmup_stage_seconds"] = warm[STAGE_SECONDS]
             log(f"{name}: warm-up request ({args.warmup_steps} steps) {result['warmup_s']:.1f}s")
 
             # Parity probes on the baseline's own first-step inputs (without a baseline: none).
@@ -187,13 +194,13 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
 def run_parity_probes(url: str, args, result: dict[str, Any], low_memory: bool) -> None:
     """The text encoder and one high-noise expert forward on the baseline's own first-step inputs."""
     ref = np.load(args.workdir / "baseline_first_step.npz")
-    embeds = np.concatenate([ref["prompt_embeds"], ref["negative_prompt_embeds"]]).astype(np.float32)
+    embeds = np.concatenate([ref[PROMPT_EMBEDS], ref["negative_prompt_embeds"]]).astype(np.float32)
     text = np.array([[args.prompt.encode()], [args.negative_prompt.encode()]], dtype=object)
-    served_embeds = infer_model(url, "text_encoder", {"text": text}, "prompt_embeds")
-    hidden = np.concatenate([ref["hidden_states"]] * 2).astype(np.float32)
-    timestep = np.full((2, 1), float(ref["timestep"].ravel()[0]), dtype=np.float32)
-    noise = infer_model(url, EXPERTS[0], {"hidden_states": hidden, "timestep": timestep,
-                                          "encoder_hidden_states": embeds}, "noise_pred")
+    served_embeds = infer_model(url, TEXT_ENCODER, {TEXT: text}, PROMPT_EMBEDS)
+    hidden = np.concatenate([ref[HIDDEN_STATES]] * 2).astype(np.float32)
+    timestep = np.full((2, 1), float(ref[TIMESTEP].ravel()[0]), dtype=np.float32)
+    noise = infer_model(url, EXPERTS[0], {HIDDEN_STATES: hidden, TIMESTEP: timestep,
+                                          ENCODER_HIDDEN_STATES: embeds}, NOISE_PRED)
     ref_noise = np.concatenate([ref["noise_pred_cond"], ref["noise_pred_uncond"]])
     result["parity"] = {
         "prompt_embeds_cosine": cosine(served_embeds, embeds),
@@ -204,26 +211,26 @@ def run_parity_probes(url: str, args, result: dict[str, Any], low_memory: bool) 
     }
     log(f"parity probes {result['parity']}")
     if low_memory:  # the probe loaded the high-noise expert: back to host memory, as between requests
-        infer_model(url, EXPERTS[0], {"release": np.ones((1, 1), dtype=bool)}, None)
+        infer_model(url, EXPERTS[0], {RELEASE_INPUT.name: np.ones((1, 1), dtype=bool)}, None)
 
 
 def finish_variant(name: str, result: dict[str, Any], out: dict, models: dict, args) -> dict[str, Any]:
     """The measured request's per-model times, steps and overhead, and its video against the baseline's."""
-    result["stage_seconds"] = out["stage_seconds"]
+    result[STAGE_SECONDS] = out[STAGE_SECONDS]
     result["models"] = models
     count_steps(result)
     result["denoise_compute_s"] = sum(models[e]["compute_infer_s"] for e in EXPERTS if result["steps"][e])
     if "parallel" in result:
         # Executions overlap (CFG halves at once), so the steps' wall time is the orchestrator's denoise stage;
         # per-expert compute sums are not step times here.
-        result["denoise_compute_s"] = out["stage_seconds"]["denoise"]
+        result["denoise_compute_s"] = out[STAGE_SECONDS]["denoise"]
         result["step_s"] = {}
-    result["text_encoder_s"] = models.get("text_encoder", {}).get("compute_infer_s")
-    result["vae_decode_s"] = models.get("vae_decoder", {}).get("compute_infer_s")
+    result["text_encoder_s"] = models.get(TEXT_ENCODER, {}).get("compute_infer_s")
+    result["vae_decode_s"] = models.get(VAE_DECODER, {}).get("compute_infer_s")
     result["component_compute_s"] = component_compute(models)
     if "parallel" not in result:  # with concurrent executions, compute sums exceed the wall time
         result.update(overhead(result["e2e_s"], models))
-    video = out["video"]
+    video = out[VIDEO]
     np.save(args.workdir / f"video-{name}.npy", video)  # for --reference-variant
     result["parity"]["frames_mean_std"] = [float(video.mean()), float(video.std())]
     if args.baseline:
@@ -267,13 +274,13 @@ def run_baseline(checkpoint: Path, args, repeat: bool = False) -> dict[str, Any]
     out_json = workdir / "baseline.json"
     cmd = [
         sys.executable, "-m", "perf.gpu_baseline", "--checkpoint", str(checkpoint), "--workdir", str(workdir),
-        "--json", str(out_json), "--device", "cuda" if args.device == "gpu" else "cpu", "--precision", args.precision,
+        "--json", str(out_json), "--device", "cuda" if args.device == Device.GPU else "cpu", "--precision", args.precision,
         "--weights-seed", str(args.weights_seed), "--prompt", args.prompt, "--negative-prompt", args.negative_prompt,
         "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
         "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale),
         "--guidance-scale-2", str(args.guidance_scale_2), "--seed", str(args.seed),
     ]
-    if args.device == "gpu" and not repeat:
+    if args.device == Device.GPU and not repeat:
         cmd.append("--matmul")
     peak = GpuMemoryPeak()
     with peak, open(args.out_dir / "baseline.log", "a" if repeat else "w") as blog:

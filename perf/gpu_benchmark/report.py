@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from wan22_triton.components.expert import TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE
+from wan22_triton.components.text_encoder import TEXT_ENCODER
+from wan22_triton.request.contract import HEIGHT, NUM_FRAMES, WIDTH
+
 from . import log
 from .variants import EXPERTS
 
@@ -41,7 +45,8 @@ def add_derived(results: dict[str, Any]) -> None:
             row["e2e_speedup_vs_1gpu"] = one_gpu["e2e_s"] / row["e2e_s"]
 
 
-def _f(value: Any, fmt: str) -> str:
+def cell(value: Any, fmt: str) -> str:
+    """A table cell: the value formatted, "-" when missing."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -66,12 +71,12 @@ def render_table(results: dict[str, Any]) -> str:
         overhead = (f"{row['triton_overhead_s']:.2f} ({row['triton_overhead_pct']:.1f}%)"
                     if "triton_overhead_s" in row else f"({row.get('other_s', 0):.2f} other)")
         lines.append(
-            f"| {label} | {row['e2e_s']:.2f} | {'1.000' if key == 'baseline' else _f(row.get('speedup'), '.3f')}x "
-            f"| {_f(row.get('text_encoder_s'), '.3f')} | {_f(step.get('transformer_high_noise'), '.3f')} "
-            f"| {_f(step.get('transformer_low_noise'), '.3f')} | {_f(row.get('vae_decode_s'), '.2f')} "
-            f"| {_f(tflops, '.0f')}{f' ({pct:.0f}%)' if pct else ''} | {_f(row.get('peak_gpu_memory_gb'), '.1f')} "
-            f"| {overhead} | {_f(parity.get('psnr_db'), '.1f')} | {_f(parity.get('ssim'), '.4f')} "
-            f"| {_f(parity.get('noise_pred_cosine'), '.6f')} |"
+            f"| {label} | {row['e2e_s']:.2f} | {'1.000' if key == 'baseline' else cell(row.get('speedup'), '.3f')}x "
+            f"| {cell(row.get('text_encoder_s'), '.3f')} | {cell(step.get(TRANSFORMER_HIGH_NOISE), '.3f')} "
+            f"| {cell(step.get(TRANSFORMER_LOW_NOISE), '.3f')} | {cell(row.get('vae_decode_s'), '.2f')} "
+            f"| {cell(tflops, '.0f')}{f' ({pct:.0f}%)' if pct else ''} | {cell(row.get('peak_gpu_memory_gb'), '.1f')} "
+            f"| {overhead} | {cell(parity.get('psnr_db'), '.1f')} | {cell(parity.get('ssim'), '.4f')} "
+            f"| {cell(parity.get('noise_pred_cosine'), '.6f')} |"
         )
     return "\n".join(lines)
 
@@ -95,7 +100,7 @@ def render_low_memory_table(results: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, r in rows:
         swaps = r.get("swaps", {})
-        te = swaps.get("text_encoder", {})
+        te = swaps.get(TEXT_ENCODER, {})
         expert_loads = [
             f"{e.split('_')[1]} {', '.join(f'{v:.2f}' for v in swaps[e]['load_s'])} ({swaps[e].get('gb', 0):.1f})"
             for e in EXPERTS if swaps.get(e, {}).get("load_s")
@@ -107,8 +112,8 @@ def render_low_memory_table(results: dict[str, Any]) -> str:
         step = " / ".join(f"{r['step_s'][e]:.3f} ({bare[e]:.3f})" for e in EXPERTS if e in r.get("step_s", {}))
         ratio = (f"{r['e2e_s'] / ref['e2e_s']:.3f}x" if ref.get("status") == "ok" and ref is not r else "-")
         lines.append(
-            f"| {r['label']} | {r['e2e_s']:.2f} | {ratio} | {_f(r.get('peak_gpu_memory_gb'), '.1f')} "
-            f"| {_f(r.get('peak_gpu_memory_request_gb'), '.1f')} | {_f(r.get('gpu_used_after_request_gb'), '.1f')} "
+            f"| {r['label']} | {r['e2e_s']:.2f} | {ratio} | {cell(r.get('peak_gpu_memory_gb'), '.1f')} "
+            f"| {cell(r.get('peak_gpu_memory_request_gb'), '.1f')} | {cell(r.get('gpu_used_after_request_gb'), '.1f')} "
             f"| {', '.join(f'{v:.2f}' for v in te.get('load_s', [])) or '-'} | {'; '.join(expert_loads) or '-'} "
             f"| {'; '.join(releases) or '-'} | {step or '-'} "
             f"| {_vs_text(vs)} |"
@@ -131,8 +136,8 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
 
     parts = [
         ("text encoder", lambda r: r.get("text_encoder_s") or 0, "#8da0cb"),
-        ("high-noise expert", expert("transformer_high_noise"), "#e78ac3"),
-        ("low-noise expert", expert("transformer_low_noise"), "#fc8d62"),
+        ("high-noise expert", expert(TRANSFORMER_HIGH_NOISE), "#e78ac3"),
+        ("low-noise expert", expert(TRANSFORMER_LOW_NOISE), "#fc8d62"),
         ("VAE decode", lambda r: r.get("vae_decode_s") or 0, "#66c2a5"),
         ("other (Triton/BLS, scheduler, I/O)", lambda r: r["e2e_s"] - r["component_compute_s"], "#b3b3b3"),
     ]
@@ -149,7 +154,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     w = results["workload"]
     ax.set_xlabel("seconds, end to end (one request)")
     ax.set_xlim(0, max(r["e2e_s"] for r in rows) * 1.25)
-    ax.set_title(f"Wan2.2-T2V-A14B (random weights) {w['height']}x{w['width']}x{w['num_frames']}, "
+    ax.set_title(f"Wan2.2-T2V-A14B (random weights) {w[HEIGHT]}x{w[WIDTH]}x{w[NUM_FRAMES]}, "
                  f"{w['steps']} steps, CFG, {results['meta'].get('gpu', '?')}", pad=26)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=8, frameon=False)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -165,9 +170,9 @@ def render_parallel_table(results: dict[str, Any]) -> str:
     lines = ["| system | GPUs | mean step s | step speed-up vs 1 GPU | end to end s | e2e vs 1 GPU | e2e vs diffusers |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['gpus']} | {_f(r.get('step_mean_s'), '.3f')} "
-                     f"| {_f(r.get('step_speedup_vs_1gpu'), '.3f')}x | {r['e2e_s']:.2f} "
-                     f"| {_f(r.get('e2e_speedup_vs_1gpu'), '.3f')}x | {_f(r.get('speedup'), '.3f')}x |")
+        lines.append(f"| {r['label']} | {r['gpus']} | {cell(r.get('step_mean_s'), '.3f')} "
+                     f"| {cell(r.get('step_speedup_vs_1gpu'), '.3f')}x | {r['e2e_s']:.2f} "
+                     f"| {cell(r.get('e2e_speedup_vs_1gpu'), '.3f')}x | {cell(r.get('speedup'), '.3f')}x |")
     return "\n".join(lines)
 
 

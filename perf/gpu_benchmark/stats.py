@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .variants import COMPONENT_MODELS, EXPERTS
+from wan22_triton.components.orchestrator import ORCHESTRATOR
 
-ORCHESTRATOR = "wan22_t2v"
+from .variants import COMPONENT_MODELS, EXPERTS
 
 
 def read_stats(client, headers: dict[str, str] | None = None) -> dict[str, dict[str, int]]:

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wan22_triton import components as C
+from wan22_triton.components.expert import EXPERT_MODELS
+from wan22_triton.components.text_encoder import TEXT_ENCODER
+from wan22_triton.components.vae_decoder import VAE_DECODER
 from wan22_triton.manifest import SpeedOptions
+from wan22_triton.options import Attention, Compile, Device, Engine, Precision, Quantization
 from wan22_triton.parallel.plan import ParallelPlan
 
 
@@ -45,16 +48,16 @@ class Variant:
         return row
 
 
-REGIONAL = SpeedOptions(compile="regional")
-FP8 = SpeedOptions(compile="regional", quantization="fp8_rowwise")
+REGIONAL = SpeedOptions(compile=Compile.REGIONAL)
+FP8 = SpeedOptions(compile=Compile.REGIONAL, quantization=Quantization.FP8_ROWWISE)
 VARIANTS: dict[str, Variant] = {
     "bf16": Variant("Triton BF16 eager"),
     "compile": Variant("Triton BF16 + compile", REGIONAL),
     "flash_attention": Variant("Triton BF16 + FlashAttention-4 + compile",
-                               SpeedOptions(compile="regional", attention="flash_attn_4")),
+                               SpeedOptions(compile=Compile.REGIONAL, attention=Attention.FLASH_ATTN_4)),
     "fp8": Variant("Triton FP8 + compile", FP8, vae_cudnn_benchmark=True),
     "fp8_attention": Variant("Triton FP8 + FP8 attention + compile",
-                             SpeedOptions(compile="regional", quantization="fp8_rowwise", attention="fp8_cudnn"),
+                             dataclasses.replace(FP8, attention=Attention.FP8_CUDNN),
                              vae_cudnn_benchmark=True),
     "bf16_lowmem": Variant("Triton BF16 eager, low memory", low_memory=True),
     "compile_lowmem": Variant("Triton BF16 + compile, low memory", REGIONAL, low_memory=True),
@@ -74,16 +77,16 @@ for _tier in ("bf16", "fp8_attention"):
             _base, label=f"{_base.label}, {_plan_name} ({_plan.devices} GPUs)", parallel=_plan, one_gpu=_tier)
 DEFAULT_VARIANTS = "fp8_attention,flash_attention"
 
-EXPERTS = tuple(C.EXPERT_MODELS.values())  # high-noise first
-COMPONENT_MODELS = (C.TEXT_ENCODER, *EXPERTS, C.VAE_DECODER)
+EXPERTS = tuple(EXPERT_MODELS.values())  # high-noise first
+COMPONENT_MODELS = (TEXT_ENCODER, *EXPERTS, VAE_DECODER)
 
 
-def export_options(variant: Variant, device: str, precision: str, weights_seed: int, **more: Any):
+def export_options(variant: Variant, device: Device, precision: Precision, weights_seed: int, **more: Any):
     """The variant as ExportOptions: ENGINE=torch, every component with random weights from `weights_seed` (the
     export derives each component's seed as the baseline does); `more`: other fields (LoRAs, compile artifacts)."""
     from export.repository import ExportOptions
 
-    return ExportOptions(engine="torch", device=device, precision=precision, low_memory=variant.low_memory,
+    return ExportOptions(engine=Engine.TORCH, device=device, precision=precision, low_memory=variant.low_memory,
                          speed=variant.speed, parallel=variant.parallel, random_weights_seed=weights_seed,
                          vae_cudnn_benchmark=variant.vae_cudnn_benchmark, **more)
 
@@ -102,7 +105,8 @@ def estimate_s(variant: Variant, results: dict[str, Any]) -> float:
     """A variant's likely wall time (export, start, warm-up, requests), for --deadline-s."""
     base = results.get("baseline", {}).get("e2e_s", 60.0)
     speed = variant.speed
-    # since Inductor's coordinate descent tuning is off (run 11): ~15-30 s a compile, one per expert and batch
-    compile_s = {"none": 0.0, "regional": 60.0}[speed.compile] + (30.0 if speed.quantization != "none" else 0)
+    # Inductor's coordinate descent tuning off (fast_path): ~15-30 s a compile, one per expert and batch
+    compile_s = ({Compile.NONE: 0.0, Compile.REGIONAL: 60.0}[speed.compile]
+                 + (30.0 if speed.quantization != Quantization.NONE else 0))
     swap_s = 60.0 if variant.low_memory else 0.0  # host copies at start, a few swaps
     return 60.0 + 0.5 * base + base + compile_s + swap_s

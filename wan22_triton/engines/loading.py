@@ -1,4 +1,5 @@
-"""Load a component from its model's version folder (plain Python: Triton model instances and Ulysses workers)."""
+"""The torch engine's loading: a component from its model's version folder in its precision (plain Python: Triton
+model instances and Ulysses workers)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,25 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from wan22_triton.components.expert import ENCODER_HIDDEN_STATES, HIDDEN_STATES, INPUTS, TIMESTEP
 from wan22_triton.operations import events
-from wan22_triton.engines.onnx_runner import torch_dtype
 from wan22_triton.manifest import Manifest
+from wan22_triton.options import Precision, parse
+
+TORCH_DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+
+
+def torch_dtype(precision: Precision) -> torch.dtype:
+    return TORCH_DTYPES[parse(Precision, precision)]
 
 
 def load_component(manifest: Manifest, root: Path, model_class: Any, kind: str, folder: str,
                    device: str | torch.device) -> torch.nn.Module:
     """A diffusers/transformers module from `root/<folder>` in the manifest's precision on `device`; with the
     benchmark seam `random_weights_seed`, built from the config with random weights."""
+    if not (root / folder).is_dir():  # else diffusers takes the path for a Hub repository name
+        raise FileNotFoundError(f"{root / folder} is missing: the repository holds configs but no weights (as the "
+                                "checked-in model_repository/ does); export it first: `make export`")
     dtype = torch_dtype(manifest.precision)
     seed = manifest.random_weights_seed
     if seed is not None:
@@ -45,20 +56,19 @@ def build_expert(manifest: Manifest, root: Path, device: str | torch.device, seq
 
 def expert_forward(model: Any, inputs: Mapping[str, Any], device: str | torch.device,
                    dtype: torch.dtype, first_block_only: bool = False) -> torch.Tensor:
-    """The noise prediction (float32, on `device`) for the expert contract's inputs (components.transformer_spec),
+    """The noise prediction (float32, on `device`) for the expert contract's inputs (components.expert),
     as the served expert runs them; the export's compile calls the same, so that its graphs are the served ones.
-    `first_block_only`: a warm-up's forward (components.EXPERT_WARMUP_INPUT) through the first block alone, whose
+    `first_block_only`: a warm-up's forward (components.expert.WARMUP_INPUT) through the first block alone, whose
     compiled graph and kernels the other blocks share; its output is not the expert's."""
-    names = ("hidden_states", "timestep", "encoder_hidden_states")
-    t = {name: torch.as_tensor(inputs[name]).to(device) for name in names}
+    t = {name: torch.as_tensor(inputs[name]).to(device) for name in INPUTS}
     blocks = model.blocks if first_block_only else None
     if blocks is not None:
         model.blocks = torch.nn.ModuleList(blocks[:1])
     try:
         return model(
-            hidden_states=t["hidden_states"].to(dtype),
-            timestep=t["timestep"],
-            encoder_hidden_states=t["encoder_hidden_states"].to(dtype),
+            hidden_states=t[HIDDEN_STATES].to(dtype),
+            timestep=t[TIMESTEP],
+            encoder_hidden_states=t[ENCODER_HIDDEN_STATES].to(dtype),
             return_dict=False,
         )[0].float()
     finally:

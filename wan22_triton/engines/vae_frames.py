@@ -9,7 +9,7 @@ count in; a graph per call cannot, because the list holds `None`, 1-frame tensor
 * `StepDecoder`:       (latent frame i, caches) -> (`scale_factor_temporal` video frames, new caches)
 
 where every cache is a tensor of exactly 2 frames, shaped (batch, channels, 2, h * scale, w * scale) with (h, w)
-the latent size (`components.CacheEntry` gives channels and scale per cache, `discover_cache_layout` finds them).
+the latent size (`components.common.CacheEntry` gives channels and scale per cache, `discover_cache_layout` finds them).
 
 Why the normalisation is exact (read from diffusers' `autoencoder_kl_wan.py`):
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wan22_triton.components import CacheEntry, ComponentSpec
+from wan22_triton.components.common import CacheEntry, ComponentSpec
 
 CACHE_FRAMES = 2  # diffusers' CACHE_T: frames a 3-tap causal convolution keeps from the previous chunk
 
@@ -178,7 +178,7 @@ def named_runners(
 
     `run_*_graph(feeds)` takes {input name: array} and returns the outputs either as {output name: array} or as a
     sequence in declared order (onnxruntime: `lambda feeds: session.run(spec.output_names, feeds)`). All names
-    come from the component specs (`components.vae_decoder_frame_specs`).
+    come from the component specs (`components.vae_decoder.vae_decoder_frame_specs`).
     """
     latent_name, *cache_names = step_spec.input_names
     if first_spec.input_names != [latent_name] or len(first_spec.outputs) != len(step_spec.outputs):

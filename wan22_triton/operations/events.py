@@ -2,8 +2,8 @@
 
 Log lines are for people; tests and the GPU benchmark read these instead. Nothing is written when the variable is
 unset (normal serving). tritonserver passes its environment to the Python-backend stubs, so setting it for the
-server (`server.launcher.TritonServer(env=...)`) reaches every model process; each line carries the writer's pid and the
-model its process serves.
+server (`server.triton_server.TritonServer(env=...)`) reaches every model process; each line carries the writer's pid
+and the model its process serves.
 
 Events (fields besides `event`, `time`, `pid`, `process`):
 

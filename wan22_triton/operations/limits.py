@@ -1,6 +1,6 @@
 """The limits each component model enforces itself: they can be called directly, not only by the orchestrator.
 
-The orchestrator checks a request as a whole (pipeline.validate_request); these checks keep a direct caller of
+The orchestrator checks a request as a whole (request.validation); these checks keep a direct caller of
 `text_encoder`, an expert or `vae_decoder` inside the same `Limits` (the manifest's) and reject, with the rule,
 what a model would otherwise compute silently wrong (a latent the transformer's patch does not divide).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from wan22_triton.checkpoint import CheckpointInfo
+from wan22_triton.components.common import LATENT
 from wan22_triton.errors import RequestError
 from wan22_triton.manifest import Limits
 
@@ -32,8 +33,7 @@ def check_latents(name: str, shape: Sequence[int], info: CheckpointInfo, limits:
     """[batch, channels, frames, height, width] within the limits; frames/height/width multiples of `multiples`
     (the transformer's patch: a latent it does not divide would come back cropped)."""
     dims = tuple(int(d) for d in shape[-3:])
-    for axis, size, largest, multiple in zip(("frames", "height", "width"), dims, latent_bounds(info, limits),
-                                             multiples):
+    for axis, size, largest, multiple in zip(LATENT, dims, latent_bounds(info, limits), multiples):
         if not 1 <= size <= largest or size % multiple:
-            raise RequestError(f"'{name}' latent {axis} must be within [1, {largest}] and a multiple of {multiple}, "
+            raise RequestError(f"'{name}' {axis.symbol} must be within [1, {largest}] and a multiple of {multiple}, "
                                f"got {size} (shape {list(shape)})")

@@ -32,14 +32,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from wan22_triton.components.expert import LORA, LORA_SCALE  # which adapter a call uses, at which scale
 from wan22_triton.operations import events
 from wan22_triton.errors import RequestError
 
 LORA_FOLDER = "loras"  # in each expert's version folder
 LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded
 PREFIX = "transformer."  # the component prefix of diffusers' Wan LoRA layout
-# The experts' extra inputs (components.EXPERT_LORA_INPUTS): which adapter this call uses, at which scale.
-LORA_INPUT, SCALE_INPUT = "lora", "lora_scale"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no '.': peft refuses it in adapter names
 _KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)")
 
@@ -124,18 +123,19 @@ def requested(inputs: dict[str, Any], max_scale: float) -> LoraChoice | None:
     """The call's adapter from the experts' optional inputs (removed from `inputs`): [B, 1] name and scale, every
     batch row the same, the scale finite and within +-`max_scale` (the limit the orchestrator checks, enforced
     here too for direct callers); no name, or an empty one: the base model."""
-    names, scales = inputs.pop(LORA_INPUT, None), inputs.pop(SCALE_INPUT, None)
+    names, scales = inputs.pop(LORA, None), inputs.pop(LORA_SCALE, None)
     if names is None:
         return None
     values = {v if isinstance(v, str) else bytes(v).decode("utf-8", "replace") for v in np.asarray(names).reshape(-1)}
     if len(values) != 1:
-        raise RequestError(f"'{LORA_INPUT}' must name one adapter for the whole batch, got {sorted(values)}")
+        raise RequestError(f"'{LORA}' must name one adapter for the whole batch, got {sorted(values)}")
     name = values.pop()
     if not name:
         return None
     scale = 1.0 if scales is None else float(scales.reshape(-1)[0])  # numpy, or a torch tensor from a GPU caller
     if not np.isfinite(scale) or abs(scale) > max_scale:
-        raise RequestError(f"'{SCALE_INPUT}' must be a finite number within [-{max_scale:g}, {max_scale:g}], got {scale}")
+        raise RequestError(f"'{LORA_SCALE}' must be a finite number within [-{max_scale:g}, {max_scale:g}], "
+                           f"got {scale}")
     return name, scale
 
 
@@ -185,7 +185,7 @@ class ExpertAdapters:
             name, scale = choice
             if name not in self.names:
                 known = ", ".join(sorted(self.names)) or "none"
-                raise RequestError(f"'{LORA_INPUT}' {name!r} is not loaded in this expert (loaded: {known})")
+                raise RequestError(f"'{LORA}' {name!r} is not loaded in this expert (loaded: {known})")
             self.model.enable_lora()
             self.model.set_adapters(name, scale)
 

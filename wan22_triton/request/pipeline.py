@@ -4,8 +4,8 @@
 latent de-normalisation); its `__call__` reads as the numbered steps 1. encode prompts, 2. timesteps, 3. initial
 noise, 4. denoise, 5. de-normalise and decode, each a method of its own. It calls its three components through
 injected callables: the Triton orchestrator passes BLS calls, tests/test_pipeline_diffusers.py passes the
-diffusers modules. Inputs arrive as a dict of numpy arrays (Triton's view of a request) and are validated here
-(`validate_request`) so that every bad value gets a message naming the field and the rule.
+diffusers modules. It takes a validated `GenerationRequest` (request/validation.py turns Triton's view of a request,
+a dict of numpy arrays, into one).
 
 The loop's tensors (latents, embeddings, noise, the scheduler's state) live on `device`: the CPU, or the GPU of an
 orchestrator instance placed there, whose BLS calls then hand CUDA tensors to the experts without a host copy.
@@ -13,43 +13,24 @@ orchestrator instance placed there, whose BLS calls then hand CUDA tensors to th
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from wan22_triton.checkpoint import RequestSettings
-from wan22_triton.operations.limits import check_prompt_bytes
-from wan22_triton.components import expert_models
-from wan22_triton.errors import Cancelled, RequestError
-from wan22_triton.request.lora import LoraChoice, name_problem
+from wan22_triton.components.expert import expert_models
+from wan22_triton.components.text_encoder import TEXT_ENCODER
+from wan22_triton.components.vae_decoder import VAE_DECODER
+from wan22_triton.errors import Cancelled
 from wan22_triton.manifest import Manifest
-from wan22_triton.request.presets import DEFAULT_SAMPLER, euler_sigmas, find_preset
+from wan22_triton.request.contract import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, GenerationRequest
+from wan22_triton.request.lora import LoraChoice
+from wan22_triton.request.presets import DEFAULT_SAMPLER, euler_sigmas
 
 if TYPE_CHECKING:  # the annotation only: the switch belongs to the low-memory mode (offload)
     from wan22_triton.memory.offload import ExpertSwitch
-
-OUTPUT_FORMATS = ("frames", "mp4")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerationRequest(RequestSettings):
-    """A validated request: every optional input resolved, plus the prompt and the seed."""
-
-    prompt: str
-    seed: int
-    lora: str | None = None  # the adapter every expert call of this request uses; None: the base model
-    lora_scale: float = 1.0
-    preset: str | None = None
-    sampler: str = DEFAULT_SAMPLER  # set by a preset only (presets.SAMPLERS)
-
-    @property
-    def adapter(self) -> LoraChoice | None:
-        return None if self.lora is None else (self.lora, self.lora_scale)
 
 
 @dataclass
@@ -80,104 +61,6 @@ ExpertFn = Callable[..., Array]
 VaeDecoderFn = Callable[[torch.Tensor], Array]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
 
 
-def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: Any) -> Any:
-    value = inputs.get(name)
-    if value is None:
-        return default
-    if value.size != 1:
-        raise RequestError(f"'{name}' must hold exactly one value, got shape {list(value.shape)}")
-    item = value.reshape(-1)[0]
-    if kind is str:
-        if isinstance(item, str):
-            return item
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RequestError(f"'{name}' must be valid UTF-8 text: {e}") from None
-    return kind(item)
-
-
-def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> GenerationRequest:
-    """Apply defaults and check every rule; raise RequestError naming the field and the rule."""
-    d, lim, info = manifest.checkpoint.request_defaults, manifest.limits, manifest.checkpoint
-    prompt = _scalar(inputs, "prompt", str, None)
-    if prompt is None:
-        raise RequestError("'prompt' is required")
-    # A preset replaces the defaults it names and brings its LoRA; the request's own inputs still override both.
-    preset_name = _scalar(inputs, "preset", str, "") or None
-    preset = None if preset_name is None else find_preset(manifest.presets, preset_name)
-    if preset_name is not None and preset is None:
-        raise RequestError(f"'preset' must be one of {[p.name for p in manifest.presets]}, got {preset_name!r}")
-    if preset is not None:
-        d = dataclasses.replace(d, **preset.settings())
-    req = GenerationRequest(
-        prompt=prompt,
-        negative_prompt=_scalar(inputs, "negative_prompt", str, d.negative_prompt),
-        num_frames=_scalar(inputs, "num_frames", int, d.num_frames),
-        height=_scalar(inputs, "height", int, d.height),
-        width=_scalar(inputs, "width", int, d.width),
-        num_inference_steps=_scalar(inputs, "num_inference_steps", int, d.num_inference_steps),
-        guidance_scale=_scalar(inputs, "guidance_scale", float, d.guidance_scale),
-        guidance_scale_2=_scalar(inputs, "guidance_scale_2", float, d.guidance_scale_2),
-        flow_shift=_scalar(inputs, "flow_shift", float, d.flow_shift),
-        seed=_scalar(inputs, "seed", int, None) if "seed" in inputs else secrets.randbelow(2**63),
-        output_format=_scalar(inputs, "output_format", str, d.output_format),
-        lora=_scalar(inputs, "lora", str, preset.lora if preset else None) or None,  # "": none, even a preset's
-        lora_scale=_scalar(inputs, "lora_scale", float, preset.lora_scale if preset else 1.0),
-        preset=preset_name,
-        sampler=preset.sampler if preset else DEFAULT_SAMPLER,
-    )
-    for name in ("prompt", "negative_prompt"):
-        check_prompt_bytes(name, len(getattr(req, name).encode()), lim, info)
-    if req.output_format not in OUTPUT_FORMATS:
-        raise RequestError(f"'output_format' must be one of {list(OUTPUT_FORMATS)}, got {req.output_format!r}")
-    k = info.vae_scale_factor_temporal
-    if req.num_frames % k != 1 % k or not lim.min_num_frames <= req.num_frames <= lim.max_num_frames:
-        raise RequestError(
-            f"'num_frames' must be of the form {k}k+1 within [{lim.min_num_frames}, {lim.max_num_frames}], "
-            f"got {req.num_frames}"
-        )
-    m = info.spatial_multiple
-    for name in ("height", "width"):
-        value = getattr(req, name)
-        if value % m or not lim.min_size <= value <= lim.max_size:
-            raise RequestError(f"'{name}' must be a multiple of {m} within [{lim.min_size}, {lim.max_size}], got {value}")
-    if manifest.video_sizes and (req.num_frames, req.height, req.width) not in manifest.video_sizes:
-        sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in manifest.video_sizes)
-        raise RequestError(
-            f"'num_frames' x 'height' x 'width' {req.num_frames}x{req.height}x{req.width} is not a size this repository "
-            f"was built for (TensorRT profiles or compiled experts); served: {sizes}"
-        )
-    if not 1 <= req.num_inference_steps <= lim.max_inference_steps:
-        raise RequestError(
-            f"'num_inference_steps' must be within [1, {lim.max_inference_steps}], got {req.num_inference_steps}"
-        )
-    for name in ("guidance_scale", "guidance_scale_2"):
-        if not np.isfinite(getattr(req, name)) or getattr(req, name) < 0:
-            raise RequestError(f"'{name}' must be a finite number >= 0, got {getattr(req, name)}")
-    if not np.isfinite(req.flow_shift) or req.flow_shift <= 0:
-        raise RequestError(f"'flow_shift' must be a finite number > 0, got {req.flow_shift}")
-    if not 0 <= req.seed < 2**63:
-        raise RequestError(f"'seed' must be within [0, 2**63), got {req.seed}")
-    _check_lora(req, manifest, preset_name)
-    return req
-
-
-def _check_lora(req: GenerationRequest, manifest: Manifest, preset: str | None) -> None:
-    """The request's adapter is one the export loaded (a name, never a path), its scale finite and bounded."""
-    bound = manifest.limits.max_lora_scale
-    if not np.isfinite(req.lora_scale) or abs(req.lora_scale) > bound:
-        raise RequestError(f"'lora_scale' must be a finite number within [-{bound:g}, {bound:g}], got {req.lora_scale}")
-    if req.lora is None:
-        return
-    problem = name_problem(req.lora)
-    if problem is not None:
-        raise RequestError(f"'lora' {problem}")
-    if req.lora not in manifest.loras:
-        origin = f" (preset {preset!r}'s default; send lora \"\" for none)" if preset else ""
-        raise RequestError(f"'lora' {req.lora!r}{origin} is not served here; served: {list(manifest.loras)}")
-
-
 def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
     """(served expert, guidance field) for timestep t, as WanPipeline switches experts.
 
@@ -186,8 +69,8 @@ def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
     """
     experts, boundary = expert_models(manifest.checkpoint), manifest.checkpoint.boundary_timestep
     if boundary is None or t >= boundary:
-        return experts[0], "guidance_scale"
-    return experts[1], "guidance_scale_2"
+        return experts[0], GUIDANCE_SCALE
+    return experts[1], GUIDANCE_SCALE_2
 
 
 def make_scheduler(manifest: Manifest, flow_shift: float, sampler: str = DEFAULT_SAMPLER):
@@ -273,7 +156,7 @@ class Wan22T2VPipeline:
 
         # 1. Encode the prompt (and the negative prompt when CFG is on), as one batch.
         embeds = self.encode_prompts(req)
-        timer.lap("text_encoder")
+        timer.lap(TEXT_ENCODER)
 
         # 2. Timesteps from the checkpoint's scheduler.
         scheduler = self.prepare_scheduler(req)
@@ -289,7 +172,7 @@ class Wan22T2VPipeline:
         # 5. Undo the VAE's latent normalisation and decode to uint8 frames.
         _raise_if_cancelled(is_cancelled)
         result.video = self.decode(self.denormalize(latents))
-        timer.lap("vae_decoder")
+        timer.lap(VAE_DECODER)
         return result
 
     def encode_prompts(self, req: GenerationRequest) -> torch.Tensor:
@@ -301,7 +184,7 @@ class Wan22T2VPipeline:
         """What the first request would otherwise pay in this process (seconds spent): importing the samplers'
         schedulers (~2 s for UniPC) and their first step on the pipeline's device. No other model is called."""
         t0 = time.perf_counter()
-        shift = self.manifest.checkpoint.request_defaults.flow_shift
+        shift = self.manifest.checkpoint.request_defaults[FLOW_SHIFT]
         samplers = {DEFAULT_SAMPLER, *(p.sampler for p in self.manifest.presets)}
         for sampler in sorted(samplers):
             scheduler = make_scheduler(self.manifest, shift, sampler)
@@ -384,9 +267,9 @@ class Wan22T2VPipeline:
         model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
         timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
         # optional arguments only when set: callables that know neither keep working for the base model
-        options: dict[str, Any] = {} if lora is None else {"lora": lora}
+        options: dict[str, Any] = {} if lora is None else dict(lora=lora)
         if release_workspace:
-            options["release_workspace"] = True
+            options.update(release_workspace=True)
         noise = self._on_device(self.expert(expert, model_input, timestep, embeds, **options))
         if guidance_scale is None:
             return noise

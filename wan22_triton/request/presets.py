@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wan22_triton.request.contract import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, NUM_INFERENCE_STEPS
+
 # Samplers a preset can name: `unipc`, the checkpoint's own scheduler (what requests without a preset get);
 # `euler`, diffusers' FlowMatchEulerDiscreteScheduler on the Lightning release's sigma grid.
 SAMPLERS = ("unipc", "euler")
@@ -42,9 +44,9 @@ class Preset:
     lora_scale: float = 1.0
 
     def settings(self) -> dict[str, float | int]:
-        """The request settings this preset sets (pipeline.validate_request overlays them on the defaults)."""
-        return {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
-                "guidance_scale_2": self.guidance_scale_2, "flow_shift": self.flow_shift}
+        """The request settings this preset sets (validation.validate_request overlays them on the defaults)."""
+        return {NUM_INFERENCE_STEPS: self.num_inference_steps, GUIDANCE_SCALE: self.guidance_scale,
+                GUIDANCE_SCALE_2: self.guidance_scale_2, FLOW_SHIFT: self.flow_shift}
 
 
 PRESETS: tuple[Preset, ...] = (

@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterator
 import torch
 
 from wan22_triton.operations import events
-from wan22_triton.components import CompilePoint
-from wan22_triton.manifest import Manifest, SpeedOptions
+from wan22_triton.components.common import CompilePoint
+from wan22_triton.manifest import Manifest
+from wan22_triton.options import Compile, Precision, SpeedOptions
 
 FOLDER = "compile_cache"  # in the expert's version folder
 ARTIFACTS = "artifacts.bin"
@@ -46,7 +47,7 @@ MATCHED = ("torch", "cuda", "triton", "device", "capability", "precision", "spee
 OFF_SPEC_GRAPHS = 8
 
 
-def environment(device: str | torch.device, precision: str, speed: SpeedOptions) -> dict[str, Any]:
+def environment(device: str | torch.device, precision: Precision, speed: SpeedOptions) -> dict[str, Any]:
     """What compiled kernels depend on, for this process on `device` (JSON values)."""
     device = torch.device(device)
     gpu = device.type == "cuda"
@@ -81,7 +82,7 @@ class CompileCache:
     def of_expert(cls, manifest: Manifest, version: Path, device: str | torch.device,
                   load: bool = True) -> CompileCache | None:
         """The expert's cache when its manifest has compile points (compile on), else None: torch's defaults."""
-        if manifest.speed.compile == "none" or not manifest.compile_points:
+        if manifest.speed.compile == Compile.NONE or not manifest.compile_points:
             return None
         return cls(manifest.model, Path(version) / FOLDER, manifest.compile_points,
                    environment(device, manifest.precision, manifest.speed), load)

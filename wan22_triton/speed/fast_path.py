@@ -1,4 +1,4 @@
-"""GPU speed options of the `torch` engine's experts (the manifest's `speed`: wan22_triton.manifest.SpeedOptions).
+"""GPU speed options of the `torch` engine's experts (the manifest's `speed`: wan22_triton.options.SpeedOptions).
 
 The defaults run the diffusers module eagerly, as loaded; the options:
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from wan22_triton.manifest import SpeedOptions
+from wan22_triton.options import Attention, Compile, Quantization, SpeedOptions
 
 if TYPE_CHECKING:
     from wan22_triton.speed.compile_cache import CompileCache
@@ -48,10 +48,10 @@ def _utf8_locale() -> None:
 
 
 # The oldest GPU (compute capability) each option's kernels run on.
-MIN_CAPABILITY = {"fp8_rowwise": (8, 9), "fp8_cudnn": (9, 0), "flash_attn_4": (8, 0)}
+MIN_CAPABILITY = {Quantization.FP8_ROWWISE: (8, 9), Attention.FP8_CUDNN: (9, 0), Attention.FLASH_ATTN_4: (8, 0)}
 
 
-def _require_gpu(option: str) -> None:
+def _require_gpu(option: Quantization | Attention) -> None:
     """Refuse, at load time and with the reason, an option whose kernels cannot run here."""
     need = MIN_CAPABILITY[option]
     if not torch.cuda.is_available():
@@ -81,7 +81,7 @@ def optimize_transformer(
     for option in (quantization, attention):
         if option in MIN_CAPABILITY:
             _require_gpu(option)
-    if quantization == "fp8_rowwise":
+    if quantization == Quantization.FP8_ROWWISE:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         t0 = time.perf_counter()
@@ -91,13 +91,13 @@ def optimize_transformer(
         config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
         quantize_(model, config, filter_fn=_block_linear)
         log(f"quantization fp8_rowwise (torchao) of the blocks' Linear layers: {time.perf_counter() - t0:.1f}s")
-    if attention == "fp8_cudnn":
+    if attention == Attention.FP8_CUDNN:
         from wan22_triton.speed import fp8_attention, self_attention
 
         cudnn = fp8_attention.import_cudnn_frontend()
         replaced = self_attention.set_self_attention(model, fp8_attention.attention)
         log(f"attention fp8_cudnn on {replaced} blocks' self-attention (cuDNN backend {cudnn.backend_version()})")
-    elif attention == "flash_attn_4":
+    elif attention == Attention.FLASH_ATTN_4:
         from wan22_triton.speed import flash_attention, self_attention
 
         flash_attention.import_flash_attn()
@@ -107,11 +107,11 @@ def optimize_transformer(
         from wan22_triton.parallel.plan import sequence_parallel
 
         sequence_parallel.enable(model, sequence_group, ulysses_chunks)
-        if compile == "regional":
+        if compile == Compile.REGIONAL:
             sequence_parallel.overlap_waits()
         log(f"sequence parallel (Ulysses) over {sequence_group.size()} ranks, rank {sequence_group.rank()}, "
             f"self-attention exchanged in up to {ulysses_chunks} pieces")
-    if compile == "regional":
+    if compile == Compile.REGIONAL:
         _utf8_locale()
         options = compile_cache.prepare(log) if compile_cache is not None else {}
         model.compile_repeated_blocks(fullgraph=True, **options)

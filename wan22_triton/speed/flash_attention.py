@@ -2,7 +2,7 @@
 
 At 480p/81 frames the self-attention (32,760 tokens) is about half of a step's FLOPs and, in a compiled BF16
 step, 55% of its time: PyTorch's SDPA picks cuDNN on Hopper, which runs at 70% of the card's BF16 matmul rate at
-this shape (perf/results/gpu/block_profile.json). `flash-attn-4` (pure-Python wheels, over
+this shape (perf/results/gpu/block_profile/). `flash-attn-4` (pure-Python wheels, over
 `nvidia-cutlass-dsl`) carries FlashAttention's forward kernels for Hopper (the FA3 design: warp specialisation,
 TMA loads, wgmma, softmax overlapped with the matmuls) and Blackwell, JIT-compiled by CuTe DSL at the first call
 of each shape.

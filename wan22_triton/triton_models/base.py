@@ -13,23 +13,26 @@ import torch
 from wan22_triton.operations import events, locks
 
 from wan22_triton.triton_models import triton_io
-from wan22_triton.components import EXPERT_MODELS
-from wan22_triton.engines.onnx_runner import torch_dtype
-from wan22_triton.engines.loading import load_component, release_workspace
+from wan22_triton.components.expert import EXPERT_MODELS
+from wan22_triton.engines.loading import load_component, release_workspace, torch_dtype
+from wan22_triton.engines.runners import Runner
 from wan22_triton.manifest import Manifest
+from wan22_triton.options import Device
 
 
 class ComponentModel:
-    """Subclasses implement `setup()` (load) and `infer(request) -> response` (or `respond(requests)`); errors become
-    error responses. The torch engine's cache is emptied after `setup` and, with the manifest's `release_workspace`,
-    after each call that `releases_after` and after the first call at each shape (loading.release_workspace).
+    """Subclasses implement `setup()` (load: sets `runner`, picked for the manifest's engine) and `infer(request) ->
+    response` (or `respond(requests)`); errors become error responses. A runner's PyTorch cache (`torch_work`) is
+    emptied after `setup` and, with the manifest's `release_workspace`, after each call that `releases_after` and
+    after the first call at each shape (loading.release_workspace).
 
-    First call at a shape (torch engine; the shape of `shape_input`, the call's requests stacked on the batch axis):
+    First call at a shape (PyTorch runners; the shape of `shape_input`, the call's requests stacked on the batch axis):
     a warm-up sample, a compile, a new size. It holds the device's "first-call" lock (wan22_triton.operations.locks) from the
-    forward to its release, so the models of a device warm up one at a time: Triton loads them in parallel, and
-    both experts' 720p warm-ups at once took an H200 to 84 GB where a request takes 61."""
+    forward to its release, so the models of a device warm up one at a time: Triton loads them in parallel, and two
+    experts warming up at once stack their workspaces (A14B at 720p: 84 GB, where a request takes 61)."""
 
     shape_input = ""  # the input whose shape a call computes at; "" for models without torch work of their own
+    runner: Runner  # what `setup` picked for the manifest's engine (runners.pick)
 
     def initialize(self, args):
         self.logger = triton_io.pb_utils().Logger
@@ -40,23 +43,27 @@ class ComponentModel:
         self.root = Path(args["model_repository"]) / args["model_version"]
         plan, expert = self.manifest.parallel, self.name in EXPERT_MODELS.values()
         self.device = triton_io.torch_device(args, lambda version: plan.replica_devices(version - 1, expert))
-        self.engine = self.manifest.engine
+        self.manifest.check(Device.GPU if torch.device(self.device).type == "cuda" else Device.CPU)
         self.dtype = torch_dtype(self.manifest.precision)
         self.shapes_seen: set[tuple] = set()
         self.first_call_lock = locks.InterProcessLock(
             locks.lock_path(args["model_repository"], f"first-call-{self.device}"))
         self.setup()
-        if self.engine == "torch":  # what loading left cached (e.g. the BF16 weights FP8 quantization replaced)
+        if self.runner.torch_work:  # what loading left cached (e.g. the BF16 weights FP8 quantization replaced)
             before, after = release_workspace(self.name, self.device, "load")
             if before:
                 self.logger.log_info(f"{self.name}: PyTorch cache after loading {before / 1e9:.2f} GB -> "
                                      f"{after / 1e9:.2f} GB reserved")
-        self.logger.log_info(f"{self.name} ready: engine {self.engine}, precision {self.manifest.precision}, "
+        self.logger.log_info(f"{self.name} ready: engine {self.manifest.engine}, precision {self.manifest.precision}, "
                              f"{self.device}{', low memory' if self.manifest.low_memory else ''}"
                              f"{', workspace released when idle' if self.manifest.release_workspace else ''}")
 
     def setup(self) -> None:
         raise NotImplementedError
+
+    def finalize(self):
+        if hasattr(self, "runner"):  # set unless setup failed
+            self.runner.close()
 
     def infer(self, request):
         raise NotImplementedError
@@ -71,14 +78,14 @@ class ComponentModel:
                 if first:
                     self.shapes_seen.add(shape)
                 # the manifest's release_workspace (torch engine): an idle model's workspace back to the driver
-                if self.manifest.release_workspace and self.engine == "torch" and (
+                if self.manifest.release_workspace and self.runner.torch_work and (
                         first or self.releases_after(requests)):
                     self.release_workspace(len(requests))
 
     def call_shape(self, requests) -> tuple | None:
         """The shape this call computes at: `shape_input` of its requests, stacked on the batch axis when they agree
         past it (execute_together's batch), else each one's; None without torch work."""
-        if self.engine != "torch" or not self.shape_input:
+        if not self.runner.torch_work or not self.shape_input:
             return None
         shapes = [s for s in (triton_io.input_shape(r, self.shape_input) for r in requests) if s is not None]
         if not shapes:

@@ -23,43 +23,50 @@ from wan22_triton.memory import offload
 
 from wan22_triton.triton_models import triton_io
 from wan22_triton.operations.abandonment import AbandonWatch
-from wan22_triton.components import EXPERT_WORKSPACE_INPUT, TEXT_ENCODER, VAE_DECODER, expert_models
+from wan22_triton.components.expert import (ENCODER_HIDDEN_STATES, HIDDEN_STATES, LORA, LORA_SCALE, NOISE_PRED,
+                                            RELEASE_INPUT, TIMESTEP, WORKSPACE_INPUT, expert_models)
+from wan22_triton.components.orchestrator import (PROGRESS, SEED_USED, STAGE_SECONDS, STEP_EXPERTS, STEP_TIMESTEPS,
+                                                  VIDEO, VIDEO_MP4)
+from wan22_triton.components.text_encoder import PROMPT_EMBEDS, TEXT, TEXT_ENCODER
+from wan22_triton.components.vae_decoder import FRAMES, LATENTS, VAE_DECODER
 from wan22_triton.errors import Cancelled
-from wan22_triton.request.lora import LORA_INPUT, SCALE_INPUT, LoraChoice
+from wan22_triton.request.contract import OutputFormat
+from wan22_triton.request.lora import LoraChoice
 from wan22_triton.manifest import Manifest
 from wan22_triton.operations.metrics import GenerationMetrics
 from wan22_triton.parallel.plan import ReplicaSlots, split_cfg
-from wan22_triton.request.pipeline import StepInfo, Wan22T2VPipeline, validate_request
+from wan22_triton.request.pipeline import StepInfo, Wan22T2VPipeline
+from wan22_triton.request.validation import validate_request
 from wan22_triton.request.video import encode_mp4
 
 
 def bls_text_encoder(prompts: list[str], version: int = -1) -> np.ndarray:
     text = np.array([[p.encode("utf-8")] for p in prompts], dtype=object)
-    out = triton_io.bls_infer(TEXT_ENCODER, {"text": text}, ["prompt_embeds"], model_version=version)
-    return out["prompt_embeds"]
+    out = triton_io.bls_infer(TEXT_ENCODER, {TEXT: text}, [PROMPT_EMBEDS], model_version=version)
+    return out[PROMPT_EMBEDS]
 
 
 def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None,
                release_workspace: bool = False, version: int = -1):
     # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
-    inputs = {"hidden_states": latents, "timestep": timestep.reshape(-1, 1), "encoder_hidden_states": embeds}
+    inputs = {HIDDEN_STATES: latents, TIMESTEP: timestep.reshape(-1, 1), ENCODER_HIDDEN_STATES: embeds}
     rows = latents.shape[0]
     if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.request.lora)
-        inputs[LORA_INPUT] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
-        inputs[SCALE_INPUT] = np.full((rows, 1), lora[1], dtype=np.float32)
-    if release_workspace:  # this expert's last step for now: its workspace back after it (components.py)
-        inputs[EXPERT_WORKSPACE_INPUT.name] = np.ones((rows, 1), dtype=bool)
-    return triton_io.bls_infer(model, inputs, ["noise_pred"], output_device, version)["noise_pred"]
+        inputs[LORA] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
+        inputs[LORA_SCALE] = np.full((rows, 1), lora[1], dtype=np.float32)
+    if release_workspace:  # this expert's last step for now: its workspace back after it (components.expert)
+        inputs[WORKSPACE_INPUT.name] = np.ones((rows, 1), dtype=bool)
+    return triton_io.bls_infer(model, inputs, [NOISE_PRED], output_device, version)[NOISE_PRED]
 
 
 def bls_release_expert(model: str, version: int = -1) -> None:
     """Low-memory mode: the expert's weights back to host memory (its optional `release` input, nothing else)."""
-    triton_io.bls_infer(model, {"release": np.ones((1, 1), dtype=bool)}, [], model_version=version)
+    triton_io.bls_infer(model, {RELEASE_INPUT.name: np.ones((1, 1), dtype=bool)}, [], model_version=version)
 
 
 def bls_vae_decoder(latents, version: int = -1):
     # uint8, to the host
-    return triton_io.bls_infer(VAE_DECODER, {"latents": latents}, ["frames"], model_version=version)["frames"]
+    return triton_io.bls_infer(VAE_DECODER, {LATENTS: latents}, [FRAMES], model_version=version)[FRAMES]
 
 
 class Route:
@@ -173,7 +180,7 @@ class TritonPythonModel:
 
         def report(step: StepInfo) -> None:
             progress = json.dumps(dataclasses.asdict(step)).encode()
-            sender.send(triton_io.response({"progress": np.array([progress], dtype=object)}))
+            sender.send(triton_io.response({PROGRESS: np.array([progress], dtype=object)}))
 
         # 2-5. Encode, prepare latents, denoise with the expert switch, decode (pipeline.Wan22T2VPipeline), on
         # one replica's components.
@@ -184,17 +191,17 @@ class TritonPythonModel:
                 result = self.pipeline(req, on_step=report if sender else None, is_cancelled=stop_requested)
         # 6. Video as frames or as an MP4 made here.
         outputs = {
-            "seed_used": np.array([result.seed], dtype=np.int64),
-            "step_timesteps": np.array(result.timesteps, dtype=np.float32),
-            "step_experts": np.array([e.encode() for e in result.experts], dtype=object),
+            SEED_USED: np.array([result.seed], dtype=np.int64),
+            STEP_TIMESTEPS: np.array(result.timesteps, dtype=np.float32),
+            STEP_EXPERTS: np.array([e.encode() for e in result.experts], dtype=object),
         }
-        if req.output_format == "mp4":
+        if req.output_format == OutputFormat.MP4:
             t0 = time.perf_counter()
-            outputs["video_mp4"] = np.array([encode_mp4(result.video, self.fps)], dtype=object)
+            outputs[VIDEO_MP4] = np.array([encode_mp4(result.video, self.fps)], dtype=object)
             result.stage_seconds["encode_mp4"] = time.perf_counter() - t0
         else:
-            outputs["video"] = result.video
-        outputs["stage_seconds"] = np.array([json.dumps(result.stage_seconds).encode()], dtype=object)
+            outputs[VIDEO] = result.video
+        outputs[STAGE_SECONDS] = np.array([json.dumps(result.stage_seconds).encode()], dtype=object)
         self.metrics.stages(result.stage_seconds)
         self.logger.log_info("stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in result.stage_seconds.items()))
         return triton_io.response(outputs)

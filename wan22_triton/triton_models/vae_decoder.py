@@ -14,57 +14,80 @@ import numpy as np
 import torch
 
 from wan22_triton.triton_models import triton_io
+from wan22_triton.engines import runners
 from wan22_triton.operations.limits import check_latents
+from wan22_triton.options import Engine
 from wan22_triton.request.pipeline import frames_to_uint8
 from wan22_triton.triton_models.base import ComponentModel
+from wan22_triton.components.vae_decoder import FRAMES, LATENTS, OUTPUTS, VIDEO, WEIGHTS_FOLDER
+
+
+class TorchDecoder(runners.Runner):
+    """diffusers' AutoencoderKLWan.decode on the model's device."""
+
+    torch_work = True
+
+    def __init__(self, model: ComponentModel) -> None:
+        from diffusers import AutoencoderKLWan
+
+        self.device, self.dtype = model.device, model.dtype
+        self.vae = model.load_torch(AutoencoderKLWan, "vae", WEIGHTS_FOLDER)
+        if model.manifest.cudnn_benchmark:  # autotuned cuDNN convolutions (this process)
+            torch.backends.cudnn.benchmark = True
+
+    def __call__(self, latents) -> torch.Tensor:
+        z = torch.as_tensor(latents).to(self.device, self.dtype)
+        return self.vae.decode(z, return_dict=False)[0]
+
+
+class FrameModelDecoder(runners.Runner):
+    """The loop over the two frame models, called over BLS: ONNX Runtime's (`version`: this replica's, see
+    export/registry.py) or TensorRT plans (one version, -1: the latest)."""
+
+    def __init__(self, model: ComponentModel, version: int) -> None:
+        from wan22_triton.components.vae_decoder import vae_decoder_frame_specs
+        from wan22_triton.engines.vae_frames import load_cache_layout, named_runners
+
+        first, step = vae_decoder_frame_specs(model.manifest.checkpoint, load_cache_layout(model.root))
+        self.run_first, self.run_step = named_runners(
+            lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names, model_version=version),
+            lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names, model_version=version),
+            first,
+            step,
+        )
+
+    def __call__(self, latents) -> np.ndarray | torch.Tensor:
+        from wan22_triton.engines.vae_frames import decode_with_frame_graphs
+
+        latents = np.asarray(latents.cpu()) if isinstance(latents, torch.Tensor) else latents
+        return decode_with_frame_graphs(self.run_first, self.run_step, latents)  # on the GPU with TensorRT
+
+
+RUNNERS = {
+    Engine.TORCH: TorchDecoder,
+    Engine.ONNX: lambda model: FrameModelDecoder(model, model.version),
+    Engine.TENSORRT: lambda model: FrameModelDecoder(model, -1),
+}
 
 
 class TritonPythonModel(ComponentModel):
-    shape_input = "latents"
+    shape_input = LATENTS
 
     def setup(self) -> None:
         self._host: dict[str, torch.Tensor] = {}  # page-locked output buffers, reused while the shape holds
-        if self.engine == "torch":
-            from diffusers import AutoencoderKLWan
-
-            self.vae = self.load_torch(AutoencoderKLWan, "vae", "vae")
-            if self.manifest.cudnn_benchmark:  # autotuned cuDNN convolutions (this process)
-                torch.backends.cudnn.benchmark = True
-        elif self.engine in ("onnx", "tensorrt"):
-            from wan22_triton.components import vae_decoder_frame_specs
-            from wan22_triton.engines.vae_frames import load_cache_layout, named_runners
-
-            first, step = vae_decoder_frame_specs(self.manifest.checkpoint, load_cache_layout(self.root))
-            # ONNX graphs: this replica's version of each (export/registry.py); TensorRT plans: one version
-            version = self.version if self.engine == "onnx" else -1
-            self.run_first, self.run_step = named_runners(
-                lambda feeds: triton_io.bls_infer(first.name, feeds, first.output_names, model_version=version),
-                lambda feeds: triton_io.bls_infer(step.name, feeds, step.output_names, model_version=version),
-                first,
-                step,
-            )
-        else:
-            raise ValueError(f"vae_decoder: unknown engine {self.engine!r}")
+        self.runner = runners.pick(RUNNERS, self)
 
     @torch.inference_mode()
     def infer(self, request):
-        latents = triton_io.request_inputs(request, ["latents"])["latents"]
-        check_latents("latents", latents.shape, self.manifest.checkpoint, self.manifest.limits)
-        wanted = set(request.requested_output_names()) or {"video", "frames"}
-        if self.engine == "torch":
-            z = torch.as_tensor(latents).to(self.device, self.dtype)
-            video = self.vae.decode(z, return_dict=False)[0]
-        else:
-            from wan22_triton.engines.vae_frames import decode_with_frame_graphs
-
-            latents = np.asarray(latents.cpu()) if isinstance(latents, torch.Tensor) else latents
-            video = decode_with_frame_graphs(self.run_first, self.run_step, latents)  # on the GPU with TensorRT
-        video = torch.as_tensor(video)
+        latents = triton_io.request_inputs(request, [LATENTS])[LATENTS]
+        check_latents(LATENTS, latents.shape, self.manifest.checkpoint, self.manifest.limits)
+        wanted = set(request.requested_output_names()) or set(OUTPUTS)
+        video = torch.as_tensor(self.runner(latents))
         outputs = {}
-        if "frames" in wanted:
-            outputs["frames"] = self._to_host("frames", frames_to_uint8(video))
-        if "video" in wanted:
-            outputs["video"] = self._to_host("video", video.float())
+        if FRAMES in wanted:
+            outputs[FRAMES] = self._to_host(FRAMES, frames_to_uint8(video))
+        if VIDEO in wanted:
+            outputs[VIDEO] = self._to_host(VIDEO, video.float())
         return triton_io.response(outputs)
 
     def _to_host(self, name: str, tensor: torch.Tensor) -> np.ndarray:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from clients.admin import ADMIN_KEY_ENV
-from server.launcher import STOP_GRACE_S
+from server.process import STOP_GRACE_S
 from server.tritonserver_args import DEFAULT_PORTS, EXIT_TIMEOUT_S
-from wan22_triton.components import ORCHESTRATOR, ORCHESTRATOR_STREAM
+from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
+from wan22_triton.options import Engine
 
 from .meta import EXPORT, SERVER, checkov_skips, labels, metadata, selector_labels
 from .security import container_security_context, pod_security_context
@@ -86,7 +87,7 @@ def export_command(tier: Tier) -> list[str]:
 def _export_needs_gpu(tier: Tier) -> bool:
     """The torch engine's export copies the checkpoint's folders; only TensorRT builds plans on a GPU."""
     args = tier.export_args()
-    return "--engine" in args and args[args.index("--engine") + 1] == "tensorrt"
+    return "--engine" in args and args[args.index("--engine") + 1] == Engine.TENSORRT
 
 
 def _image_pull(site: Site) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Startup probe of a tier whose first request is slow (compile): succeeds once the server is ready AND one short
-generation has gone through, so the pod joins the Service warm. Standard library only (runs in the serve image).
+generation has gone through, so the pod joins the Service warm. Runs in the serve image: the standard library, and
+the request's names from the project there (on its PYTHONPATH).
 
     python3 warmup.py --url http://127.0.0.1:8000 --model wan22_t2v --steps 4 --timeout 870
 
@@ -18,6 +19,9 @@ import time
 import urllib.error
 import urllib.request
 
+from wan22_triton.components.orchestrator import ORCHESTRATOR, SEED_USED, STEP_EXPERTS
+from wan22_triton.request.contract import BY_NAME, HEIGHT, NUM_FRAMES, NUM_INFERENCE_STEPS, PROMPT, WIDTH
+
 READY_PATH = "/v2/health/ready"
 
 
@@ -31,12 +35,11 @@ def is_ready(url: str, timeout: float = 5.0) -> bool:
 
 def request_body(args: argparse.Namespace) -> dict:
     """Triton's JSON inference request: the prompt and step count, sizes only if given; small outputs only."""
-    values = {"prompt": ("BYTES", args.prompt), "num_inference_steps": ("INT32", args.steps),
-              "num_frames": ("INT32", args.num_frames), "height": ("INT32", args.height),
-              "width": ("INT32", args.width)}
-    inputs = [{"name": name, "shape": [1], "datatype": dtype, "data": [value]}
-              for name, (dtype, value) in values.items() if value is not None]
-    return {"inputs": inputs, "outputs": [{"name": "seed_used"}, {"name": "step_experts"}]}
+    values = {PROMPT: args.prompt, NUM_INFERENCE_STEPS: args.steps, NUM_FRAMES: args.num_frames,
+              HEIGHT: args.height, WIDTH: args.width}
+    inputs = [{"name": name, "shape": [1], "datatype": BY_NAME[name].tensor.wire_dtype, "data": [value]}
+              for name, value in values.items() if value is not None]
+    return {"inputs": inputs, "outputs": [{"name": SEED_USED}, {"name": STEP_EXPERTS}]}
 
 
 def warm_up(args: argparse.Namespace) -> list[str]:
@@ -46,13 +49,13 @@ def warm_up(args: argparse.Namespace) -> list[str]:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=args.timeout) as answer:
         outputs = {out["name"]: out for out in json.load(answer)["outputs"]}
-    return list(outputs["step_experts"]["data"])
+    return list(outputs[STEP_EXPERTS]["data"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--model", default="wan22_t2v")
+    parser.add_argument("--model", default=ORCHESTRATOR)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--prompt", default="warm-up")
     parser.add_argument("--num-frames", type=int)

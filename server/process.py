@@ -1,0 +1,136 @@
+"""One tritonserver process as the launcher and ``TritonServer`` run it, and the HTTP guard in front of its HTTP port.
+
+* ``ServerProcess``: tritonserver in its own session (its Python-backend stubs in its process group), its /dev/shm
+  regions named after its pid (shm_regions.py), a bounded stop: SIGTERM, then SIGKILL of the group, regions removed.
+* ``HttpFront``: the HTTP guard (http_guard.py) on the public HTTP port, Triton's own HTTP on a free loopback port
+  behind it, and the side channel that tells the models when an HTTP client went away.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from wan22_triton.operations import abandonment
+
+from .http_guard import HttpGuard
+from .proxy import GuardSettings
+from .shm_regions import SHM_DIR, region_prefix_arg, server_region_prefix, sets_region_prefix
+from .tritonserver_args import LOOPBACK, build_command
+from .tritonserver_install import TritonInstall
+
+# Past its exit timeout tritonserver still waits, without limit, for gRPC calls whose model is executing (its gRPC
+# shutdown has no deadline): this long more, then SIGKILL.
+STOP_GRACE_S = 5
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now (the kernel may hand them out again once released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_except(taken: set[int]) -> int:
+    while True:
+        [port] = free_ports(1)
+        if port not in taken:
+            return port
+
+
+class HttpFront:
+    """The public HTTP port: the HTTP guard there, Triton's own HTTP on a free loopback port behind it.
+
+    The guard marks requests whose client went away in ``abandon_dir``; the models find it through their
+    environment (``env``) and the token header Triton forwards to them (``command``).
+    """
+
+    def __init__(self, listen_address: str, public_port: int, taken: Iterable[int] = ()):
+        # none of the server's other ports either: those were picked free and released, so the kernel may hand
+        # one out again
+        self.triton_port = free_port_except({public_port, *taken})
+        self.abandon_dir = tempfile.mkdtemp(prefix="wan22-abandoned-")
+        self.guard = HttpGuard(f"{listen_address}:{public_port}", f"{LOOPBACK}:{self.triton_port}",
+                               GuardSettings(abandon_dir=self.abandon_dir))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {abandonment.DIR_ENV: self.abandon_dir}
+
+    def command(self, install: TritonInstall, model_repository: Path | str, extra_args: Sequence[str],
+                **settings) -> list[str]:
+        """tritonserver's command (tritonserver_args.build_command) with its HTTP on loopback behind the guard, and the
+        abandon token forwarded to the models."""
+        forward = f"--http-header-forward-pattern={abandonment.FORWARD_PATTERN}"
+        return build_command(install, model_repository, http_port=self.triton_port, http_address=LOOPBACK,
+                             extra_args=[forward, *extra_args], **settings)
+
+    def start(self) -> None:
+        self.guard.start()
+
+    def stop(self) -> None:
+        self.guard.stop()
+        shutil.rmtree(self.abandon_dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies (PR_SET_PDEATHSIG), as if it were the server."""
+    import ctypes  # noqa: PLC0415 - in the forked child only
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class ServerProcess:
+    """tritonserver started in its own session, so that its Python-backend stubs share its process group.
+
+    Unless ``command`` names a region prefix itself, it runs through a shell that execs it: the prefix names the
+    server's pid (``server_region_prefix``), known only once it runs, and the shell keeps its own ($$).
+    ``command`` is the argv as run, ``shm_prefix`` that prefix. ``stdout`` None: the launcher's own.
+    """
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str], stdout=None, die_with_parent: bool = False):
+        self.command, self.shm_prefix = list(command), None
+        argv = self.command
+        if not sets_region_prefix(command):
+            script = f'exec "$@" "{region_prefix_arg(server_region_prefix("$$"))}"'
+            argv = ["/bin/sh", "-c", script, "sh", *self.command]
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=None if stdout is None else subprocess.STDOUT,
+            start_new_session=True,  # own process group: stubs can be killed with it
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+        if argv is not self.command:
+            self.shm_prefix = server_region_prefix(self.proc.pid)
+            self.command.append(region_prefix_arg(self.shm_prefix))
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM, SIGKILL of the process group (stubs included) if it still runs after ``timeout`` s, then its
+        regions removed (a SIGKILL or a crash leaves them); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # Not reaped yet, so the group id is still this server's.
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
+        for leftover in SHM_DIR.glob(f"{self.shm_prefix}*") if self.shm_prefix else ():
+            leftover.unlink(missing_ok=True)
+        return code

@@ -1,0 +1,100 @@
+"""A request's inputs checked against the contract (request/contract.py) before any work, as diffusers'
+`check_inputs` does: defaults applied, then every rule; a bad value raises RequestError, one line naming the field
+and the rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from wan22_triton.errors import RequestError
+from wan22_triton.operations.limits import check_prompt_bytes
+from wan22_triton.request.contract import (FIELDS, HEIGHT, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES, PRESET,
+                                           PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest, RequestField)
+from wan22_triton.request.lora import name_problem
+from wan22_triton.request.presets import DEFAULT_SAMPLER, find_preset
+
+if TYPE_CHECKING:
+    from wan22_triton.manifest import Manifest
+
+
+def server_bounds(manifest: Manifest) -> dict[str, Any]:
+    """What the contract's rules refer to: the limits, the checkpoint's factors, the LoRAs and presets served."""
+    info = manifest.checkpoint
+    return {**dataclasses.asdict(manifest.limits), "frame_step": info.vae_scale_factor_temporal,
+            "spatial_multiple": info.spatial_multiple, "loras": list(manifest.loras),
+            "presets": [p.name for p in manifest.presets]}
+
+
+def _scalar(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
+    """The field's one value as its Python type; None when absent (for lora and preset, "" too)."""
+    value = inputs.get(field.name)
+    if value is None:
+        return None
+    if value.size != 1:
+        raise RequestError(f"'{field.name}' must hold exactly one value, got shape {list(value.shape)}")
+    item = value.reshape(-1)[0]
+    if field.kind is not str:
+        return field.kind(item)
+    try:
+        text = item if isinstance(item, str) else bytes(item).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"'{field.name}' must be valid UTF-8 text: {e}") from None
+    return None if text == "" and field.default is None else text
+
+
+def _shown(value: Any) -> str:
+    return f"{len(value.encode())} bytes of text" if isinstance(value, str) and len(value) > 80 else repr(value)
+
+
+def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> GenerationRequest:
+    """Apply defaults (the contract's, the checkpoint's, a preset's) and check every rule."""
+    given = {f.name: _scalar(inputs, f) for f in FIELDS}
+    bounds = server_bounds(manifest)
+    if given[PROMPT] is None:
+        raise RequestError(f"'{PROMPT}' is required")
+    # A preset replaces the defaults it names and brings its LoRA; the request's own inputs still override both.
+    preset = None if given[PRESET] is None else find_preset(manifest.presets, given[PRESET])
+    defaults = {f.name: f.default for f in FIELDS} | manifest.checkpoint.request_defaults
+    if preset is not None:
+        defaults |= {**preset.settings(), LORA: preset.lora, LORA_SCALE: preset.lora_scale}
+    values = {name: defaults[name] if value is None else value for name, value in given.items()}
+    if given[LORA] is None and inputs.get(LORA) is not None:  # "" turns off even a preset's LoRA
+        values[LORA] = None
+    if values[SEED] is Default.RANDOM:
+        values[SEED] = secrets.randbelow(SEED_END)
+    for name in (PROMPT, NEGATIVE_PROMPT):  # the text encoder's own limit (it checks direct callers too)
+        check_prompt_bytes(name, len(values[name].encode()), manifest.limits, manifest.checkpoint)
+    for field in FIELDS:
+        value = values[field.name]
+        if field.check is not None and value is not None and not field.check(value, bounds):
+            raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {_shown(value)}")
+    req = GenerationRequest(**values, sampler=preset.sampler if preset else DEFAULT_SAMPLER)
+    _check_size(req, manifest)
+    _check_lora(req, manifest)
+    return req
+
+
+def _check_size(req: GenerationRequest, manifest: Manifest) -> None:
+    """A repository of TensorRT plans or compiled experts serves its shape spec's sizes only."""
+    if manifest.video_sizes and (req.num_frames, req.height, req.width) not in manifest.video_sizes:
+        sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in manifest.video_sizes)
+        raise RequestError(
+            f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {req.num_frames}x{req.height}x{req.width} is not a size this "
+            f"repository was built for (TensorRT profiles or compiled experts); served: {sizes}"
+        )
+
+
+def _check_lora(req: GenerationRequest, manifest: Manifest) -> None:
+    """The request's adapter is one the export loaded: a name, never a path."""
+    if req.lora is None:
+        return
+    problem = name_problem(req.lora)
+    if problem is not None:
+        raise RequestError(f"'{LORA}' {problem}")
+    if req.lora not in manifest.loras:
+        origin = f" (preset {req.preset!r}'s default; send {LORA} \"\" for none)" if req.preset else ""
+        raise RequestError(f"'{LORA}' {req.lora!r}{origin} is not served here; served: {list(manifest.loras)}")
