@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 TEST_LIMITS = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
 TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2)
-# Every model's stub imports torch and diffusers: a start takes a minute or more on two cores shared by two workers
+# Every model's stub imports torch: a slow start where two workers share two cores
 STARTUP_TIMEOUT_S = 300
 SESSION = "session"
 

@@ -104,7 +104,7 @@ def optimize_transformer(
         replaced = self_attention.set_self_attention(model, flash_attention.attention)
         log(f"attention flash_attn_4 (FlashAttention-4, CuTe DSL) on {replaced} blocks' self-attention")
     if sequence_group is not None:
-        from wan22_triton.parallel.plan import sequence_parallel
+        from wan22_triton.parallel import sequence_parallel
 
         sequence_parallel.enable(model, sequence_group, ulysses_chunks)
         if compile == Compile.REGIONAL:
