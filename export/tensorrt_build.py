@@ -120,7 +120,8 @@ def tensorrt_specs(info: CheckpointInfo, layout: Sequence[CacheEntry], precision
 
 
 def write_tensorrt_configs(repository: str | Path, info: CheckpointInfo, layout: Sequence[CacheEntry], *,
-                           precision: Precision = Precision.FP16, shape_spec: ShapeSpec | None = None) -> dict[str, Path]:
+                           precision: Precision = Precision.FP16,
+                           shape_spec: ShapeSpec | None = None) -> dict[str, Path]:
     """Write config.pbtxt of the two experts and the two VAE frame models; returns model name -> config path."""
     shape_spec = shape_spec or load_shape_spec()
     written = {}

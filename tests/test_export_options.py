@@ -139,3 +139,42 @@ def test_export_flags_take_the_enum_values():
     assert "{torch,onnx,tensorrt}" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp64"])
+
+
+def test_each_model_picks_its_engines_runner_and_refuses_an_engine_it_has_none_for():
+    import types
+
+    from wan22_triton.engines import runners
+    from wan22_triton.triton_models import onnx_graph, text_encoder, transformer, vae_decoder
+
+    def model(engine):
+        return types.SimpleNamespace(name="m", manifest=types.SimpleNamespace(engine=engine))
+
+    assert set(text_encoder.RUNNERS) == set(vae_decoder.RUNNERS) == set(options.Engine)  # PyTorch or BLS: any engine
+    assert set(transformer.RUNNERS) == {options.Engine.TORCH, options.Engine.ONNX}  # TensorRT: Triton's backend
+    assert runners.pick({options.Engine.ONNX: lambda m: m.name}, model("onnx")) == "m"
+    for table in (transformer.RUNNERS, onnx_graph.RUNNERS):
+        with pytest.raises(ValueError, match="m: engine 'tensorrt' is not served by this Python model"):
+            runners.pick(table, model(options.Engine.TENSORRT))
+
+
+def test_a_hand_edited_manifest_is_refused_at_load_by_the_export_rules(tiny_checkpoint):
+    from wan22_triton.checkpoint import read_checkpoint
+    from wan22_triton.manifest import Manifest
+
+    info = read_checkpoint(tiny_checkpoint)
+    fp8 = SpeedOptions(quantization=options.Quantization.FP8_ROWWISE)
+    Manifest(model="e", engine=options.Engine.TORCH, precision=options.Precision.BF16, checkpoint=info,
+             speed=fp8).check(options.Device.GPU)
+    for manifest, device, message in [
+        (Manifest(model="e", engine="torch", precision="bf16", checkpoint=info, speed=fp8, low_memory=True),
+         options.Device.GPU, "low_memory does not support quantization"),
+        (Manifest(model="e", engine="torch", precision="bf16", checkpoint=info, speed=fp8), options.Device.CPU,
+         "need --device gpu"),
+        (Manifest(model="e", engine="onnx", precision="fp32", checkpoint=info, low_memory=True), options.Device.CPU,
+         "low_memory needs engine 'torch'"),
+        (Manifest(model="e", engine="torch", precision="fp32", checkpoint=info, loras=("style",),
+                  speed=SpeedOptions(compile=options.Compile.REGIONAL)), options.Device.CPU, "--lora needs"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            manifest.check(device)
