@@ -307,7 +307,7 @@ def render_table(results: dict[str, Any]) -> str:
                 if base.get("status") == "ok" else ""), ""]
     head = ("| tier | step s base high / low | step s LoRA high / low | overhead % high / low | swap s per pair "
             "mean / max | adapter load s | preset e2e s | speed-up vs diffusers 40 | LoRA vs base PSNR dB "
-            "| peak GPU GB |")
+            "| peak GPU GiB |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, row in results["tiers"].items():
         if row.get("status") != "ok":
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             results["baseline"] = baseline_phase(checkpoint, args)
             log(f"baseline: {results['baseline']['e2e_s']:.2f}s at {args.baseline_steps} steps; 40 steps projected "
-                f"{results['baseline']['projected_40_steps']['e2e_s']:.1f}s; GPU memory after: {wait_gpu_free()} GB")
+                f"{results['baseline']['projected_40_steps']['e2e_s']:.1f}s; GPU memory after: {wait_gpu_free()} GiB")
         except Exception as e:
             results["baseline"] = {"status": f"failed: {type(e).__name__}: {e}"[:400]}
             log(f"baseline FAILED: {e}")
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{name}: FAILED {type(e).__name__}: {e}")
             row["status"] = f"failed: {type(e).__name__}: {e}"[:400]
         save(results, args)
-        log(f"{name}: GPU memory after stop: {wait_gpu_free()} GB")
+        log(f"{name}: GPU memory after stop: {wait_gpu_free()} GiB")
 
     compare_tiers(results, args)
     save(results, args)

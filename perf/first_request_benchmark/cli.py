@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 if "export" in args.phase_list:
                     export_phase(tier, mode, checkpoint, spec, args, results)
-                    log(f"{tier}/{mode}: GPU memory after the export: {wait_gpu_free()} GB")
+                    log(f"{tier}/{mode}: GPU memory after the export: {wait_gpu_free()} GiB")
                 if "serve" in args.phase_list:
                     serve_phase(tier, mode, exported_repo(tier, mode, args, run), args, results)
             except Exception as e:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             run["phase_wall_s"] = time.monotonic() - started
             compare_modes(tier, results, args)
             save(results, args)
-            log(f"{tier}/{mode}: done in {run['phase_wall_s']:.0f}s; GPU memory after stop: {wait_gpu_free()} GB")
+            log(f"{tier}/{mode}: done in {run['phase_wall_s']:.0f}s; GPU memory after stop: {wait_gpu_free()} GiB")
             print_estimates(args, results)
     save(results, args)
     print_results(render_table(results), args.out_dir)

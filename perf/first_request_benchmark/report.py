@@ -11,8 +11,8 @@ from .plan import MODES
 
 
 def render_table(results: dict[str, Any]) -> str:
-    head = ("| tier | mode | export s | start->READY s | start peak GPU GB | compiles before / after READY | size "
-            "| first e2e s | warm e2e s | first/warm | alternating % | peak GPU GB | PSNR vs other mode dB |")
+    head = ("| tier | mode | export s | start->READY s | start peak GPU GiB | compiles before / after READY | size "
+            "| first e2e s | warm e2e s | first/warm | alternating % | peak GPU GiB | PSNR vs other mode dB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for tier, runs in results["runs"].items():
         for mode in MODES:

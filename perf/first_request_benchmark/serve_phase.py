@@ -109,7 +109,7 @@ def serve_phase(tier: str, mode: str, repo: Path, args, results: dict[str, Any])
                         np.save(path, video)
                     run["requests"].append(row)
                     log(f"{tier}/{mode}: request {i + 1}/{len(order)} {phase} {key}: {e2e:.2f}s, peak "
-                        f"{peak.peak_gb} GB, {compiled['expert_compiled']} compiles")
+                        f"{peak.peak_gb} GiB, {compiled['expert_compiled']} compiles")
                     save(results, args)
             after = events.read_events(events_file, ready_offset)
             run["expert_compiled_after_ready"] = compile_summary(after)["expert_compiled"]

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             save(results, args)
             raise
         save(results, args)
-        log(f"baseline: {results['baseline']['e2e_s']:.2f}s end to end; GPU memory after exit: {wait_gpu_free()} GB")
+        log(f"baseline: {results['baseline']['e2e_s']:.2f}s end to end; GPU memory after exit: {wait_gpu_free()} GiB")
 
     for name in names:
         if results["variants"].get(name, {}).get("status") == "ok":
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{name}: FAILED {type(e).__name__}: {e}")
             results["variants"][name] = {"label": variant.label, "status": f"failed: {type(e).__name__}: {e}"[:400]}
         save(results, args)
-        log(f"{name}: GPU memory after stop: {wait_gpu_free()} GB")
+        log(f"{name}: GPU memory after stop: {wait_gpu_free()} GiB")
 
     compare_to_reference(results, args)
     if args.repeat_baseline:

@@ -167,7 +167,7 @@ def run_variant(name: str, variant: Variant, checkpoint: Path, args) -> dict[str
             result["gpu_used_after_request_gb"] = gpu_used_gb()
             # Every model writes its events before it answers: all of this request's are in the file.
             result["swaps"] = swaps(events.read_events(events_file, events_offset))
-            log(f"{name}: request peak {peak_request.peak_gb} GB, after it {result['gpu_used_after_request_gb']} GB; "
+            log(f"{name}: request peak {peak_request.peak_gb} GiB, after it {result['gpu_used_after_request_gb']} GiB; "
                 f"swaps {json.dumps(result['swaps'])}")
             # More measured requests (--measured-requests): end to end and overhead of each, for their spread.
             result["more_requests"] = []

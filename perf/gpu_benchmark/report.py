@@ -52,7 +52,7 @@ def cell(value: Any, fmt: str) -> str:
 
 def render_table(results: dict[str, Any]) -> str:
     head = ("| system | end-to-end s | speed-up | text enc s | high-noise step s | low-noise step s | VAE decode s "
-            "| transformer TFLOP/s (% of matmul) | peak GPU GB | Triton overhead s (%) | PSNR dB | SSIM "
+            "| transformer TFLOP/s (% of matmul) | peak GPU GiB | Triton overhead s (%) | PSNR dB | SSIM "
             "| noise-pred cos |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     rows = [("baseline", results.get("baseline", {}))] + list(results["variants"].items())
@@ -94,8 +94,8 @@ def render_low_memory_table(results: dict[str, Any]) -> str:
     if not rows:
         return ""
     ref = results["variants"].get(results.get("meta", {}).get("reference_variant", ""), {})
-    head = ("| system | end-to-end s | time vs reference | peak GPU GB, whole run | peak GPU GB, measured request "
-            "| GPU GB after request | text-encoder load s | expert loads s (GB each) | releases s (expert) "
+    head = ("| system | end-to-end s | time vs reference | peak GPU GiB, whole run | peak GPU GiB, measured request "
+            "| GPU GiB after request | text-encoder load s | expert loads s (GiB each) | releases s (expert) "
             "| step s high / low (without swaps) | video vs reference |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, r in rows:
