@@ -30,6 +30,9 @@ from wan22_triton.manifest import Limits
 from wan22_triton.operations import events
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Inductor compiles in the process itself (the exports, the servers' experts): its worker pool costs more than it
+# saves on two cores, as for perf/first_request_benchmark's CPU runs
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 TEST_LIMITS = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
 TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2)

@@ -124,6 +124,7 @@ def _point_shapes(tiny_checkpoint) -> set[tuple[int, ...]]:
 
 # -- export ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_writes_artifacts_their_record_and_warmup(exported, tiny_checkpoint):
     info = read_checkpoint(tiny_checkpoint)
     for expert in EXPERTS:

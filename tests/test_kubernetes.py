@@ -163,6 +163,7 @@ def checkov() -> Path:
     return CHECKOV
 
 
+@pytest.mark.slow
 def test_checkov_finds_no_failed_check(rendered, tmp_path):
     """One checkov run over the rendered tree and a canary (a tier made insecure on purpose, so we know it checks)."""
     canary_docs = tier_docs("fast")

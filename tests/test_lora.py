@@ -136,6 +136,7 @@ def generate(pipe, manifest, experts, request: dict):
 
 
 @pytest.mark.parametrize("lora", [("style", 1.0), ("pair", 0.6)], ids=["one-file-diffusers", "pair-community"])
+@pytest.mark.slow
 def test_pipeline_with_lora_matches_diffusers_load_lora_weights(reference_pipe, manifest, experts, lora):
     name, scale = lora
     result, calls = generate(reference_pipe, manifest, experts, {**REQUEST, "lora": name, "lora_scale": scale})
@@ -146,6 +147,7 @@ def test_pipeline_with_lora_matches_diffusers_load_lora_weights(reference_pipe, 
     assert psnr(result.video, run_reference(reference_pipe, REQUEST, other)) < PARITY_DB
 
 
+@pytest.mark.slow
 def test_lora_changes_the_video_and_no_lora_is_the_base_model_bit_for_bit(reference_pipe, diffusers_pipe, manifest,
                                                                           experts):
     base, calls = generate(reference_pipe, manifest, experts, REQUEST)
@@ -159,6 +161,7 @@ def test_lora_changes_the_video_and_no_lora_is_the_base_model_bit_for_bit(refere
     assert psnr(styled.video, base.video) < 30.0 and psnr(half.video, styled.video) < PARITY_DB
 
 
+@pytest.mark.slow
 def test_preset_runs_the_lightning_schedule_without_cfg(reference_pipe, manifest, experts):
     """The preset's 4 Euler steps on the release's grid, one expert call (batch 1) per step, its LoRA in both experts:
     diffusers' WanPipeline with FlowMatchEulerDiscreteScheduler given that grid, CFG off, gets the same video."""

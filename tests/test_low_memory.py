@@ -188,6 +188,7 @@ def _hold_lock(path: str, held, seconds: float) -> None:
         time.sleep(seconds)
 
 
+@pytest.mark.slow
 def test_generation_lock_serialises_processes_and_gives_up_on_stop(tmp_path):
     import multiprocessing
 

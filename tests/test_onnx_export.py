@@ -133,6 +133,7 @@ def _assert_graph_matches_spec(path: Path, spec: ComponentSpec) -> None:
 # --------------------------------------------------------------------------------------------- VAE in torch
 
 
+@pytest.mark.slow
 def test_frame_decoders_equal_diffusers_decode(tiny: SimpleNamespace) -> None:
     """The two-graph loop in torch is diffusers' `vae.decode` (tiling off), frame counts 1-5, two sizes."""
     vae = tiny.vae
@@ -179,6 +180,7 @@ def test_frame_decoder_shapes_follow_the_declaration(tiny: SimpleNamespace) -> N
 # --------------------------------------------------------------------------------------------- transformer ONNX
 
 
+@pytest.mark.slow
 def test_transformer_graph(transformer_onnx: SimpleNamespace, tiny: SimpleNamespace) -> None:
     _assert_graph_matches_spec(transformer_onnx.path, transformer_onnx.spec)
     ops = onnx_export.op_histogram(transformer_onnx.path)
@@ -201,6 +203,7 @@ def test_transformer_graph(transformer_onnx: SimpleNamespace, tiny: SimpleNamesp
     ],
     ids=lambda s: "b{batch}-f{latent_frames}-{latent_height}x{latent_width}".format(**s),
 )
+@pytest.mark.slow
 def test_transformer_onnx_matches_torch(transformer_onnx: SimpleNamespace, tiny: SimpleNamespace,
                                         sizes: dict[str, int]) -> None:
     spec = transformer_onnx.spec
@@ -216,6 +219,7 @@ def test_transformer_onnx_matches_torch(transformer_onnx: SimpleNamespace, tiny:
 # --------------------------------------------------------------------------------------------- VAE ONNX
 
 
+@pytest.mark.slow
 def test_vae_frame_graphs(vae_onnx: SimpleNamespace, tiny: SimpleNamespace) -> None:
     for path, spec in zip(vae_onnx.paths, vae_onnx.specs):
         assert path.name == f"{spec.name}.onnx"
@@ -231,6 +235,7 @@ def test_vae_frame_graphs(vae_onnx: SimpleNamespace, tiny: SimpleNamespace) -> N
 
 @pytest.mark.parametrize("frames", [1, 2, 4])
 @pytest.mark.parametrize("batch,height,width", [(1, 3, 5), (2, 6, 4)])
+@pytest.mark.slow
 def test_vae_onnx_decode_matches_diffusers(vae_onnx: SimpleNamespace, tiny: SimpleNamespace, frames: int,
                                            batch: int, height: int, width: int) -> None:
     assert (batch, height, width) != tuple(onnx_export.export_sizes(vae_onnx.specs[0])[k]

@@ -35,6 +35,8 @@ from .conftest import TEST_LIMITS, psnr
 
 REQUEST = dict(prompt="a lighthouse at dusk", num_frames=5, height=32, width=48, num_inference_steps=4, seed=3)
 FAIL_BOUND_S = 30.0  # a worker's death to the failed step; gloo sees the closed connection at once
+# A group's timeout that only a hang reaches; it bounds the workers' start too, which the other tests' processes slow
+HANG_TIMEOUT_S = 10
 
 
 def _manifest(checkpoint: Path, chunks: int = ParallelPlan.ulysses_chunks) -> Manifest:
@@ -70,6 +72,7 @@ def reference(tiny_checkpoint):
 
 # the tiny experts' 8 heads: per rank 4 (in 1, 2 or 3 uneven pieces), 2 (2 pieces of 1), 1 (one piece)
 @pytest.mark.parametrize("ranks,chunks", [(2, 1), (2, 2), (2, 3), (4, 2), (8, 2)])
+@pytest.mark.slow
 def test_sequence_parallel_noise_prediction_equals_one_process(tiny_checkpoint, reference, ranks, chunks):
     inputs, expected = reference
     group = _group(tiny_checkpoint, ranks, chunks=chunks)
@@ -98,6 +101,7 @@ def _build_fp8_attention(manifest: Manifest, root: Path, device, group=None) -> 
     return model
 
 
+@pytest.mark.slow
 def test_sequence_parallel_with_the_fp8_kernel_equals_one_process(tiny_checkpoint):
     """The fast tier's path: RoPE in float32 and the FP8 kernel run after the exchange (Q, K, V travel in the
     projections' dtype), and the result is the one-process result."""
@@ -147,6 +151,7 @@ def _compiled_rank(rank: int, checkpoint: Path, port: int, out_dir: Path) -> Non
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_compiled_ulysses_sends_every_piece_before_attending_and_equals_one_process(tiny_checkpoint, reference,
                                                                                   tmp_path):
     """The compiled block (Inductor) keeps the overlap: both pieces' Q/K/V exchanges go out before the first
@@ -165,6 +170,7 @@ def test_compiled_ulysses_sends_every_piece_before_attending_and_equals_one_proc
                               "exchange", "wait", "wait", "attention"], saved["order"]
 
 
+@pytest.mark.slow
 def test_worker_death_fails_the_step_then_the_group_recovers(tiny_checkpoint, reference):
     inputs, expected = reference
     group = _group(tiny_checkpoint, 2)
@@ -190,15 +196,16 @@ def test_worker_death_fails_the_step_then_the_group_recovers(tiny_checkpoint, re
         group.shutdown()
 
 
+@pytest.mark.slow
 def test_a_hanging_worker_times_out_the_step(tiny_checkpoint, reference):
     inputs, expected = reference
-    group = _group(tiny_checkpoint, 2, timeout_s=3)
+    group = _group(tiny_checkpoint, 2, timeout_s=HANG_TIMEOUT_S)
     try:
         os.kill(group.workers[0].pid, signal.SIGSTOP)  # alive but never answers: only the timeout ends the step
         started = time.monotonic()
         with pytest.raises(GroupFailed, match="sequence-parallel step failed"):
             group(**inputs, return_dict=False)
-        assert time.monotonic() - started < 3 + FAIL_BOUND_S
+        assert time.monotonic() - started < HANG_TIMEOUT_S + FAIL_BOUND_S
         torch.testing.assert_close(group(**inputs, return_dict=False)[0], expected, rtol=1e-5, atol=1e-6)
     finally:
         group.shutdown()

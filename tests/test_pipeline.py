@@ -58,6 +58,7 @@ def test_valid_frame_counts(config, frames):
     assert validate_request(request(num_frames=frames, height=32, width=32), config).num_frames == frames
 
 
+@pytest.mark.slow
 def test_warm_up_loads_every_sampler_the_orchestrator_serves(tmp_path, tiny_checkpoint):
     """The orchestrator's initialize warms its pipeline, so a first request does not import the schedulers (~2 s):
     in a fresh process, warm_up loads UniPC and, for the presets' `euler`, the flow-match scheduler."""

@@ -86,6 +86,7 @@ def test_shared_memory_output_equals_the_grpc_message(torch_server):
 
 
 @pytest.mark.parametrize("server", ["torch_server", "onnx_server"])
+@pytest.mark.server
 def test_vae_decoder_frames_are_its_video_as_uint8(server, request):
     from wan22_triton.request.pipeline import frames_to_uint8
 

@@ -260,6 +260,7 @@ def _torch_reference(model, inputs):
 
 
 @pytest.mark.parametrize("sizes", SHAPES, ids=lambda s: "x".join(str(v) for v in s.values()))
+@pytest.mark.slow
 def test_fp16_expert_matches_fp32_torch(expert, sizes):
     import onnxruntime as ort
 
@@ -285,6 +286,7 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
     return next(a.i for a in node.attribute if a.name == name)
 
 
+@pytest.mark.slow
 def test_fp16_expert_precision_layout(expert):
     _, _, fp32, fp16, report = expert
     model = onnx.load(str(fp16), load_external_data=False)
@@ -328,6 +330,7 @@ def test_fp16_expert_precision_layout(expert):
     assert locations == {fp16.name + ".data"}
 
 
+@pytest.mark.slow
 def test_bf16_expert_is_type_consistent(expert, tmp_path):
     _, _, fp32, _, _ = expert
     out = tmp_path / "model.bf16.onnx"
@@ -352,12 +355,14 @@ def test_bf16_rounding():
     assert clamped == 2 and list(np.frombuffer(raw, "<f2")) == [65504.0, -65504.0, 1.0, np.inf]
 
 
+@pytest.mark.slow
 def test_build_engine_refuses_a_graph_of_another_precision(expert, tmp_path):
     _, spec, fp32, _, _ = expert
     with pytest.raises(ValueError, match="is a fp32 graph, asked for fp16"):
         TensorRTEngine(tmp_path / "model.plan").build(fp32, spec, [], "fp16")
 
 
+@pytest.mark.slow
 def test_repository_build_reaches_the_builder(expert, info, layout, tmp_path):
     """Without TensorRT: the repository walk finds the ONNX expert, converts it to FP16 in the work dir, and stops at
     the builder with a message saying where plans are built."""

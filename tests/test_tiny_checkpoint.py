@@ -113,6 +113,7 @@ def _generate(pipe, prompt, steps=2):
     ).frames
 
 
+@pytest.mark.slow
 def test_generation(pipe):
     calls = {"transformer": 0, "transformer_2": 0}
     hooks = [getattr(pipe, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))

@@ -117,6 +117,7 @@ def test_release_on_the_cpu_records_that_it_ran(tmp_path, monkeypatch):
     assert event["reserved_before"] == event["reserved_after"] == 0 and event["seconds"] >= 0
 
 
+@pytest.mark.slow
 def test_sequence_parallel_worker_releases_when_rank_0_does(tiny_checkpoint, tmp_path, monkeypatch):
     from wan22_triton.checkpoint import read_checkpoint
     from wan22_triton.engines.loading import build_expert
