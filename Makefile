@@ -15,7 +15,8 @@ METRICS_PORT ?= 8002
 # 127.0.0.1: clients on this machine only; 0.0.0.0 exposes the server on every interface.
 LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
-# make test's pytest-xdist workers; each takes a test module whole, so that its servers start once
+# make test's pytest-xdist workers; each takes a test module whole, so that its servers start once, in the order of
+# tests/conftest.py (the longest first; xdist would order them by their number of tests)
 TEST_WORKERS ?= 2
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
 CHECKOV_VENV := .venv-checkov
@@ -74,7 +75,7 @@ demo: setup checkpoint
 	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4
 
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The edit loop: no tritonserver and nothing slow (the markers in pyproject.toml).
 test-fast: setup

@@ -91,7 +91,7 @@ def _build_fp8_attention(manifest: Manifest, root: Path, device, group=None) -> 
 
     from wan22_triton.speed import fp8_attention, self_attention
 
-    from wan22_triton.parallel.plan import sequence_parallel
+    from wan22_triton.parallel import sequence_parallel
     from wan22_triton.engines.loading import load_component
 
     model = load_component(manifest, root, WanTransformer3DModel, "transformer", "transformer", device)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,12 +33,13 @@ RESTART_BOUND_S = 60.0  # death to serving again; measured 4-7 s with the tiny c
 # Death to "not ready": the pidfd wakes the watchdog at once and Triton's unload takes milliseconds (measured
 # < 30 ms); the bound leaves room for a loaded machine.
 NOT_READY_BOUND_S = 2.0
+LIMITS = replace(TEST_LIMITS, max_inference_steps=100)  # the mid-request kill's long request
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint):
     repo = tmp_path_factory.mktemp("recovery") / "repo"
-    export_repository(tiny_checkpoint, repo, ExportOptions(limits=TEST_LIMITS), log=lambda _: None)
+    export_repository(tiny_checkpoint, repo, ExportOptions(limits=LIMITS), log=lambda _: None)
     server = Server(repo, extra_args=RECOVERY_FLAGS).start()  # its own: a stub of it is killed
     server.reference = grpc_client.generate(server.grpc_url, REQUEST)["video"]  # before anything dies
     yield server
