@@ -16,7 +16,7 @@ METRICS_PORT ?= 8002
 LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
 # make test's pytest-xdist workers; each takes a test module whole, so that its servers start once, in the order of
-# tests/conftest.py (the longest first; xdist would order them by their number of tests)
+# tests/conftest.py (the longest first; xdist would order them by their number of tests); 0: one process
 TEST_WORKERS ?= 2
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
 CHECKOV_VENV := .venv-checkov
