@@ -44,15 +44,16 @@ class ExportPlan:
     log: Callable[[str], None] = print
 
     @cached_property
-    def compile_points(self) -> tuple[CompilePoint, ...]:
-        """The experts' compile points (torch engine with compile: options.check)."""
-        return compile_points(self.opts) if self.opts.compile_artifacts else ()
-
-    @cached_property
     def warm_points(self) -> tuple[CompilePoint, ...]:
         """With a warm-up the server is READY only at full speed: every model's first call runs in its warm-up (the
         experts' compiles and first kernels, the VAE's cuDNN autotuning per size, the text encoder's first kernels)."""
         return compile_points(self.opts) if self.opts.warms_up else ()
+
+    @property
+    def compile_points(self) -> tuple[CompilePoint, ...]:
+        """The experts' compile points (torch engine with compile: options.check): the warm-up's, which artifacts
+        imply."""
+        return self.warm_points if self.opts.compile_artifacts else ()
 
     @property
     def gpu_inputs(self) -> bool:
