@@ -131,6 +131,10 @@ class ServerProcess:
                 # Not reaped yet, so the group id is still this server's.
                 os.killpg(self.proc.pid, signal.SIGKILL)
         code = self.proc.wait()
+        try:  # what a crashed server leaves: its stubs (the group outlives its leader while they run)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         for leftover in SHM_DIR.glob(f"{self.shm_prefix}*") if self.shm_prefix else ():
             leftover.unlink(missing_ok=True)
         return code

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -27,6 +29,11 @@ from .process import STOP_GRACE_S, HttpFront, ServerProcess, free_ports
 from .shm_regions import remove_stale_regions
 from .tritonserver_args import EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, resolve_admin_key
 from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritonserver, prepend_path
+
+# Triton 2.51's Python backend can abort tritonserver while it starts the model processes of a busy machine
+# (triton-inference-server/server#8882, open upstream): a fresh start succeeds.
+KNOWN_STARTUP_ABORT = "boost::interprocess::lock_exception"
+STARTUP_ATTEMPTS = 2
 
 
 class TritonServer:
@@ -95,6 +102,7 @@ class TritonServer:
         self.startup_seconds: float | None = None
         self.returncode: int | None = None
         self.shm_prefix: str | None = None  # server_region_prefix(pid), known once started
+        self.startup_aborts: list[str] = []  # starts lost to KNOWN_STARTUP_ABORT (start())
         self._server: ServerProcess | None = None
         self._front: HttpFront | None = None
 
@@ -133,8 +141,25 @@ class TritonServer:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def start(self) -> "TritonServer":
+        """Launch and wait for READY. A start that dies of the Python backend's known startup abort
+        (KNOWN_STARTUP_ABORT) is tried again, up to STARTUP_ATTEMPTS in all, each noted in ``startup_aborts`` and on
+        stderr; the log keeps every attempt."""
         if self.is_running():
             return self
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            try:
+                return self._start(append_log=attempt > 1)
+            except TritonLaunchError as error:
+                if self.returncode != -signal.SIGABRT or KNOWN_STARTUP_ABORT not in self.log_tail(400) \
+                        or attempt == STARTUP_ATTEMPTS:
+                    raise
+                self.startup_aborts.append(str(error).splitlines()[0])
+                print(f"tritonserver aborted during startup ({KNOWN_STARTUP_ABORT}, a Python-backend fault); "
+                      f"starting it again (attempt {attempt + 1} of {STARTUP_ATTEMPTS}); log {self.log_file}",
+                      file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def _start(self, append_log: bool) -> "TritonServer":
         install = find_tritonserver(self.tritonserver)
         front = self._front = HttpFront(self.listen_address, self.http_port, taken=(self.grpc_port, self.metrics_port))
         env = {**install.env, **front.env, **self.env}
@@ -153,7 +178,7 @@ class TritonServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.returncode = None
         t0 = time.monotonic()
-        with open(self.log_file, "wb") as log:
+        with open(self.log_file, "ab" if append_log else "wb") as log:
             self._server = ServerProcess(self.command, self.install.env, stdout=log)
         self.command, self.shm_prefix = self._server.command, self._server.shm_prefix
         atexit.register(self.stop)

@@ -191,6 +191,37 @@ def test_failing_model_fails_fast_with_log(tmp_path):
     assert "boom-from-initialize" in str(info.value)
 
 
+def _abort_once(marker: Path, message: str) -> str:
+    """A model `initialize` that, the first time only, writes `message` and aborts its tritonserver (SIGABRT), as
+    the Python backend's startup fault does."""
+    return (f'import os, signal, sys\n        if not os.path.exists(r"{marker}"):\n'
+            f'            open(r"{marker}", "w").close(); print("{message}", file=sys.stderr, flush=True)\n'
+            f'            os.kill(os.getppid(), signal.SIGABRT)')
+
+
+@pytest.mark.server
+def test_the_known_startup_abort_is_started_again_and_said(tmp_path, capfd):
+    from server.triton_server import KNOWN_STARTUP_ABORT
+
+    message = f"terminate called after throwing an instance of '{KNOWN_STARTUP_ABORT}'"
+    repo = write_repository(tmp_path / "repo", init=_abort_once(tmp_path / "aborted", message))
+    with Server(repo) as srv:
+        out0, _ = _infer(tritonclient_http, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))
+        np.testing.assert_array_equal(out0, np.full(4, 2, np.float32))
+        assert len(srv.startup_aborts) == 1 and "code -6" in srv.startup_aborts[0]
+        assert message in srv.log_file.read_text()  # the log keeps the lost attempt
+    assert "tritonserver aborted during startup" in capfd.readouterr().err
+
+
+@pytest.mark.server
+def test_any_other_startup_abort_fails_the_start(tmp_path):
+    repo = write_repository(tmp_path / "repo", init=_abort_once(tmp_path / "aborted", "some other fault"))
+    srv = Server(repo, startup_timeout=60)
+    with pytest.raises(TritonLaunchError, match="code -6"):
+        srv.start()
+    assert srv.startup_aborts == [] and not srv.is_running()
+
+
 @contextlib.contextmanager
 def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None):
     """`python -m server.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:

@@ -17,6 +17,8 @@ from wan22_triton.components.orchestrator import ORCHESTRATOR
 
 from .variants import COMPONENT_MODELS, EXPERTS
 
+SETTLE_S = 0.2  # statistics unchanged this long: every call made so far is in them
+
 
 def read_stats(client, headers: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
     """Cumulative counts and nanoseconds per model, from a tritonclient.grpc client. Statistics are an admin API:
@@ -34,14 +36,21 @@ def read_stats(client, headers: dict[str, str] | None = None) -> dict[str, dict[
 
 def read_stats_after(client, requests: int, model: str = ORCHESTRATOR, timeout_s: float = 10.0,
                      headers: dict[str, str] | None = None) -> dict:
-    """Statistics once `model` has recorded `requests` requests since the server started. Triton records a Python
-    model's statistics when its execute returns, which can be after the client already has the response."""
+    """Statistics once `model` has recorded `requests` requests since the server started, and no model's count
+    moved over SETTLE_S. Triton records a Python model's statistics after it has sent its responses, so the
+    client (the orchestrator too, for a component) can go on before they are in."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        stats = read_stats(client, headers)
-        if stats.get(model, {}).get("count", 0) >= requests or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.01)
+    stats = read_stats(client, headers)
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_S if stats.get(model, {}).get("count", 0) >= requests else 0.01)
+        settled, stats = stats, read_stats(client, headers)
+        if stats.get(model, {}).get("count", 0) >= requests and _counts(stats) == _counts(settled):
+            break
+    return stats
+
+
+def _counts(stats: dict) -> dict[str, int]:
+    return {name: row.get("count", 0) for name, row in stats.items()}
 
 
 def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
@@ -68,12 +77,14 @@ def overhead(e2e_s: float, models: dict[str, dict]) -> dict[str, Any]:
         "triton_overhead_s": e2e_s - compute,
         "triton_overhead_pct": 100 * (e2e_s - compute) / e2e_s,
         # Where it goes: every model's queueing; BLS plus the orchestrator's own work (its compute minus the
-        # components'); the rest is the client and the transport of the request and the response.
+        # components'); the rest is the client and the transport of the request and the response. The Python
+        # backend's compute_output ends after it has sent the responses, while the client already reads them:
+        # it belongs to the transport, not to the orchestrator's time.
         "overhead_split_s": {
             "queue_all_models": sum(m.get("queue_s", 0.0) for m in models.values()),
             "bls_and_orchestrator": orchestrator.get("compute_infer_s", 0.0) - compute,
             "client_and_transport": e2e_s - sum(orchestrator.get(k, 0.0) for k in (
-                "queue_s", "compute_input_s", "compute_infer_s", "compute_output_s")),
+                "queue_s", "compute_input_s", "compute_infer_s")),
         },
     }
 

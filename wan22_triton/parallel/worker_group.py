@@ -9,6 +9,10 @@ signal, closed pipe) or when told to at `shutdown`. Every collective has the gro
 Faults: a monitor thread watches the workers; one that exits mid-step aborts the group so the blocked collective
 returns, and the call fails with `GroupFailed` naming the worker and its exit code. A dead or failed group is rebuilt
 (workers respawned, every rank reloads its model) at the next call, so the model recovers without a restart.
+
+Workers fork from multiprocessing's fork server, which imports torch and the expert's diffusers module once per
+instance (WORKER_PRELOAD): a rank then starts in a fork, not in a fresh Python paying seconds of imports. The
+server initialises no CUDA, so NCCL ranks stay safe; it exits with the instance, and the workers with it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch.distributed as dist
 from wan22_triton.operations import events
 from wan22_triton.engines.loading import release_workspace as _release_workspace
 
+WORKER_PRELOAD = ("torch", "torch.distributed", "diffusers.models.transformers.transformer_wan", __name__)
 RELEASE = "release_workspace"  # a message to the workers between steps (loading.release_workspace)
 # (device, process group) -> the model every rank runs; picklable (a module-level function or a partial of one)
 Build = Callable[[torch.device, Any], torch.nn.Module]
@@ -110,7 +115,8 @@ class WorkerGroup:
             raise
 
     def _start(self) -> WorkerGroup:
-        ctx = mp.get_context("spawn")
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(WORKER_PRELOAD))  # read when the server starts: at the first group
         port = _free_port()
         for rank in range(1, len(self.devices)):
             ours, theirs = ctx.Pipe()
