@@ -27,7 +27,7 @@ def bench(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), out
 
 
-def test_structure_order_and_derived_ratios(bench):
+def test_order_compiles_and_the_same_video_every_time(bench):
     results, out = bench
     assert results["workload"]["spec"] == {"num_frames": [9], "resolutions": [[32, 48], [48, 64]], "max_batch": 1}
     a, b = SIZES
@@ -41,11 +41,10 @@ def test_structure_order_and_derived_ratios(bench):
         assert [r["size"] for r in run["requests"]] == [s for _, s in results["workload"]["request_order"]]
         for size in SIZES:
             rows = [r for r in run["requests"] if r["size"] == size]
-            first, second, warm = rows[0]["e2e_s"], rows[1]["e2e_s"], rows[-1]["e2e_s"]
-            assert run["first_request_ratio"][size] == pytest.approx(first / warm)
-            assert run["alternating_overhead_pct"][size] == pytest.approx(100 * (second / warm - 1))
+            # The server's own events: without artifacts only the first request of a size compiles.
+            assert [r["expert_compiled"] > 0 for r in rows] == [mode == "jit"] + [False] * (len(rows) - 1)
             assert set(rows[-1]["stage_seconds"]) >= {"text_encoder", "denoise", "vae_decoder"}
-            assert rows[-1]["psnr_vs_first_db"] >= 40  # the same seed gives the same video every time
+            assert all(r["equal_to_first"] for r in rows if r["phase"] == "warm")  # same seed, same video
     assert "| compile | artifacts |" in (out / "table.md").read_text()
 
 
@@ -75,8 +74,7 @@ def test_jit_compiles_in_the_first_request_and_gives_the_same_video(bench):
     assert jit["requests"][0]["expert_compiled"] > 0 and jit["expert_compiled_after_ready"] > 0
     assert jit["requests"][0]["compile_seconds"] > 0
     for size in SIZES:
-        parity = runs["parity"][size]
-        assert parity["psnr_db"] >= 40  # inf when equal
+        assert runs["parity"][size]["psnr_db"] >= 40  # the artifacts' graphs and the JIT's: the same video
         assert runs["artifacts"]["targets"][size]["psnr_vs_jit_db"][2] is True
 
 

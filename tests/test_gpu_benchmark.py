@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.gpu_flow, pytest.mark.server]
@@ -50,15 +51,17 @@ def test_benchmark_parity_and_routing(benchmark):
 
 
 def test_benchmark_measures_a_parallel_plan_against_its_tier_on_one_device(benchmark):
-    results, out, _ = benchmark
+    from .conftest import psnr
+
+    results, out, work = benchmark
     one, parallel = results["variants"]["bf16"], results["variants"]["bf16_cfg2_ulysses2"]
     assert parallel["status"] == "ok" and parallel["gpus"] == 4
     assert parallel["steps"] == one["steps"]  # two CFG executions a step counted as one step
     assert parallel["parity"]["noise_pred_rel_l2"] < 1e-5  # the Ulysses forward on the baseline's inputs
     assert parallel["parity"]["psnr_db"] > 40
-    assert parallel["step_mean_s"] * sum(parallel["steps"].values()) == pytest.approx(
-        parallel["stage_seconds"]["denoise"])
-    assert parallel["step_speedup_vs_1gpu"] == pytest.approx(one["step_mean_s"] / parallel["step_mean_s"])
+    # The videos the two served: the plan's is the one-device tier's (CFG halves as batches of one: rounding only).
+    videos = [np.load(work / f"video-{name}.npy") for name in ("bf16", "bf16_cfg2_ulysses2")]
+    assert videos[0].shape == videos[1].shape and psnr(*videos) >= 40
     assert "cfg2_ulysses2 (4 GPUs)" in (out / "table.md").read_text()
 
 

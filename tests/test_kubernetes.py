@@ -8,6 +8,7 @@ No cluster here: nothing is applied, scheduled or scaled (docker/kubernetes/READ
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -152,6 +153,19 @@ def test_every_manifest_is_valid_kubernetes(rendered):
     # The adapter's rules are a YAML file inside a ConfigMap: it parses and holds the rule.
     [adapter] = [doc for _, doc in docs if doc["metadata"]["name"] == autoscaling.ADAPTER_CONFIGMAP]
     assert yaml.safe_load(adapter["data"]["config.yaml"]) == {"rules": [autoscaling.adapter_rule(SITE)]}
+
+
+def test_the_validator_refuses_a_broken_manifest(rendered):
+    """The check above can fail: the rendered Deployment with a misspelt field, or a port given as a string, is
+    refused by the same strict validation."""
+    deployment = next(doc for _, doc in manifests_in(rendered) if doc["kind"] == "Deployment")
+    misspelt = copy.deepcopy(deployment)
+    misspelt["spec"]["template"]["spec"]["containerz"] = misspelt["spec"]["template"]["spec"].pop("containers")
+    bad_port = copy.deepcopy(deployment)
+    bad_port["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    for broken in (misspelt, bad_port):
+        with pytest.raises(kubernetes_validate.utils.ValidationError):
+            kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
 def checkov() -> Path:

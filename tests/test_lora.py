@@ -42,7 +42,7 @@ from .test_pipeline_diffusers import REQUEST, diffusers_pipeline, inputs
 # diffusers' own load_lora_weights of a second adapter (the reference pipeline's): expected, several are the point
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 PRESET = PRESETS[0]  # lightning_4step: its LoRA is exported below under its name, from the tiny pair
-PARITY_DB = 40.0  # measured ~90 dB (cond and uncond batched here, two calls in diffusers)
+PARITY_DB = 60.0  # measured ~90 dB (cond and uncond batched here, two calls in diffusers); a scale 10% off: < 49 dB
 SMALL = dict(prompt="a lighthouse at night", negative_prompt="blurry", num_frames=5, height=32, width=32,
              num_inference_steps=3, guidance_scale=4.0, guidance_scale_2=3.0, seed=21)
 
@@ -135,7 +135,7 @@ def generate(pipe, manifest, experts, request: dict):
         return pipeline(validate_request(inputs(request), manifest)), calls
 
 
-@pytest.mark.parametrize("lora", [("style", 1.0), ("pair", 0.6)], ids=["one-file-diffusers", "pair-community"])
+@pytest.mark.parametrize("lora", [("style", 0.7), ("pair", 0.6)], ids=["one-file-diffusers", "pair-community"])
 @pytest.mark.slow
 def test_pipeline_with_lora_matches_diffusers_load_lora_weights(reference_pipe, manifest, experts, lora):
     name, scale = lora
@@ -143,8 +143,8 @@ def test_pipeline_with_lora_matches_diffusers_load_lora_weights(reference_pipe, 
     expected = run_reference(reference_pipe, REQUEST, lora)
     assert {c[2] for c in calls} == {lora} and len(calls) == REQUEST["num_inference_steps"]
     assert psnr(result.video, expected) >= PARITY_DB
-    other = ("pair", 0.6) if name == "style" else ("style", 1.0)  # the parity measure tells LoRAs apart
-    assert psnr(result.video, run_reference(reference_pipe, REQUEST, other)) < PARITY_DB
+    # The threshold tells a scale 10% off apart (the reference at 0.9 x the scale).
+    assert psnr(result.video, run_reference(reference_pipe, REQUEST, (name, 0.9 * scale))) < PARITY_DB
 
 
 @pytest.mark.slow
@@ -183,6 +183,7 @@ def test_preset_runs_the_lightning_schedule_without_cfg(reference_pipe, manifest
                      guidance_scale=1.0, guidance_scale_2=1.0)
     scheduler = ReleaseEuler(num_train_timesteps=1000, shift=shift)
     assert psnr(result.video, run_reference(reference_pipe, reference, (PRESET.lora, 1.0), scheduler)) >= PARITY_DB
+    assert psnr(result.video, run_reference(reference_pipe, reference, (PRESET.lora, 0.9), scheduler)) < PARITY_DB
 
 
 def test_preset_defaults_yield_to_the_request(manifest):
@@ -305,7 +306,7 @@ def test_expert_load_refuses_a_lora_that_does_not_fit(tiny_checkpoint, tmp_path,
         ExpertAdapters.load(model, tmp_path, ("bad",), log=lambda _: None)
 
 
-def test_fp8_quantization_leaves_the_lora_pairs_in_bf16(experts):
+def test_fp8_filter_takes_the_base_layers_never_the_lora_pairs(experts):
     """The FP8 tier's filter (fast_path) takes the adapted layers' base Linear, never peft's lora_A / lora_B."""
     from wan22_triton.speed.fast_path import _block_linear
 

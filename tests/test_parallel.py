@@ -23,6 +23,7 @@ from clients import grpc_client
 from export.model_config import parse_pbtxt
 from export.options import ExportOptions
 from export.repository import export_repository
+from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM
 from wan22_triton.operations import events
 from wan22_triton.triton_models import triton_io
 from wan22_triton.checkpoint import read_checkpoint
@@ -32,6 +33,7 @@ from wan22_triton.parallel.plan import ParallelPlan
 from wan22_triton.parallel.worker_group import GroupFailed, WorkerGroup
 
 from .conftest import TEST_LIMITS, psnr
+from .observed import delta, scrape, steps_run, wait_for_outcome
 
 REQUEST = dict(prompt="a lighthouse at dusk", num_frames=5, height=32, width=48, num_inference_steps=4, seed=3)
 FAIL_BOUND_S = 30.0  # a worker's death to the failed step; gloo sees the closed connection at once
@@ -271,10 +273,15 @@ def test_worker_death_mid_request_fails_it_clearly_then_serves(parallel_server):
 
 
 def test_cancel_stops_a_parallel_generation_between_steps(parallel_server):
+    before, steps = scrape(parallel_server.metrics_url), 45
     with pytest.raises(InferenceServerException) as err:
-        grpc_client.generate_stream(parallel_server.grpc_url, {**REQUEST, "num_inference_steps": 45},
+        grpc_client.generate_stream(parallel_server.grpc_url, {**REQUEST, "num_inference_steps": steps},
                                     cancel_after_steps=2)
     assert err.value.status() == "StatusCode.CANCELLED"
+    # The server's own count (the client raises CANCELLED itself): cancelled after a few of its steps.
+    after = wait_for_outcome(parallel_server.metrics_url, before, ORCHESTRATOR_STREAM, "cancelled")
+    assert delta(before, after, "wan22_requests_total", model=ORCHESTRATOR_STREAM, outcome="cancelled") == 1
+    assert 2 <= steps_run(before, after, ORCHESTRATOR_STREAM) <= steps // 3
     assert grpc_client.generate(parallel_server.grpc_url, REQUEST)["video"].shape == (5, 32, 48, 3)
 
 

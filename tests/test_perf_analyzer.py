@@ -15,7 +15,8 @@ MODELS = ("wan22_t2v", "text_encoder", "transformer_high_noise")  # orchestrator
 @pytest.fixture(scope="module")
 def sweep(torch_server, tiny_checkpoint, tmp_path_factory):
     if perf_analyzer_env.check():
-        pytest.skip(f"perf_analyzer cannot run here, missing {perf_analyzer_env.check()} (apt-get install libb64-0d)")
+        pytest.fail(f"perf_analyzer cannot run here, missing {perf_analyzer_env.check()}: `make setup` installs "
+                    "Debian's libb64-0d as root; otherwise apt-get install libb64-0d")
     results = tmp_path_factory.mktemp("perf")
     argv = [
         "--checkpoint", str(tiny_checkpoint), "--url", torch_server.grpc_url, "--models", ",".join(MODELS),

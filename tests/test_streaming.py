@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-import time
+import queue
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client, http_client
+from clients.common import request_arrays
+from wan22_triton.checkpoint import read_checkpoint
+from wan22_triton.components.expert import TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE
+from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
+from wan22_triton.operations import events
 from wan22_triton.request.video import read_mp4
 
 from .conftest import psnr
+from .observed import delta, scrape, steps_run, wait_for_forwards, wait_for_outcome
 
 REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width=48, num_inference_steps=6, seed=21)
+LONG_STEPS = 45  # a request cancelled after its first steps: the server must stop long before these
 
 
-def test_stream_sends_one_progress_per_step_then_the_video(torch_server):
+def test_stream_sends_one_progress_per_step_then_the_video(torch_server, tiny_checkpoint):
     progress = []
     out = grpc_client.generate_stream(torch_server.grpc_url, REQUEST, progress.append)
     assert [p["step"] for p in progress] == list(range(1, REQUEST["num_inference_steps"] + 1))
@@ -27,24 +37,64 @@ def test_stream_sends_one_progress_per_step_then_the_video(torch_server):
     # The progress names each step's expert as the unary model routes it, and the video is the same.
     solo = grpc_client.generate(torch_server.grpc_url, {**REQUEST})
     assert np.array_equal(out["video"], solo["video"])
+    # Each step's expert is the one its timestep belongs to (Wan2.2: at or above boundary_ratio x the training
+    # timesteps, the high-noise expert), and both run.
+    info = read_checkpoint(tiny_checkpoint)
+    boundary = info.boundary_ratio * info.num_train_timesteps
     experts = [p["expert"] for p in progress]
-    assert experts[0] == "transformer_high_noise" and experts[-1] == "transformer_low_noise"
-    assert experts == sorted(experts)  # one switch, high -> low
+    assert experts == [TRANSFORMER_HIGH_NOISE if p["timestep"] >= boundary else TRANSFORMER_LOW_NOISE for p in progress]
+    assert set(experts) == {TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE}
+
+
+def _assert_stopped_between_steps(server, before: dict, model: str) -> None:
+    """The server counted the request cancelled and ran only a few of its LONG_STEPS: it stopped between steps,
+    not after all of them (a server that ignores the cancel, or checks it only before the decode, runs every one)."""
+    after = wait_for_outcome(server.metrics_url, before, model, "cancelled")
+    assert delta(before, after, "wan22_requests_total", model=model, outcome="cancelled") == 1
+    assert delta(before, after, "wan22_requests_total", model=model, outcome="ok") == 0
+    assert 2 <= steps_run(before, after, model) <= LONG_STEPS // 3
 
 
 def test_cancel_mid_generation_then_serve_normally(torch_server):
-    log = torch_server.log_file
-    before = log.read_text().count("request cancelled by the client")
+    before = scrape(torch_server.metrics_url)
     with pytest.raises(InferenceServerException) as err:
-        grpc_client.generate_stream(torch_server.grpc_url, {**REQUEST, "num_inference_steps": 45}, cancel_after_steps=2)
+        grpc_client.generate_stream(torch_server.grpc_url, {**REQUEST, "num_inference_steps": LONG_STEPS},
+                                    cancel_after_steps=2)
     assert err.value.status() == "StatusCode.CANCELLED"
-    # The server stopped between steps (not after finishing): its log records the cancellation.
-    deadline = time.monotonic() + 30
-    while log.read_text().count("request cancelled by the client") == before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert log.read_text().count("request cancelled by the client") == before + 1
+    _assert_stopped_between_steps(torch_server, before, ORCHESTRATOR_STREAM)
     out = grpc_client.generate(torch_server.grpc_url, REQUEST)
     assert out["video"].shape == (9, 32, 48, 3)
+
+
+def test_cancelled_unary_request_stops_between_steps(torch_server):
+    before, offset = scrape(torch_server.metrics_url), events.end_offset(torch_server.events_file)
+    done: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        call = client.async_infer(ORCHESTRATOR, grpc_client.infer_inputs({**REQUEST, "num_inference_steps": LONG_STEPS}),
+                                  callback=lambda result, error: done.put(error))
+        wait_for_forwards(torch_server.events_file, offset, 2)
+        call.cancel()
+        error = done.get(timeout=60)
+    assert error is not None and error.status() == "StatusCode.CANCELLED"
+    _assert_stopped_between_steps(torch_server, before, ORCHESTRATOR)
+
+
+def test_http_client_that_leaves_stops_the_generation(torch_server):
+    """The orchestrator's own abandonment path: the HTTP guard marks the request when its client goes away, and the
+    orchestrator stops at its next step (Triton 2.51 alone would run it to the end: test_http_guard.py)."""
+    inputs = []
+    for name, (dtype, array) in request_arrays({**REQUEST, "num_inference_steps": LONG_STEPS}).items():
+        inputs.append(httpclient.InferInput(name, list(array.shape), dtype))
+        inputs[-1].set_data_from_numpy(array, binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs)
+    before, offset = scrape(torch_server.metrics_url), events.end_offset(torch_server.events_file)
+    host, port = torch_server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v2/models/{ORCHESTRATOR}/infer HTTP/1.1\r\nHost: {torch_server.http_url}\r\n"
+                     f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_size}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for_forwards(torch_server.events_file, offset, 2)
+    _assert_stopped_between_steps(torch_server, before, ORCHESTRATOR)
 
 
 def test_concurrent_requests_equal_their_solo_results(torch_server):
@@ -58,7 +108,7 @@ def test_concurrent_requests_equal_their_solo_results(torch_server):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_mp4_output_matches_raw_frames(torch_server, tmp_path, protocol):
+def test_mp4_output_matches_raw_frames(torch_server, tiny_checkpoint, tmp_path, protocol):
     client, url = (grpc_client, torch_server.grpc_url) if protocol == "grpc" else (http_client, torch_server.http_url)
     raw = client.generate(url, REQUEST)["video"]
     encoded = client.generate(url, {**REQUEST, "output_format": "mp4"})
@@ -66,7 +116,7 @@ def test_mp4_output_matches_raw_frames(torch_server, tmp_path, protocol):
     path = tmp_path / "server.mp4"
     path.write_bytes(encoded["video_mp4"])
     frames, fps = read_mp4(path)
-    assert frames.shape == raw.shape and fps == 16.0
+    assert frames.shape == raw.shape and fps == read_checkpoint(tiny_checkpoint).generation.fps
     assert len(encoded["video_mp4"]) < raw.nbytes
     assert psnr(frames, raw) >= 25.0  # lossy H.264 of noise-like tiny frames
 

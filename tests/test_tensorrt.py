@@ -9,6 +9,7 @@ PyTorch expert. Where `import tensorrt` works on a GPU (docker/Dockerfile.export
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import keyword
 import os
@@ -89,7 +90,7 @@ def mypy_config(tmp_path_factory) -> Path:
     As installed, mypy does not use the stubs at all: they sit in `site-packages/tensorrt/` without a py.typed
     marker, so mypy reports "missing library stubs" (and with ignore_missing_imports would silently type `tensorrt`
     as Any). On mypy_path they are read as stubs."""
-    pytest.importorskip("tensorrt_stubs", reason="tensorrt-stubs is not installed (make setup installs it)")
+    assert importlib.util.find_spec("tensorrt_stubs"), "tensorrt-stubs is not installed: run `make setup`"
     site = _site_packages()
     stubs = tmp_path_factory.mktemp("stubs")
     for rel in ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi"):

@@ -50,8 +50,6 @@ def _export(checkpoint: Path, repo: Path, **options) -> Path:
     (dict(engine="onnx"), False),  # no PyTorch cache to release
 ])
 def test_option_reaches_every_manifest(tiny_checkpoint, tmp_path, options, released):
-    if options["engine"] == "onnx":
-        pytest.importorskip("onnx")
     opts = ExportOptions(**options)
     assert opts.release_workspace is released
     if options["engine"] == "onnx":  # exporting the graphs is slow: the manifests follow the same property

@@ -104,6 +104,7 @@ def serve_phase(tier: str, mode: str, repo: Path, args, results: dict[str, Any])
                     firsts.setdefault(key, video)
                     if phase == "warm":
                         row["psnr_vs_first_db"] = psnr(video, firsts[key])
+                        row["equal_to_first"] = bool(np.array_equal(video, firsts[key]))
                         path = video_path(tier, mode, key, args)
                         path.parent.mkdir(parents=True, exist_ok=True)
                         np.save(path, video)

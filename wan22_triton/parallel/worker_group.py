@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import multiprocessing as mp
+import os
 import signal
 import socket
 import threading
@@ -69,8 +70,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _worker_main(rank: int, devices: list[torch.device], port: int, timeout_s: float, build: Build,
-                 conn: Connection, name: str = "") -> None:
+                 conn: Connection, name: str = "", environ: dict[str, str] | None = None) -> None:
     _die_with_parent()
+    if environ is not None:  # the instance's environment now, not the fork server's at its start
+        os.environ.clear()
+        os.environ.update(environ)
     device = devices[rank]
     _init_group(rank, devices, port, timeout_s)
     model = build(device, dist.group.WORLD)
@@ -121,7 +125,8 @@ class WorkerGroup:
         for rank in range(1, len(self.devices)):
             ours, theirs = ctx.Pipe()
             worker = ctx.Process(target=_worker_main, name=f"{self.name}-rank{rank}",
-                                 args=(rank, self.devices, port, self.timeout_s, self.build, theirs, self.name))
+                                 args=(rank, self.devices, port, self.timeout_s, self.build, theirs, self.name,
+                                       dict(os.environ)))
             worker.start()
             theirs.close()
             self.workers.append(worker)
