@@ -229,7 +229,8 @@ def test_parallel_video_equals_the_single_device_video(parallel_server, torch_se
     offset = events.end_offset(parallel_server.events_file)
     out = grpc_client.generate(parallel_server.grpc_url, REQUEST)
     assert out["video"].shape == single.shape
-    assert psnr(out["video"], single) >= 40.0  # batch-of-one halves vs one batch of two: rounding only
+    # measured: equal (inf dB) on the CPU; the Ulysses pieces returned to the wrong ranks: 44.5 dB
+    assert psnr(out["video"], single) >= 60.0
     assert np.array_equal(out["video"], first)
     # Every guided step: two forwards of one item each, on two different expert instances, at the same time. (Not
     # in the first request: here every instance is on "cpu", where first calls at a shape go one at a time.)
