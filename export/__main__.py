@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+import traceback
 from enum import Enum
+from pathlib import Path
 
 from wan22_triton.manifest import Limits
 from wan22_triton.options import SpeedOptions
@@ -41,6 +44,9 @@ HELP = {
 }
 REPEATABLE = {"lora": LoraSource.parse}  # tuple fields: the flag once per entry, each parsed by this
 BENCHMARK_ONLY = ("random_weights_seed", "vae_cudnn_benchmark")  # set by perf/, not a user's choice
+WEIGHTS = ("a Wan2.2 diffusers checkpoint folder: `huggingface-cli download Wan-AI/Wan2.2-T2V-A14B-Diffusers "
+           "--local-dir DIR` fetches the A14B one; `make checkpoint` writes the tiny one")
+ERROR_LOG = "export-error.log"  # beside the repository: the traceback of an unexpected failure
 
 
 def _add_flags(parser: argparse.ArgumentParser, options: type) -> None:
@@ -76,9 +82,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     opts = dataclasses.replace(_pick(ExportOptions, args), limits=_pick(Limits, args), speed=_pick(SpeedOptions, args),
                                parallel=_pick(ParallelPlan, args))
+    if not (Path(args.checkpoint) / "model_index.json").is_file():
+        _exit(f"--checkpoint {args.checkpoint} is not a diffusers checkpoint (no model_index.json); give {WEIGHTS}")
     start = time.perf_counter()
-    export_repository(args.checkpoint, args.repository, opts)
+    try:
+        export_repository(args.checkpoint, args.repository, opts)
+    except KeyboardInterrupt:
+        _exit("export cancelled (Ctrl-C); the repository is incomplete: run the export again", status=130)
+    except (ValueError, OSError) as exc:  # options refused, files unreadable or unwritable: the message says which
+        _exit(f"export failed: {exc}")
+    except Exception as exc:  # a bug or an environment fault: the traceback goes to a file, one line here
+        log = Path(args.repository).resolve().parent / ERROR_LOG
+        log.write_text(traceback.format_exc())
+        _exit(f"export failed: {type(exc).__name__}: {exc} (traceback in {log})")
     print(f"export done in {time.perf_counter() - start:.1f}s -> {args.repository}")
+
+
+def _exit(message: str, status: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,10 @@ from wan22_triton.engines.vae_frames import (  # noqa: F401  (load_cache_layout 
     load_cache_layout,
     save_cache_layout,
 )
+
+# The exporter's registry warns, per export, about each torchvision op it cannot find: torchvision is not a
+# dependency and no Wan2.2 model uses its ops.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 # 18: the lowest opset the dynamo exporter emits natively. SDPA becomes MatMul/Softmax/MatMul (the pattern TensorRT
 # fuses into its MHA kernels); opset >= 23 would emit the ONNX `Attention` op, which older TensorRT parsers lack.

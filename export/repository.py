@@ -69,6 +69,12 @@ def export_repository(
     log: Callable[[str], None] = print,
 ) -> CheckpointInfo:
     opts.check()
+    if opts.engine == Engine.TENSORRT:
+        from .tensorrt_engine import tensorrt_available
+
+        if not tensorrt_available():  # before hours of ONNX export that could not become plans here
+            raise ValueError("ENGINE=tensorrt needs TensorRT's Python builder (`import tensorrt` failed here): build "
+                             "in the export image (make docker-export), or export with --engine torch")
     info = read_checkpoint(checkpoint)
     opts.parallel.check(info)
     repo = Path(repository)
@@ -95,12 +101,6 @@ def export_repository(
 
     if opts.engine == Engine.TENSORRT:
         from .tensorrt_build import build_repository_engines, load_shape_spec
-        from .tensorrt_engine import tensorrt_available
 
-        if not tensorrt_available():
-            raise RuntimeError(
-                "ENGINE=tensorrt needs TensorRT's Python builder (`import tensorrt` failed): the ONNX graphs are "
-                f"exported under {repo}; build the plans in the export image (make docker-export)"
-            )
         build_repository_engines(repo, info, precision=opts.precision, shape_spec=load_shape_spec(opts.shape_spec), log=log)
     return info

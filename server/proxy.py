@@ -40,6 +40,7 @@ log = logging.getLogger("server.http_guard")
 # in full, on the path without query or fragment.
 INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[0-9]+)?/infer")
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
+HEALTH_PATHS = ("/v2/health/",)  # liveness and readiness probes
 # RFC 9110 7.6.1 hop-by-hop fields, plus Expect (the guard answers 100-continue itself).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "expect"})
@@ -262,5 +263,7 @@ class HttpGuardApp:
                 raise  # part of the answer is out: aiohttp closes the connection, so the client sees it cut short
             if body is not None and body.overflowed:
                 return error_response(Rejected(413, f"request body is more than {body.limit} bytes (--max-body-bytes)"))
-            log.warning("upstream %s failed: %s", url, exc)
+            # A health probe before Triton listens is a start in progress, not a fault: the probe gets its 502.
+            level = logging.DEBUG if request.path.startswith(HEALTH_PATHS) else logging.WARNING
+            log.log(level, "upstream %s failed: %s", url, exc)
             return error_response(Rejected(502, f"upstream {self.upstream} failed: {exc}"))

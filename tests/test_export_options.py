@@ -178,3 +178,29 @@ def test_a_hand_edited_manifest_is_refused_at_load_by_the_export_rules(tiny_chec
     ]:
         with pytest.raises(ValueError, match=message):
             manifest.check(device)
+
+
+@pytest.mark.parametrize("case", ["no-checkpoint", "bad-lora", "tensorrt-without-builder"])
+def test_export_errors_are_one_line_with_a_way_forward(tiny_checkpoint, tmp_path, case):
+    import subprocess
+    import sys
+
+    from export.tensorrt_engine import tensorrt_available
+
+    if case == "tensorrt-without-builder" and tensorrt_available():
+        pytest.fail("this check needs a machine without TensorRT's builder")
+    bad_lora = tmp_path / "broken.safetensors"
+    bad_lora.write_bytes(b"not a safetensors file")
+    args, says = {
+        "no-checkpoint": (["--checkpoint", str(tmp_path / "missing")], "huggingface-cli download"),
+        "bad-lora": (["--checkpoint", str(tiny_checkpoint), f"--lora=s={bad_lora}"], "broken.safetensors"),
+        "tensorrt-without-builder": (["--checkpoint", str(tiny_checkpoint), "--engine", "tensorrt", "--device", "gpu",
+                                      "--precision", "fp16"], "make docker-export"),
+    }[case]
+    repo = tmp_path / "repo"
+    done = subprocess.run([sys.executable, "-m", "export", *args, "--repository", str(repo)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and says in line, line
+    assert not repo.exists() or not any(repo.iterdir())  # refused before any model was written
