@@ -18,7 +18,13 @@ PYTEST_ARGS ?=
 # make test's pytest-xdist workers; each takes a test module whole, so that its servers start once, in the order of
 # tests/conftest.py (the longest first; xdist would order them by their number of tests); 0: one process
 TEST_WORKERS ?= 2
+# GPU=1 (the default where nvidia-smi lists a GPU): the lock's torch in its CUDA build (the default index's) and
+# the fast tier's kernels at docker/versions.env's versions; GPU=0: the lock as it is (CPU torch)
+GPU ?= $(if $(shell nvidia-smi -L 2>/dev/null),1,0)
+# more `python -m export` flags for `make export` (a tier's speed options, limits, LoRAs)
+EXPORT_ARGS ?=
 TINY := checkpoints/tiny-wan2.2-t2v-a14b
+include docker/versions.env
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 
@@ -28,14 +34,25 @@ setup: $(VENV)/.ready $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION)
 
 # Pinned dependencies (requirements.lock); tensorrt-stubs without its `tensorrt` dependency, which downloads the
 # real TensorRT from NVIDIA's index at install time. perf_analyzer needs Debian's libb64.
-$(VENV)/.ready: requirements.lock pyproject.toml
+$(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.lock
+	@if [ "$(GPU)" = 1 ]; then \
+	  sed 's/^torch==\([^+]*\)+cpu$$/torch==\1/' requirements.lock > $(VENV)/requirements.gpu.txt; \
+	  echo "torchao==$(TORCHAO_VERSION)" >> $(VENV)/requirements.gpu.txt; \
+	  echo "nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)" >> $(VENV)/requirements.gpu.txt; \
+	  $(PY) -m pip install -q -r $(VENV)/requirements.gpu.txt; \
+	else $(PY) -m pip install -q -r requirements.lock; fi
 	$(PY) -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(PY) -m pip install -q --no-deps -e .
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq libb64-0d >/dev/null || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null); \
 	  else echo "note: install Debian's libb64-0d for perf_analyzer"; fi; fi
+	touch $@
+
+# Which torch build the venv has: a change of GPU rebuilds it.
+$(VENV)/.gpu-$(GPU):
+	mkdir -p $(VENV)
+	rm -f $(VENV)/.gpu-*
 	touch $@
 
 # checkov (the Kubernetes policy scanner of tests/test_kubernetes.py) in a venv of its own: its many pinned
@@ -52,7 +69,7 @@ $(TINY)/model_index.json: devtools/tiny_checkpoint.py | $(VENV)/.ready
 	$(PY) -m devtools.tiny_checkpoint --out $(TINY)
 
 export: $(VENV)/.ready $(if $(filter $(TINY),$(CHECKPOINT)),checkpoint)
-	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION)
+	$(PY) -m export --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --engine $(ENGINE) --device $(DEVICE) --precision $(PRECISION) $(EXPORT_ARGS)
 
 # The checked-in generated files, rewritten whole (tests/test_checked_in.py compares them with a fresh run):
 # model_repository/ is the export's defaults on the tiny checkpoint, what `make export` writes; docker/kubernetes/

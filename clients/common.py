@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
 import numpy as np
@@ -20,6 +21,7 @@ from wan22_triton.request.contract import FIELDS, OUTPUT_FORMAT, SEED, Default, 
 from .admin import ADMIN_KEY_ENV, admin_key_from_env
 
 MODEL = ORCHESTRATOR
+MP4_SUFFIX = ".mp4"  # what --output writes
 # Request inputs: name -> (Triton dtype, numpy dtype), from the contract. Absent flags are left to the server.
 REQUEST_INPUTS = {f.name: (f.tensor.wire_dtype, np.dtype(f.dtype).type) for f in FIELDS}
 RULES_EPILOG = ("<name> in a rule: the server's value (its limits, the checkpoint's factors, the LoRAs and presets "
@@ -54,6 +56,8 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=field.kind, default=None,
                             required=field.default is Default.REQUIRED, help=flag_help(field))
     args = parser.parse_args()
+    if Path(args.output).suffix.lower() != MP4_SUFFIX:  # before the request: no minutes of work for a file not written
+        _exit(f"--output {args.output}: the clients write MP4 only; give a path ending in {MP4_SUFFIX}", status=2)
     if streaming and args.stream and args.shared_memory:
         parser.error("--shared-memory works with unary requests only: the streamed video comes in the last gRPC "
                      "message; drop --stream or --shared-memory")
@@ -148,8 +152,6 @@ def unpack(result) -> dict[str, Any]:
 
 
 def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
-    from pathlib import Path
-
     from wan22_triton.request.video import read_mp4, write_mp4
 
     if VIDEO_MP4 in out:  # encoded on the server at the checkpoint's fps
@@ -159,6 +161,8 @@ def save(out: dict[str, Any], path: str, fps: float, latency: float) -> None:
     else:
         video = out[VIDEO]
         write_mp4(video, path, fps)
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        _exit(f"{path} was not written (ffmpeg left no video there); check the folder is writable")
     frames, height, width, _ = video.shape
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in out[STAGE_SECONDS].items())
     print(f"wrote {path} ({frames} frames, {width}x{height}, {fps:g} fps), seed {out[SEED]}")

@@ -25,7 +25,7 @@ from typing import Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
-from .process import STOP_GRACE_S, HttpFront, ServerProcess
+from .process import STOP_GRACE_S, HttpFront, ServerProcess, ports_in_use
 from .shm_regions import remove_stale_regions
 from .tritonserver_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, default_port, has_nvidia_gpu,
                                 printable_command, resolve_admin_key)
@@ -81,6 +81,9 @@ def serve(
     key, key_source = resolve_admin_key(admin_key)
     given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
+    if taken := ports_in_use(listen_address, ports):
+        raise TritonLaunchError(f"port {', '.join(taken)} on {listen_address} is in use: stop what listens there "
+                                f"or pass --{{http,grpc,metrics}}-port (or $HTTP_PORT, $GRPC_PORT, $METRICS_PORT)")
     front = HttpFront(listen_address, ports["http"], taken=(ports["grpc"], ports["metrics"]))
     cmd = front.command(install, model_repository, extra_args, grpc_port=ports["grpc"], metrics_port=ports["metrics"],
                         admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,

@@ -30,6 +30,20 @@ from .tritonserver_install import TritonInstall
 STOP_GRACE_S = 5
 
 
+def ports_in_use(address: str, ports: Mapping[str, int]) -> list[str]:
+    """Of `ports` ({kind: port}), "<port> (<kind>)" for each one something already listens on at `address`: checked
+    before the start, so a clash fails at once, not after every model has loaded."""
+    taken = []
+    for kind, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no clash
+            try:
+                s.bind((address, port))
+            except OSError:
+                taken.append(f"{port} ({kind})")
+    return taken
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct loopback ports free now (the kernel may hand them out again once released)."""
     socks = []

@@ -3,7 +3,7 @@ a real tritonserver, warm-up, parity probes, measured requests through one reuse
 
 What runs on the GPU is this same code at full size, so here it must produce a coherent result: the served
 video matching the baseline's, each step routed to the expert its timestep belongs to, the overhead of every
-measured request, and the files the README points at.
+measured request, and the files docs/performance.md points at.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ def test_command_line_guard_serves_and_leaves_with_tritonserver(probe):
 
 def test_triton_does_not_tell_the_model_when_an_http_client_goes_away(probe):
     """Measured fact of tritonserver 2.51, directly and through the guard without the side channel: the model
-    runs to the end. If this fails, Triton has started cancelling on disconnect: update the README."""
+    runs to the end. If this fails, Triton has started cancelling on disconnect: update docs/security.md."""
     server, _ = probe
     request = json.dumps(probe_request(3.0)).encode()
     offset = log_end(server)

@@ -314,3 +314,20 @@ def test_tritons_own_http_port_is_none_of_the_servers_other_ports(monkeypatch):
     monkeypatch.setattr(process, "free_ports", lambda count: next(offered))
     front = process.HttpFront("127.0.0.1", 5000, taken=(5001, 5002))
     assert front.triton_port == 5003
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc", "metrics"])
+def test_a_port_in_use_is_named_in_one_line_before_anything_starts(tmp_path, kind):
+    http, grpc, metrics = process.free_ports(3)
+    ports = {"http": http, "grpc": grpc, "metrics": metrics}
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", ports[kind]))
+        holder.listen()
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "server.launcher", "--model-repository",
+                               str(write_repository(tmp_path / "repo")), *[f"--{k}-port={v}" for k, v in ports.items()]],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and f"port {ports[kind]} ({kind})" in line, line

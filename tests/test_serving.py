@@ -11,6 +11,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
+from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.operations import events
 from wan22_triton.request.video import read_mp4
 
@@ -177,7 +178,7 @@ def test_expert_routing_matches_diffusers(torch_server, diffusers_pipe, steps, f
 
 
 @pytest.mark.parametrize("client", ["grpc_client", "http_client"])
-def test_clients_write_mp4(torch_server, tmp_path, client):
+def test_clients_write_mp4(torch_server, tiny_checkpoint, tmp_path, client):
     url = torch_server.grpc_url if client == "grpc_client" else torch_server.http_url
     out = tmp_path / f"{client}.mp4"
     cmd = [sys.executable, "-m", f"clients.{client}", "--url", url, "--prompt", "a kite", "--output", str(out),
@@ -187,7 +188,17 @@ def test_clients_write_mp4(torch_server, tmp_path, client):
     assert "latency" in proc.stdout
     frames, fps = read_mp4(out)
     assert frames.shape == (9, 32, 48, 3)
-    assert fps == 16.0  # the checkpoint family's fps, read from the model config
+    assert fps == read_checkpoint(tiny_checkpoint).generation.fps  # read from the model config
+
+
+@pytest.mark.parametrize("client", ["grpc_client", "http_client"])
+def test_clients_refuse_an_output_they_cannot_write_before_any_request(tmp_path, client):
+    out = tmp_path / "video.gif"
+    cmd = [sys.executable, "-m", f"clients.{client}", "--url", "127.0.0.1:1", "--prompt", "a kite", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and not out.exists()
+    [line] = proc.stderr.strip().splitlines()  # refused before connecting: the URL would have failed otherwise
+    assert line.startswith("error: --output") and ".mp4" in line, line
 
 
 def _infer_raw(url: str, tensors: list[tuple[str, str, np.ndarray]]):

@@ -2,7 +2,7 @@
 
 Over HTTP, Triton 2.51 does not tell a model that its client went away: while a model runs, Triton's HTTP server
 keeps that connection paused with reading off (libevhtp's `evhtp_request_pause`), so a close goes unseen until the
-response is written, and `request.is_cancelled()` stays False to the end (measured; README, "Security and failure
+response is written, and `request.is_cancelled()` stays False to the end (measured; docs/security.md, "Security and failure
 behaviour"). Closing the upstream connection, which is all a proxy can do, changes nothing. So the guard says it
 another way, opt-in (`--abandon-dir`):
 

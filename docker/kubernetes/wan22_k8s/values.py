@@ -135,7 +135,7 @@ TIERS: dict[str, Tier] = {tier.name: tier for tier in (
     ),
     Tier(
         name="multigpu",
-        summary="the fast tier over 2 GPUs per request, CFG parallel (README, Several GPUs: 3.0x diffusers BF16 "
+        summary="the fast tier over 2 GPUs per request, CFG parallel (docs/multi-gpu.md: 3.0x diffusers BF16 "
                 "at 4 steps on 2 H200s); --ulysses N / --replicas N instead through extra_export_flags",
         export_flags=(*_GPU_BF16, "--quantization", "fp8_rowwise", "--attention", "fp8_cudnn", "--compile", "regional",
                       "--cfg-parallel", "2"),
