@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import sys
 from pathlib import Path
@@ -91,6 +92,8 @@ def one_line_errors(url: str, protocol: str, timeout: float | None) -> Iterator[
         _exit(no_answer if isinstance(exc, TimeoutError) else unreachable.format(exc.strerror or exc))
     except ValueError as exc:  # the request or a shared-memory region refused here, before sending
         _exit(str(exc))
+    except http.client.HTTPException as exc:  # an answer that is not HTTP (the HTTP client's parser): another port
+        _exit(f"{url} did not answer in HTTP ({exc}); is --url the server's HTTP port (gRPC has its own)?")
 
 
 def _exit(message: str, status: int = 1) -> NoReturn:

@@ -307,6 +307,15 @@ def test_clients_say_in_one_line_that_the_server_is_unreachable(module, protocol
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("module", ["clients.grpc_client", "clients.http_client"])
+def test_clients_say_in_one_line_that_the_port_speaks_the_other_protocol(torch_server, module):
+    url = torch_server.grpc_url if module == "clients.http_client" else torch_server.http_url
+    proc = _run(module, "--url", url, "--prompt", "x")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and url in line, line
+
+
 def test_grpc_client_refuses_stream_with_shared_memory():
     proc = _run("clients.grpc_client", "--prompt", "x", "--stream", "--shared-memory")
     assert proc.returncode == 2 and "--shared-memory works with unary requests only" in proc.stderr
