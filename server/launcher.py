@@ -20,6 +20,8 @@ import argparse
 import signal
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
@@ -100,12 +102,27 @@ def serve(
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop_asked.set())
     front.start()
+    started = time.monotonic()
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
+    ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
     while server.proc.poll() is None and not stop_asked.wait(0.5):
-        pass
+        if not ready_said and _is_ready(ready_url):
+            ready_said = True
+            models = sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
+            print(f"[server.launcher] READY in {time.monotonic() - started:.1f}s: {', '.join(models)}; serving on "
+                  f"{listen_address}, HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}",
+                  file=sys.stderr, flush=True)
     front.stop()  # first: its keep-alive connections to Triton would hold Triton's exit to its timeout
     code = server.stop(exit_timeout_s + STOP_GRACE_S)
     return code if code >= 0 else 128 - code
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:  # not listening yet, or not ready (an HTTP error is an OSError too)
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -268,6 +269,10 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert not Path(f"/proc/{server_pid}").exists()
+    # A quiet start: one line once READY, naming what loaded; no line per readiness probe.
+    log = (tmp_path / "cli.log").read_text()
+    assert re.search(rf"READY in [0-9.]+s: {MODEL}; serving on 127\.0\.0\.1, HTTP {ports['http']}", log), log
+    assert "upstream" not in log
 
 
 def test_prepare_wheel_backends_is_idempotent(tmp_path):
