@@ -39,6 +39,9 @@ log = logging.getLogger("server.http_guard")
 # Triton's model URL pattern (http_server.cc, model_regex_) with the kind fixed to "infer", matched as Triton does:
 # in full, on the path without query or fragment.
 INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[0-9]+)?/infer")
+# Triton's generate extension takes tensor values as JSON the guard cannot bound, is not cancelled when its client
+# leaves, and wraps INT32 values: refused here; clients use /infer (or gRPC).
+GENERATE_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[0-9]+)?/generate(?:_stream)?")
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 HEALTH_PATHS = ("/v2/health/",)  # liveness and readiness probes
 # RFC 9110 7.6.1 hop-by-hop fields, plus Expect (the guard answers 100-continue itself).
@@ -77,11 +80,14 @@ def _single_header(headers, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _is_inference(method: str, raw_path: str) -> bool:
-    # Triton parses the body of POST only (405 otherwise). The percent-decoded path is matched too, in case a
-    # layer between decodes what this one does not.
+def _matches(pattern: re.Pattern, raw_path: str) -> bool:
+    # The percent-decoded path is matched too, in case a layer between decodes what this one does not.
     path = re.split(r"[?#]", raw_path, maxsplit=1)[0]
-    return method == "POST" and bool(INFER_PATH.fullmatch(path) or INFER_PATH.fullmatch(unquote(path)))
+    return bool(pattern.fullmatch(path) or pattern.fullmatch(unquote(path)))
+
+
+def _is_inference(method: str, raw_path: str) -> bool:
+    return method == "POST" and _matches(INFER_PATH, raw_path)  # Triton parses the body of POST only (405 otherwise)
 
 
 def _forwarded_headers(headers) -> CIMultiDict[str]:
@@ -166,6 +172,9 @@ class HttpGuardApp:
         try:
             if not request.raw_path.startswith("/"):
                 raise bad_request("the request target must be a path")
+            if _matches(GENERATE_PATH, request.raw_path):
+                raise Rejected(403, "the generate extension is off behind the HTTP guard (its inputs are not "
+                                    "checked and a client that leaves does not cancel it); POST to .../infer instead")
             body = await self._read_body(request, inference)
         except Rejected as exc:
             log.info("refused %s %s: %s", request.method, request.raw_path, exc)
@@ -194,8 +203,12 @@ class HttpGuardApp:
         if declared is not None and not re.fullmatch(r"[0-9]+", declared):
             raise bad_request(f"{INFERENCE_HEADER_LENGTH} must be a decimal number of bytes")
         header_length = None if declared is None else int(declared)
-        if header_length == 0:
-            return BoundedBody(b"", request.content, limit)  # raw input: the body is the one input, no JSON to size
+        if header_length == 0:  # raw input: the body is the one input, no JSON to size
+            if encoding in COMPRESSED_ENCODINGS:  # but Triton inflates it whole first: bounded here as any other
+                raw = await self._read_all(request.content, limit)
+                _inflate(raw, limit)
+                return BoundedBody(raw, None, limit)
+            return BoundedBody(b"", request.content, limit)
 
         length = request.content_length
         if length is not None and encoding in IDENTITY_ENCODINGS:  # the JSON part only; the rest streams after

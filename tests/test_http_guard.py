@@ -287,6 +287,26 @@ def test_bodies_over_the_bounds_are_413(probe):
         assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["finished"]
 
 
+def test_a_compressed_raw_input_is_bounded_as_it_inflates(probe):
+    """Raw-input mode (Inference-Header-Content-Length: 0) has no JSON to check, but Triton inflates the whole body
+    first: a 2 KiB gzip body of 2 MiB is refused at a 1 MiB bound, before Triton sees it."""
+    server, _ = probe
+    with HttpGuard("127.0.0.1:0", triton_http(server), GuardSettings(max_body_bytes=1 << 20)) as small:
+        bomb = gzip.compress(b"\0" * (2 << 20))
+        status, answer = post(small.url, infer_path(PROBE), bomb,
+                              {"Content-Encoding": "gzip", "Inference-Header-Content-Length": "0"})
+        assert status == 413 and "inflates to more than" in error_of(answer), answer
+        status, answer = post(small.url, infer_path(PROBE), json.dumps(probe_request(0)).encode())
+        assert status == 200  # and the server keeps serving
+
+
+@pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])
+def test_the_generate_extension_is_refused_with_the_way_to_infer(guard, endpoint):
+    body = json.dumps({"prompt": "x", "num_frames": 4294967301}).encode()  # INT32 wrap: 5 frames in Triton
+    status, answer = post(guard.url, f"/v2/models/wan22_t2v/{endpoint}", body, {"Content-Type": "application/json"})
+    assert status == 403 and "/infer" in error_of(answer), answer
+
+
 # --------------------------------------------------------------------------- #
 # What passes
 # --------------------------------------------------------------------------- #
