@@ -303,3 +303,17 @@ def test_text_encoder_offload_needs_the_torch_engine(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="text_encoder_offload needs engine 'torch'"):
         export_repository(tiny_checkpoint, tmp_path, ExportOptions(engine="onnx", text_encoder_offload=True),
                           log=lambda _: None)
+
+
+def test_a_full_disk_drops_events_said_once_and_never_fails_the_caller(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv(events.EVENTS_FILE_ENV, "/dev/full")  # every write: ENOSPC
+    for _ in range(3):
+        events.emit("expert_forward", model="m")
+    assert capfd.readouterr().err.count("events are dropped until it can") == 1
+    good = tmp_path / "events.jsonl"
+    monkeypatch.setenv(events.EVENTS_FILE_ENV, str(good))
+    events.emit("expert_forward", model="m")
+    assert [e["event"] for e in events.read_events(good)] == ["expert_forward"]
+    monkeypatch.setenv(events.EVENTS_FILE_ENV, "/dev/full")
+    events.emit("expert_forward", model="m")  # failing again after a success: said again
+    assert capfd.readouterr().err.count("No space left on device") == 1

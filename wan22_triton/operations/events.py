@@ -56,6 +56,9 @@ def process_name(pid: int | str = "self") -> str:
     return Path(args[0].decode(errors="replace")).name
 
 
+_failing = False  # the last write failed: said once, until one succeeds
+
+
 def emit(event: str, **fields: Any) -> None:
     """Append one event line to `$WAN22_EVENTS_FILE` (no-op when unset)."""
     path = os.environ.get(EVENTS_FILE_ENV)
@@ -63,16 +66,22 @@ def emit(event: str, **fields: Any) -> None:
         return
     record = {"event": event, **fields, "time": time.time(), "pid": os.getpid(), "process": process_name()}
     line = (json.dumps(record, default=str) + "\n").encode()
-    # One write() of the whole line with O_APPEND: lines of concurrent processes never interleave.
+    # One write() of the whole line with O_APPEND: lines of concurrent processes never interleave. Events never fail
+    # a request (a full disk, a removed folder): the first failure after a success says so where the server logs.
+    global _failing
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as e:  # diagnostics never fail a request: say so where the server logs, go on
-        print(f"wan22_triton.operations.events: cannot write {path}: {e}", file=sys.stderr, flush=True)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if not _failing:
+            print(f"wan22_triton.operations.events: cannot write {path} ({e}); events are dropped until it can",
+                  file=sys.stderr, flush=True)
+        _failing = True
         return
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    _failing = False
 
 
 def end_offset(path: str | Path) -> int:
