@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.request.lora import check_fits, lora_path, name_problem, read_lora
+from wan22_triton.request.lora import check_fits, check_values, lora_path, name_problem, read_lora
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ def check_loras(info: CheckpointInfo, sources: tuple[LoraSource, ...], log: Call
                 raise ValueError(f"--lora {source.name}: {len(source.files)} files for a checkpoint with "
                                  f"{len(info.expert_folders)} expert(s)")
             path = source.file_for(index)
-            state_dict, _ = read_lora(path)
+            state_dict, metadata = read_lora(path)
             check_fits(state_dict, expert, f"--lora {source.name} ({path}) for {folder}")
+            check_values(state_dict, metadata, f"--lora {source.name} ({path})")
             log(f"  lora {source.name} for {folder}: {path} ({len(state_dict)} tensors) fits")
 
 

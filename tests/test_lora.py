@@ -13,6 +13,7 @@ are INVALID_ARG naming the input and the server keeps serving; a preset runs its
 
 from __future__ import annotations
 
+import json
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,6 +224,16 @@ def test_a_preset_whose_lora_was_not_exported_says_so(manifest):
         validate_request(inputs({"prompt": "x", "preset": PRESET.name}), without)
 
 
+def _with_metadata(path: Path, pairs: dict, config: dict) -> str:
+    """diffusers' layout with the adapter metadata `config` (peft LoraConfig fields, prefixed)."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors.torch import save_file
+
+    tensors = {f"transformer.{name}.lora_{part}.weight": t for name, pair in pairs.items() for part, t in zip("AB", pair)}
+    save_file(tensors, path, metadata={LORA_ADAPTER_METADATA_KEY: json.dumps(config)})
+    return str(path)
+
+
 def _bad_lora(folder: Path, pairs: dict, name: str) -> str:
     from devtools.tiny_lora import write_diffusers_layout
 
@@ -231,16 +242,21 @@ def _bad_lora(folder: Path, pairs: dict, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def bad_files(tiny_checkpoint, tmp_path_factory) -> dict[str, str]:
-    """LoRAs that do not fit the tiny experts, each wrong in one way."""
-    from devtools.tiny_lora import lora_pairs
+    """LoRAs that do not fit the tiny experts or hold values no adapter has, each wrong in one way."""
+    from devtools.tiny_lora import lora_pairs, write_diffusers_layout
 
     folder = tmp_path_factory.mktemp("bad-loras")
+    fine = lora_pairs({"blocks.0.attn1.to_q": (96, 96)}, seed=1)
     (folder / "pickled.pt").write_bytes(b"not loaded")
     (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
     return {
         "shape": _bad_lora(folder, lora_pairs({"blocks.0.attn1.to_q": (64, 96)}, seed=1), "shape"),
         "module": _bad_lora(folder, lora_pairs({"blocks.7.attn1.to_q": (96, 96)}, seed=1), "module"),
         "not_linear": _bad_lora(folder, lora_pairs({"blocks.0.norm2": (96, 96)}, seed=1), "not_linear"),
+        "nan": _bad_lora(folder, {k: (d, torch.full_like(u, float("nan"))) for k, (d, u) in fine.items()}, "nan"),
+        "huge": _bad_lora(folder, {k: (d * 1e30, u) for k, (d, u) in fine.items()}, "huge"),
+        "huge_alpha": str(write_diffusers_layout(folder / "huge_alpha.safetensors", fine, lora_alpha=10**30)),
+        "negative_rank": _with_metadata(folder / "negative_rank.safetensors", fine, {"transformer.r": -4}),
         "pickled": str(folder / "pickled.pt"),
         "garbage": str(folder / "garbage.safetensors"),
         "missing": str(folder / "missing.safetensors"),
@@ -251,6 +267,10 @@ def bad_files(tiny_checkpoint, tmp_path_factory) -> dict[str, str]:
     ("shape", r"blocks\.0\.attn1\.to_q\.lora_A\.weight has shape \[4, 64\], the expert's Linear\(96, 96\) needs \[4, 96\]"),
     ("module", r"blocks\.7\.attn1\.to_q targets no such module"),
     ("not_linear", r"blocks\.0\.norm2 targets a FP32LayerNorm"),
+    ("nan", r"lora_B\.weight' holds NaN or infinite values"),
+    ("huge", r"lora_A\.weight' holds [0-9.]+e\+29, more than a LoRA weight's bound"),
+    ("huge_alpha", r"metadata lora_alpha is 1000000000000000000000000000000; it must be a number in"),
+    ("negative_rank", r"metadata r is -4; it must be a number in"),
     ("pickled", r"must be \.safetensors"),
     ("garbage", r"not a Wan LoRA layout diffusers can read"),
     ("missing", r"no such LoRA file"),
@@ -303,6 +323,9 @@ def test_expert_load_refuses_a_lora_that_does_not_fit(tiny_checkpoint, tmp_path,
     shutil.copyfile(bad_files["shape"], tmp_path / "loras" / "bad.safetensors")
     model = WanTransformer3DModel.from_pretrained(tiny_checkpoint / "transformer")
     with pytest.raises(ValueError, match=r"LoRA 'bad' .*lora_A\.weight has shape \[4, 64\]"):
+        ExpertAdapters.load(model, tmp_path, ("bad",), log=lambda _: None)
+    shutil.copyfile(bad_files["nan"], tmp_path / "loras" / "bad.safetensors")  # fits, but no adapter holds NaN
+    with pytest.raises(ValueError, match=r"LoRA 'bad' .*lora_B\.weight' holds NaN"):
         ExpertAdapters.load(model, tmp_path, ("bad",), log=lambda _: None)
 
 

@@ -23,6 +23,7 @@ Where the files live: the export copies each expert's file, as given and after c
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import warnings
@@ -40,6 +41,8 @@ LORA_FOLDER = "loras"  # in each expert's version folder
 LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded
 PREFIX = "transformer."  # the component prefix of diffusers' Wan LoRA layout
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no '.': peft refuses it in adapter names
+MAX_LORA_WEIGHT = 1e4  # trained adapters' weights are O(1): far above, a corrupt or mis-scaled file
+MAX_LORA_CONFIG_VALUE = 1e4  # rank and alpha
 _KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)")
 
 LoraChoice = tuple[str, float]  # (adapter name, scale) of one call; None: the base model
@@ -106,6 +109,34 @@ def check_fits(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, w
                                  f"Linear({layer.in_features}, {layer.out_features}) needs {list(shape)}")
 
 
+def check_values(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None, what: str) -> None:
+    """ValueError naming `what` and the key unless every weight is finite and within +-MAX_LORA_WEIGHT (NaN or huge
+    weights, or a huge alpha folded into them, serve a constant video), and the adapter's rank and alpha in its
+    metadata, where given, are finite positive numbers within MAX_LORA_CONFIG_VALUE."""
+    for key, tensor in state_dict.items():
+        values = tensor.detach().float()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{what}: {key!r} holds NaN or infinite values")
+        largest = float(values.abs().max()) if values.numel() else 0.0
+        if largest > MAX_LORA_WEIGHT:
+            raise ValueError(f"{what}: {key!r} holds {largest:.3g}, more than a LoRA weight's bound "
+                             f"{MAX_LORA_WEIGHT:g} (an alpha or scale folded in wrongly?)")
+    config = {key.removeprefix(PREFIX): value for key, value in (metadata or {}).items()}  # diffusers' keys
+    for field in ("r", "lora_alpha"):
+        for where, value in _config_values(config, field):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= MAX_LORA_CONFIG_VALUE:
+                raise ValueError(f"{what}: metadata {where} is {value!r}; it must be a number in "
+                                 f"(0, {MAX_LORA_CONFIG_VALUE:g}]")
+
+
+def _config_values(metadata: Mapping[str, Any], field: str) -> list[tuple[str, Any]]:
+    """`field` of peft's LoraConfig in the metadata, and its per-module patterns (rank_pattern, alpha_pattern)."""
+    found = [(field, metadata[field])] if field in metadata else []
+    pattern = metadata.get({"r": "rank_pattern", "lora_alpha": "alpha_pattern"}[field]) or {}
+    return found + [(f"{field} of {module}", v) for module, v in pattern.items()]
+
+
 def load_adapter(model: torch.nn.Module, path: Path, name: str) -> None:
     """One LoRA file into `model` as adapter `name`, the way `WanPipeline.load_lora_weights` loads it; ValueError
     first if it does not fit."""
@@ -113,6 +144,7 @@ def load_adapter(model: torch.nn.Module, path: Path, name: str) -> None:
 
     state_dict, metadata = read_lora(path)
     check_fits(state_dict, model, f"LoRA {name!r} ({path})")
+    check_values(state_dict, metadata, f"LoRA {name!r} ({path})")
     with warnings.catch_warnings():  # peft warns at every adapter after the first; several are the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         WanLoraLoaderMixin.load_lora_into_transformer(state_dict, transformer=model, adapter_name=name,
