@@ -420,3 +420,10 @@ def test_served_preset_runs_its_steps_without_cfg_and_streams_progress(lora_serv
     progress: list = []
     streamed = grpc_client.generate_stream(lora_server.grpc_url, request, progress.append)
     assert [p["step"] for p in progress] == [1, 2, 3, 4] and np.array_equal(streamed["video"], expected.video)
+
+
+@pytest.mark.parametrize("field, value", [("lora", "x" * 20000), ("lora", "a/" * 10000), ("preset", "p" * 20000)])
+def test_a_refusal_quotes_a_huge_value_by_its_size_not_whole(manifest, field, value):
+    with pytest.raises(RequestError) as refused:
+        validate_request(inputs({"prompt": "x", field: value}), manifest)
+    assert field in str(refused.value) and len(str(refused.value)) < 400, str(refused.value)[:500]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+SHOWN_CHARS = 80  # an error echoes at most this much of a value: a 4 MiB value must not come back as 4 MiB
+
 
 class RequestError(ValueError):
     """Bad request input; served as Triton INVALID_ARG."""
@@ -9,3 +13,11 @@ class RequestError(ValueError):
 
 class Cancelled(RuntimeError):
     """The client went away or the request ran past its limit; served as Triton CANCELLED."""
+
+
+def shown(value: Any) -> str:
+    """`value` as an error message quotes it: its repr, or for long text its size."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return f"{len(value.encode())} bytes of text"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"

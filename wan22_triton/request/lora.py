@@ -35,7 +35,7 @@ import torch
 
 from wan22_triton.components.expert import LORA, LORA_SCALE  # which adapter a call uses, at which scale
 from wan22_triton.operations import events
-from wan22_triton.errors import RequestError
+from wan22_triton.errors import RequestError, shown
 
 LORA_FOLDER = "loras"  # in each expert's version folder
 LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded
@@ -53,7 +53,7 @@ def name_problem(name: str) -> str | None:
     is a file name inside the experts' LoRA folder, never a path)."""
     if _NAME.fullmatch(name):
         return None
-    return f"must be 1-64 letters, digits, '_' or '-', a letter or digit first (a name, not a path); got {name!r}"
+    return f"must be 1-64 letters, digits, '_' or '-', a letter or digit first (a name, not a path); got {shown(name)}"
 
 
 def lora_path(version: Path, name: str) -> Path:

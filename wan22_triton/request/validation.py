@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from wan22_triton.errors import RequestError
+from wan22_triton.errors import RequestError, shown
 from wan22_triton.operations.limits import check_prompt_bytes
 from wan22_triton.request.contract import (FIELDS, HEIGHT, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES, PRESET,
                                            PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest, RequestField)
@@ -46,10 +46,6 @@ def _scalar(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
     return None if text == "" and field.default is None else text
 
 
-def _shown(value: Any) -> str:
-    return f"{len(value.encode())} bytes of text" if isinstance(value, str) and len(value) > 80 else repr(value)
-
-
 def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> GenerationRequest:
     """Apply defaults (the contract's, the checkpoint's, a preset's) and check every rule."""
     given = {f.name: _scalar(inputs, f) for f in FIELDS}
@@ -71,7 +67,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
     for field in FIELDS:
         value = values[field.name]
         if field.check is not None and value is not None and not field.check(value, bounds):
-            raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {_shown(value)}")
+            raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {shown(value)}")
     req = GenerationRequest(**values, sampler=preset.sampler if preset else DEFAULT_SAMPLER)
     _check_size(req, manifest)
     _check_lora(req, manifest)
