@@ -105,14 +105,15 @@ def serve(
     started = time.monotonic()
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
     ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
-    while server.proc.poll() is None and not stop_asked.wait(0.5):
+    while server.proc.poll() is None and not stop_asked.wait(0.5 if ready_said else 0.1):
         if not ready_said and _is_ready(ready_url):
             ready_said = True
             models = sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
             print(f"[server.launcher] READY in {time.monotonic() - started:.1f}s: {', '.join(models)}; serving on "
                   f"{listen_address}, HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}",
                   file=sys.stderr, flush=True)
-    front.stop()  # first: its keep-alive connections to Triton would hold Triton's exit to its timeout
+    server.terminate()  # at once: Triton stops taking requests while the guard lets its in-flight ones finish
+    front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
     code = server.stop(exit_timeout_s + STOP_GRACE_S)
     return code if code >= 0 else 128 - code
 

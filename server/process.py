@@ -117,6 +117,7 @@ class ServerProcess:
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str], stdout=None, die_with_parent: bool = False):
         self.command, self.shm_prefix = list(command), None
+        self._terminated = False
         argv = self.command
         if not sets_region_prefix(command):
             script = f'exec "$@" "{region_prefix_arg(server_region_prefix("$$"))}"'
@@ -134,11 +135,17 @@ class ServerProcess:
             self.shm_prefix = server_region_prefix(self.proc.pid)
             self.command.append(region_prefix_arg(self.shm_prefix))
 
-    def stop(self, timeout: float) -> int:
-        """SIGTERM, SIGKILL of the process group (stubs included) if it still runs after ``timeout`` s, then its
-        regions removed (a SIGKILL or a crash leaves them); returns the exit code."""
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM, once: tritonserver stops taking requests and finishes those in flight (its exit timeout)."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM (unless `terminate` sent it), SIGKILL of the process group (stubs included) if it still runs after
+        ``timeout`` s, then its regions removed (a SIGKILL or a crash leaves them); returns the exit code."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -254,6 +254,10 @@ def test_sigterm_stop_is_bounded_with_a_request_in_flight_and_a_connection_open(
             keep_alive.close()
             assert not Path(f"/proc/{server_pid}").exists()
             assert not list(SHM.glob(f"{shm_regions.server_region_prefix(server_pid)}*"))
+            deadline = time.monotonic() + 5  # SIGKILLed with the group: gone once the kernel has reaped them
+            while left := subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True, text=True).stdout.split():
+                assert time.monotonic() < deadline, f"processes of the server's group left behind: {left}"  # stubs
+                time.sleep(0.1)
     finally:
         stale.unlink(missing_ok=True)
 

@@ -266,13 +266,16 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
         url = f"127.0.0.1:{ports['grpc']}"
         out0, out1 = _infer(tritonclient_grpc, url, np.zeros(4, np.float32), np.ones(4, np.float32))
         np.testing.assert_array_equal(out1, -np.ones(4, np.float32))
+        # A quiet start: one line once READY, naming what loaded; no line per readiness probe.
+        ready = rf"READY in [0-9.]+s: {MODEL}; serving on 127\.0\.0\.1, HTTP {ports['http']}"
+        deadline = time.monotonic() + 10
+        while not re.search(ready, (tmp_path / "cli.log").read_text()):
+            assert time.monotonic() < deadline, (tmp_path / "cli.log").read_text()
+            time.sleep(0.1)
+        assert "upstream" not in (tmp_path / "cli.log").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert not Path(f"/proc/{server_pid}").exists()
-    # A quiet start: one line once READY, naming what loaded; no line per readiness probe.
-    log = (tmp_path / "cli.log").read_text()
-    assert re.search(rf"READY in [0-9.]+s: {MODEL}; serving on 127\.0\.0\.1, HTTP {ports['http']}", log), log
-    assert "upstream" not in log
 
 
 def test_prepare_wheel_backends_is_idempotent(tmp_path):
