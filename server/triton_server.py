@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,6 +34,7 @@ from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritons
 # Triton 2.51's Python backend can abort tritonserver while it starts the model processes of a busy machine
 # (triton-inference-server/server#8882, open upstream): a fresh start succeeds.
 KNOWN_STARTUP_ABORT = "boost::interprocess::lock_exception"
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")  # its thread lives as long as the process
 STARTUP_ATTEMPTS = 2
 
 
@@ -179,7 +181,10 @@ class TritonServer:
         self.returncode = None
         t0 = time.monotonic()
         with open(self.log_file, "ab" if append_log else "wb") as log:
-            self._server = ServerProcess(self.command, self.install.env, stdout=log)
+            # Started from one long-lived thread, with the parent-death signal: a process that dies (a killed test
+            # worker, an out-of-memory kill) takes its servers along; the signal follows the starting thread's end.
+            self._server = _SPAWNER.submit(ServerProcess, self.command, self.install.env, stdout=log,
+                                           die_with_parent=True).result()
         self.command, self.shm_prefix = self._server.command, self._server.shm_prefix
         atexit.register(self.stop)
         try:

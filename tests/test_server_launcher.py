@@ -339,3 +339,24 @@ def test_a_port_in_use_is_named_in_one_line_before_anything_starts(tmp_path, kin
     assert done.returncode == 2 and time.monotonic() - started < 30
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and f"port {ports[kind]} ({kind})" in line, line
+
+
+@pytest.mark.server
+def test_a_killed_owner_takes_its_servers_along(tmp_path):
+    """A test worker or benchmark killed outright (SIGKILL, the out-of-memory killer) leaves no tritonserver or stub
+    behind: they would hold their memory for good."""
+    script = ("import sys, time\nfrom server.triton_server import TritonServer\n"
+              f"server = TritonServer(r'{write_repository(tmp_path / 'repo')}').start()\n"
+              "print(server.pid, flush=True)\ntime.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True).stdout.split()  # its stub
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 30
+        while left := subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True, text=True).stdout.split():
+            assert time.monotonic() < deadline, f"left behind: {left}"
+            time.sleep(0.2)
+    finally:
+        owner.kill()
