@@ -54,6 +54,7 @@ ZLIB_AUTO_HEADER = 15 | 32
 COMPRESSED_ENCODINGS = ("gzip", "deflate")  # compared exactly, as Triton does
 IDENTITY_ENCODINGS = ("", "identity")
 STREAM_BUFFER_BYTES = 1 << 20
+CHECK_THREADS = 2  # request bodies checked at once, off the event loop; more wait their turn
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,15 @@ class HttpGuardApp:
         self.upstream = upstream
         self.settings = settings
         self.session: aiohttp.ClientSession | None = None
+        self._checks: asyncio.Semaphore | None = None
+
+    async def _off_loop(self, check, *args):
+        """`check(*args)` (inflating, parsing, checking a body: CPU work) in a worker thread, at most CHECK_THREADS
+        at once, so the event loop keeps answering health probes and streaming other requests meanwhile."""
+        if self._checks is None:
+            self._checks = asyncio.Semaphore(CHECK_THREADS)
+        async with self._checks:
+            return await asyncio.to_thread(check, *args)
 
     async def open(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -206,7 +216,7 @@ class HttpGuardApp:
         if header_length == 0:  # raw input: the body is the one input, no JSON to size
             if encoding in COMPRESSED_ENCODINGS:  # but Triton inflates it whole first: bounded here as any other
                 raw = await self._read_all(request.content, limit)
-                _inflate(raw, limit)
+                await self._off_loop(_inflate, raw, limit)
                 return BoundedBody(raw, None, limit)
             return BoundedBody(b"", request.content, limit)
 
@@ -217,18 +227,24 @@ class HttpGuardApp:
                 raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {length} bytes")
             self._check_json_length(json_length)
             head = await request.content.readexactly(json_length)
-            check_inference_request(parse_json(head), length - json_length, self.settings.inference)
+            await self._off_loop(self._check_json, head, length - json_length)
             return BoundedBody(head, request.content, limit)
 
         # Compressed or chunked: the whole body, bounded, then what Triton will parse out of it.
         raw = await self._read_all(request.content, limit)
+        await self._off_loop(self._check_whole_body, raw, encoding, header_length, limit)
+        return BoundedBody(raw, None, limit)
+
+    def _check_json(self, head: bytes, binary_bytes: int) -> None:
+        check_inference_request(parse_json(head), binary_bytes, self.settings.inference)
+
+    def _check_whole_body(self, raw: bytes, encoding: str, header_length: int | None, limit: int) -> None:
         decoded = _inflate(raw, limit) if encoding in COMPRESSED_ENCODINGS else raw
         json_length = len(decoded) if header_length is None else header_length
         if json_length > len(decoded):
             raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {len(decoded)} bytes")
         self._check_json_length(json_length)
-        check_inference_request(parse_json(decoded[:json_length]), len(decoded) - json_length, self.settings.inference)
-        return BoundedBody(raw, None, limit)
+        self._check_json(decoded[:json_length], len(decoded) - json_length)
 
     def _check_json_length(self, json_length: int) -> None:
         limit = self.settings.inference.max_json_bytes

@@ -21,9 +21,11 @@ from tritonclient.utils import InferenceServerException
 from clients import grpc_client
 from export.options import ExportOptions
 from export.repository import export_repository
+from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM
 from wan22_triton.operations import events, watchdog
 
 from .conftest import TEST_LIMITS, Server
+from .observed import delta, scrape, wait_for_outcome
 
 # What the launcher must pass for a dead component to be reloaded (the watchdog reads it from the command line).
 RECOVERY_FLAGS = ["--model-control-mode=explicit", "--load-model=*"]
@@ -148,6 +150,7 @@ def test_expert_killed_mid_request_fails_that_request_clearly_then_serves(server
             killed.append(kill_stub(server, EXPERT))
 
     # About 30 of 100 steps are the high-noise expert's: the server cannot be past them when the client kills it.
+    before = scrape(server.metrics_url)
     with Readiness(server) as readiness:
         with pytest.raises(InferenceServerException) as failed:
             grpc_client.generate_stream(server.grpc_url, {**REQUEST, "num_inference_steps": 100},
@@ -158,6 +161,9 @@ def test_expert_killed_mid_request_fails_that_request_clearly_then_serves(server
     # the watchdog's unload, the model is not there).
     assert re.search(f"{EXPERT}: (Stub process '{EXPERT}_0_0' is not healthy|.*unknown model)", failed.value.message())
     assert_recorded(server, since, EXPERT, killed_pid, killed_at)
+    # and the metrics count it as failed (not invalid, not cancelled)
+    after = wait_for_outcome(server.metrics_url, before, ORCHESTRATOR_STREAM, "failed")
+    assert delta(before, after, "wan22_requests_total", model=ORCHESTRATOR_STREAM, outcome="failed") == 1
 
 
 @pytest.mark.server
