@@ -21,13 +21,12 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
-from .process import STOP_GRACE_S, HttpFront, ServerProcess, ports_in_use
+from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, ports_in_use
 from .shm_regions import remove_stale_regions
 from .tritonserver_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, default_port, has_nvidia_gpu,
                                 printable_command, resolve_admin_key)
@@ -106,7 +105,7 @@ def serve(
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
     ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
     while server.proc.poll() is None and not stop_asked.wait(0.5 if ready_said else 0.1):
-        if not ready_said and _is_ready(ready_url):
+        if not ready_said and is_ready(ready_url):
             ready_said = True
             models = sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
             print(f"[server.launcher] READY in {time.monotonic() - started:.1f}s: {', '.join(models)}; serving on "
@@ -116,14 +115,6 @@ def serve(
     front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
     code = server.stop(exit_timeout_s + STOP_GRACE_S)
     return code if code >= 0 else 128 - code
-
-
-def _is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:  # not listening yet, or not ready (an HTTP error is an OSError too)
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

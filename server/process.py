@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -28,6 +29,16 @@ from .tritonserver_install import TritonInstall
 # Past its exit timeout tritonserver still waits, without limit, for gRPC calls whose model is executing (its gRPC
 # shutdown has no deadline): this long more, then SIGKILL.
 STOP_GRACE_S = 5
+
+
+def is_ready(url: str, timeout: float = 1.0) -> bool:
+    """Whether `url` (a /v2/health/ready) answers 200; not listening yet, or not ready (an HTTP error is an OSError
+    too): False."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def ports_in_use(address: str, ports: Mapping[str, int]) -> list[str]:

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Mapping, Sequence
 
 from clients.admin import admin_headers
 
-from .process import STOP_GRACE_S, HttpFront, ServerProcess, free_ports
+from .process import STOP_GRACE_S, HttpFront, ServerProcess, free_ports, is_ready
 from .shm_regions import remove_stale_regions
 from .tritonserver_args import EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, resolve_admin_key
 from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritonserver, prepend_path
@@ -203,12 +201,8 @@ class TritonServer:
                 raise TritonLaunchError(
                     f"tritonserver exited with code {code} during startup; log {self.log_file}:\n{self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+            if is_ready(url, timeout=2):
+                return
             if time.monotonic() - t0 > self.startup_timeout:
                 raise TritonLaunchError(
                     f"tritonserver not ready after {self.startup_timeout:.0f}s; log {self.log_file}:\n{self.log_tail()}"
