@@ -40,6 +40,10 @@ HELP = {
     "ulysses": "ENGINE=torch: devices per expert instance, sequence parallel (divides the attention heads)",
     "ulysses_chunks": "pieces of heads each Ulysses self-attention is exchanged in, one piece's exchange beside "
                       "another's attention (1: no overlap)",
+    "max_queue_seconds": "requests waiting longer are refused (Triton's queue policy; clients may ask for less); "
+                         "0: no limit",
+    "max_queue_size": "requests that may wait per orchestrator model behind those running; more are refused at "
+                      "once (UNAVAILABLE, HTTP 503); 0: no bound",
     "lora": "NAME=FILE (both experts) or NAME=HIGH,LOW (one per expert), .safetensors; repeatable (docs/lora.md)",
 }
 REPEATABLE = {"lora": LoraSource.parse}  # tuple fields: the flag once per entry, each parsed by this

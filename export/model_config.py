@@ -37,6 +37,7 @@ def build_model_config(
     optional_inputs: frozenset[str] = frozenset(),
     decoupled: bool = False,
     max_queue_seconds: float = 0,
+    max_queue_size: int = 0,
     warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
     warmup_markers: frozenset[str] = frozenset(),  # optional BOOL inputs sent true in each sample (WARMUP_TRUE_FILE)
     versions: int = 1,  # versions 1..N all served (N > 1: a version per replica, wan22_triton.parallel.plan)
@@ -71,6 +72,8 @@ def build_model_config(
         policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
         policy.default_timeout_microseconds = int(max_queue_seconds * 1e6)
         policy.allow_timeout_override = True
+    if max_queue_size:  # Triton refuses a request that would wait behind more (UNAVAILABLE, HTTP 503)
+        config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
     for name, sizes in warmup:
         # Triton runs each sample through the model before it reports READY (compiles happen then, not in a
         # request). Zeros: only the shapes matter, and they are the same on every run.

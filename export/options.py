@@ -19,6 +19,8 @@ class ExportOptions:
     limits: Limits = field(default_factory=Limits)
     orchestrator_instances: int = 1
     max_queue_seconds: int = 0  # 0: no limit; else requests waiting longer are rejected (Triton's queue policy)
+    # requests waiting per orchestrator model past those running; more are refused at once (UNAVAILABLE); 0: no bound
+    max_queue_size: int = 8
     shape_spec: str | None = None  # JSON of the video sizes: TensorRT profiles, or the compile points below
     # ENGINE=torch: experts and text encoder keep their weights in host memory, on the GPU only while they work
     low_memory: bool = False
@@ -58,6 +60,9 @@ class ExportOptions:
         """ValueError naming the first choice that cannot be served (the rules: options.check_choices)."""
         for source in self.lora:
             source.check()
+        for name, value in (("max_queue_seconds", self.max_queue_seconds), ("max_queue_size", self.max_queue_size)):
+            if value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} is {value}; give 0 (no bound) or more")
         check_choices(self.engine, self.device, self.precision, self.speed, low_memory=self.low_memory,
                       keep_workspace=self.keep_workspace, text_encoder_offload=self.text_encoder_offload,
                       ulysses=self.parallel.ulysses, parallel=self.parallel.active, loras=bool(self.lora),

@@ -20,10 +20,12 @@ from wan22_triton.components.common import ArtifactWriter, CacheEntry, CompilePo
 from wan22_triton.engines.onnx_runner import ONNX_GRAPH
 from wan22_triton.engines.random_weights import component_seed
 from wan22_triton.manifest import Manifest
+from wan22_triton.memory.budget import MemoryModel, served_size
 from wan22_triton.options import Device, Engine
 
 from .compile_artifacts import compile_points, compile_writer
 from .loras import expert_lora_writer
+from .memory import memory_model
 from .options import ExportOptions
 
 COMPONENT_MODULES = (text_encoder, expert, vae_decoder, orchestrator)  # in the order they must be written
@@ -83,12 +85,22 @@ class ExportPlan:
         spec = load_shape_spec(self.opts.shape_spec)
         return tuple((f, h, w) for f in spec.num_frames for (h, w) in spec.resolutions)
 
+    @cached_property
+    def memory(self) -> MemoryModel | None:
+        """GPU repositories of the torch engine: what the models hold on the fullest GPU (checked at load)."""
+        memory = memory_model(self.info, self.opts)
+        if memory is not None:
+            size = served_size(self.info, self.video_sizes)
+            self.log(f"  GPU memory: ~{memory.need(self.info, size).describe()} for {'x'.join(map(str, size))} "
+                     "(the largest size served at load; each request's size is checked too)")
+        return memory
+
     def manifest(self, name: str, folder: str | None = None, **fields: Any) -> Manifest:
         """A model's manifest; `folder`: its checkpoint sub-folder (the benchmark seam's seed)."""
         opts, seed = self.opts, self.opts.random_weights_seed
         return Manifest(
             model=name, engine=opts.engine, precision=opts.precision, checkpoint=self.info, low_memory=opts.low_memory,
-            release_workspace=opts.release_workspace, limits=opts.limits, parallel=opts.parallel,
+            release_workspace=opts.release_workspace, limits=opts.limits, parallel=opts.parallel, memory=self.memory,
             random_weights_seed=component_seed(seed, folder) if seed is not None and folder else None, **fields,
         )
 

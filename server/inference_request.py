@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from wan22_triton.errors import shown
+
 # Triton's datatypes and their element sizes; BYTES elements are length-prefixed strings of any size.
 DATATYPE_SIZES: dict[str, int | None] = {
     "BOOL": 1, "UINT8": 1, "INT8": 1,
@@ -41,6 +43,13 @@ BYTES_LENGTH_PREFIX = 4  # each serialized BYTES element starts with its uint32 
 INTEGER_RANGES: dict[str, tuple[int, int]] = {
     **{f"INT{bits}": (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)},
     **{f"UINT{bits}": (0, (1 << bits) - 1) for bits in (8, 16, 32, 64)},
+}
+# The other datatypes' JSON values: Triton answers 500 to a float given as a string, where this is a 400 naming it.
+FLOAT_TYPES = ("FP16", "BF16", "FP32", "FP64")
+LEAF_RULES: dict[str, tuple[str, Any]] = {
+    **{datatype: ("a JSON number", lambda v: type(v) in (int, float)) for datatype in FLOAT_TYPES},
+    "BOOL": ("true or false", lambda v: type(v) is bool),
+    "BYTES": ("a JSON string", lambda v: type(v) is str),
 }
 
 
@@ -99,7 +108,7 @@ def _is_count(value: Any) -> bool:
 def _checked_leaf_count(name: str, data: list[Any], datatype: str) -> int:
     """Values in a nested list, without recursion (the JSON parser already bounded the depth); for an integer
     datatype each must be an integer in its range."""
-    bounds = INTEGER_RANGES.get(datatype)
+    bounds, (kind, is_leaf) = INTEGER_RANGES.get(datatype), LEAF_RULES.get(datatype, ("", None))
     count, pending = 0, [data]
     while pending:
         for item in pending.pop():
@@ -108,24 +117,26 @@ def _checked_leaf_count(name: str, data: list[Any], datatype: str) -> int:
                 continue
             count += 1
             if bounds and not (type(item) is int and bounds[0] <= item <= bounds[1]):
-                raise bad_request(f"input '{name}': {json.dumps(item)} is not a valid {datatype} value (an integer in "
+                raise bad_request(f"input {shown(name)}: {shown(item)} is not a valid {datatype} value (an integer in "
                                   f"[{bounds[0]}, {bounds[1]}]; Triton's parser would wrap it)")
+            if is_leaf and not is_leaf(item):
+                raise bad_request(f"input {shown(name)}: {shown(item)} is not a valid {datatype} value ({kind})")
     return count
 
 
 def _element_count(name: str, shape: Any, limits: InferenceLimits) -> int:
     if not isinstance(shape, list):
-        raise bad_request(f"input '{name}': 'shape' must be a list of integers")
+        raise bad_request(f"input {shown(name)}: 'shape' must be a list of integers")
     for dim in shape:
         if not _is_count(dim) or dim > limits.max_elements:
             raise bad_request(
-                f"input '{name}': shape {json.dumps(shape)} has the dimension {json.dumps(dim)}; every dimension must "
+                f"input {shown(name)}: shape {shown(shape)} has the dimension {shown(dim)}; every dimension must "
                 f"be an integer in [0, {limits.max_elements}]"
             )
     elements = math.prod(shape)
     if elements > limits.max_elements:
         raise bad_request(
-            f"input '{name}': shape {json.dumps(shape)} has {elements} elements, more than the limit of "
+            f"input {shown(name)}: shape {shown(shape)} has {elements} elements, more than the limit of "
             f"{limits.max_elements}"
         )
     return elements
@@ -134,16 +145,16 @@ def _element_count(name: str, shape: Any, limits: InferenceLimits) -> int:
 def _check_byte_size(name: str, field: str, size: Any, datatype: str, elements: int) -> int:
     """`binary_data_size` or `shared_memory_byte_size` against the shape; returns the size."""
     if not _is_count(size):
-        raise bad_request(f"input '{name}': '{field}' must be a non-negative integer")
+        raise bad_request(f"input {shown(name)}: '{field}' must be a non-negative integer")
     item_size = DATATYPE_SIZES[datatype]
     if item_size is not None and size != elements * item_size:
         raise bad_request(
-            f"input '{name}': {field} is {size} bytes, but {elements} {datatype} elements take "
+            f"input {shown(name)}: {field} is {size} bytes, but {elements} {datatype} elements take "
             f"{elements * item_size}"
         )
     if item_size is None and size < elements * BYTES_LENGTH_PREFIX:
         raise bad_request(
-            f"input '{name}': {field} is {size} bytes, too few for {elements} BYTES elements (each has a "
+            f"input {shown(name)}: {field} is {size} bytes, too few for {elements} BYTES elements (each has a "
             f"{BYTES_LENGTH_PREFIX}-byte length prefix)"
         )
     return size
@@ -158,27 +169,27 @@ def _binary_size_of_input(tensor: Any, index: int, limits: InferenceLimits) -> i
         raise bad_request(f"inputs[{index}]: 'name' must be a string")
     datatype = tensor.get("datatype")
     if datatype not in DATATYPE_SIZES:
-        raise bad_request(f"input '{name}': unknown datatype {json.dumps(datatype)}")
+        raise bad_request(f"input {shown(name)}: unknown datatype {shown(datatype)}")
     elements = _element_count(name, tensor.get("shape"), limits)
     parameters = tensor.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise bad_request(f"input '{name}': 'parameters' must be an object")
+        raise bad_request(f"input {shown(name)}: 'parameters' must be an object")
 
     sources = [s for s, present in (("data", "data" in tensor), ("binary_data_size", "binary_data_size" in parameters),
                                     ("shared_memory_region", "shared_memory_region" in parameters)) if present]
     if len(sources) != 1:
         raise bad_request(
-            f"input '{name}': must set exactly one of 'data', 'binary_data_size' or 'shared_memory_region' "
+            f"input {shown(name)}: must set exactly one of 'data', 'binary_data_size' or 'shared_memory_region' "
             f"(set: {', '.join(sources) or 'none'})"
         )
     if sources == ["data"]:
         data = tensor["data"]
         if not isinstance(data, list):
-            raise bad_request(f"input '{name}': 'data' must be a list")
+            raise bad_request(f"input {shown(name)}: 'data' must be a list")
         values = _checked_leaf_count(name, data, datatype)
         if values != elements:
             raise bad_request(
-                f"input '{name}': 'data' holds {values} values but shape {json.dumps(tensor['shape'])} has "
+                f"input {shown(name)}: 'data' holds {values} values but shape {shown(tensor['shape'])} has "
                 f"{elements} elements"
             )
         return 0
@@ -186,7 +197,7 @@ def _binary_size_of_input(tensor: Any, index: int, limits: InferenceLimits) -> i
         return _check_byte_size(name, "binary_data_size", parameters["binary_data_size"], datatype, elements)
     _check_byte_size(name, "shared_memory_byte_size", parameters.get("shared_memory_byte_size"), datatype, elements)
     if not _is_count(parameters.get("shared_memory_offset", 0)):
-        raise bad_request(f"input '{name}': 'shared_memory_offset' must be a non-negative integer")
+        raise bad_request(f"input {shown(name)}: 'shared_memory_offset' must be a non-negative integer")
     return 0
 
 

@@ -33,9 +33,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Inductor compiles in the process itself (the exports, the servers' experts): its worker pool costs more than it
 # saves on two cores, as for perf/first_request_benchmark's CPU runs
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# One OpenMP thread per process (the workers, their servers' stubs, the diffusers references): two workers keep both
+# cores busy, and a second thread per process spins at every barrier for nothing on the tiny models
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 TEST_LIMITS = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
-TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2)
+TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2, max_queue_size=2)
 # Every model's stub imports torch: a slow start where two workers share two cores
 STARTUP_TIMEOUT_S = 300
 SESSION = "session"

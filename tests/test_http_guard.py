@@ -251,6 +251,10 @@ BINARY_4 = {"parameters": {"binary_data_size": 4}}
     pytest.param(*as_json(num_frames_input([1], data=[5], **BINARY_4)), "must set exactly one of", id="two-sources"),
     pytest.param(*as_json(num_frames_input([1], data=[4294967301])), "4294967301 is not a valid INT32 value",
                  id="int32-out-of-range"),  # Triton's parser would take it as 5
+    pytest.param(*as_json({"inputs": [{"name": "guidance_scale", "shape": [1], "datatype": "FP32", "data": ["7.5"]}]}),
+                 "'7.5' is not a valid FP32 value (a JSON number)", id="fp32-as-string"),  # Triton: 500
+    pytest.param(*as_json(num_frames_input([1], data=["9" * 5000])), "5000 bytes of text is not a valid INT32 value",
+                 id="long-value-not-echoed"),
     pytest.param(b'{"inputs": [{"name": "num_frames", "shape": [1099511627776], "shape": [1], "datatype": "INT32",'
                  b' "data": [5]}]}', {}, "repeats the key 'shape'", id="duplicate-key"),
     pytest.param(gzip.compress(json.dumps(BOMB).encode()), {"Content-Encoding": "gzip"}, "every dimension must be",
@@ -266,7 +270,7 @@ def test_bad_shapes_are_refused_and_the_server_keeps_serving(guard, body, header
     status, answer = post(guard.url, infer_path("wan22_t2v"), body, headers)
     assert status == 400, answer
     message = error_of(answer)
-    assert rule in message and ("num_frames" in message or "inference request" in message), message
+    assert rule in message and ("input '" in message or "inference request" in message), message
     # Nothing reached Triton's parser: the guard and Triton behind it serve the next request.
     assert http_client.generate(guard.url, REQUEST)["video"].shape == (5, 32, 48, 3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,8 +21,8 @@ from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STRE
 from wan22_triton.operations import events
 from wan22_triton.request.video import read_mp4
 
-from .conftest import psnr
-from .observed import delta, scrape, steps_run, wait_for_forwards, wait_for_outcome
+from .conftest import TORCH, psnr
+from .observed import delta, scrape, steps_run, value, wait_for_forwards, wait_for_outcome
 
 REQUEST = dict(prompt="a paper boat on a stream", num_frames=9, height=32, width=48, num_inference_steps=6, seed=21)
 LONG_STEPS = 45  # a request cancelled after its first steps: the server must stop long before these
@@ -107,6 +108,25 @@ def test_concurrent_requests_equal_their_solo_results(torch_server):
     assert not np.array_equal(solo[0], solo[1])
 
 
+def test_a_request_past_the_queue_bound_is_refused_at_once_and_the_server_serves_on(torch_server):
+    running, bound = TORCH.orchestrator_instances, TORCH.max_queue_size  # in the instances, then waiting
+    slow = grpc_client.infer_inputs({**REQUEST, "num_frames": 33, "height": 128, "width": 128,
+                                     "num_inference_steps": LONG_STEPS})
+    answers: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(torch_server.grpc_url) as client:
+        calls = [client.async_infer(ORCHESTRATOR, slow, callback=lambda result, error: answers.put(error))
+                 for _ in range(running + bound + 1)]
+        try:
+            first = answers.get(timeout=10)  # the one past the bound, long before any other could end
+        finally:
+            for call in calls:
+                call.cancel()
+    assert first is not None and first.status() == "StatusCode.UNAVAILABLE", first
+    assert "Exceeds maximum queue size" in first.message()
+    _wait_until_idle(torch_server, ORCHESTRATOR)  # the cancelled ones gone: the next test starts with room
+    assert grpc_client.generate(torch_server.grpc_url, REQUEST)["video"].shape == (9, 32, 48, 3)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_mp4_output_matches_raw_frames(torch_server, tiny_checkpoint, tmp_path, protocol):
     client, url = (grpc_client, torch_server.grpc_url) if protocol == "grpc" else (http_client, torch_server.http_url)
@@ -125,3 +145,15 @@ def test_unknown_output_format_is_invalid_arg(torch_server):
     with pytest.raises(InferenceServerException) as err:
         grpc_client.generate(torch_server.grpc_url, {**REQUEST, "output_format": "gif"})
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "output_format" in err.value.message()
+
+
+def _wait_until_idle(server, model: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(server.metrics_url)
+        busy = (value(samples, "nv_inference_pending_request_count", model=model, version="1")
+                + value(samples, "wan22_active_generations", model=model))
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"{model} still busy after {timeout} s"
+        time.sleep(0.1)

@@ -11,6 +11,10 @@ class RequestError(ValueError):
     """Bad request input; served as Triton INVALID_ARG."""
 
 
+class DoesNotFit(RuntimeError):
+    """The repository's models cannot all fit their GPU (wan22_triton.memory.budget): refused at load."""
+
+
 class Cancelled(RuntimeError):
     """The client went away or the request ran past its limit; served as Triton CANCELLED."""
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components.common import MANIFEST_PARAMETER, CompilePoint
+from wan22_triton.memory.budget import MemoryModel
 from wan22_triton.options import Device, Engine, Precision, SpeedOptions, check_choices, parse
 from wan22_triton.parallel.plan import ParallelPlan
 from wan22_triton.request.presets import Preset
@@ -65,6 +66,8 @@ class Manifest:
     # Experts of `--compile-artifacts`: compiled one static graph per point, at export and in the server's warm-up
     # (wan22_triton.speed.compile_cache); empty: torch's default (compiled on first use, dynamic after a new shape).
     compile_points: tuple[CompilePoint, ...] = ()
+    # GPU repositories of the torch engine: what the models hold on the fullest GPU, checked before READY
+    memory: MemoryModel | None = None
 
     def check(self, device: Device) -> None:
         """The export's rules (options.check_choices) on what this manifest serves on `device` (the text encoder's

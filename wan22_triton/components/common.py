@@ -203,6 +203,7 @@ class Component:
     optional_inputs: frozenset[str] = frozenset()
     decoupled: bool = False
     max_queue_seconds: int = 0
+    max_queue_size: int = 0
     gpu_inputs: bool = False  # takes CUDA tensors from a GPU caller as they come (FORCE_CPU_ONLY_INPUT_TENSORS no)
     # Triton's model_warmup: (sample name, symbol values incl. batch) each, run before the model is READY
     warmup: tuple[tuple[str, Mapping[str, int]], ...] = ()

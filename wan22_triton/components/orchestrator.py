@@ -61,6 +61,6 @@ def export_components(plan: ExportPlan) -> list[Component]:
             spec.name, ENTRY, lambda s=spec: s,
             plan.manifest(spec.name, video_sizes=plan.video_sizes, loras=plan.loras, presets=PRESETS),
             instance_count=opts.orchestrator_instances, optional_inputs=OPTIONAL_REQUEST_INPUTS, decoupled=stream,
-            max_queue_seconds=opts.max_queue_seconds, devices=plan.pipeline_devices,
+            max_queue_seconds=opts.max_queue_seconds, max_queue_size=opts.max_queue_size, devices=plan.pipeline_devices,
         ))
     return out

@@ -73,11 +73,16 @@ def vae_decoder_frame_specs(info: CheckpointInfo, caches: Iterable[CacheEntry]) 
     return first, step
 
 
+def vae_precision(precision: Precision) -> Precision:
+    """The VAE decoder's precision: FP32 in an FP16 export, else the export's."""
+    return Precision.FP32 if precision == Precision.FP16 else precision
+
+
 def export_components(plan: ExportPlan) -> list[Component]:
     """diffusers' decode (torch: the VAE's weights), or a loop over the first-frame/step graph pair, each graph its
     own model (ONNX Runtime serves it, or the TensorRT build's plan). Warm-up: a video per compile point."""
     info, opts = plan.info, plan.opts
-    precision = Precision.FP32 if opts.precision == Precision.FP16 else opts.precision
+    precision = vae_precision(opts.precision)
     manifest = dataclasses.replace(plan.manifest(VAE_DECODER, WEIGHTS_FOLDER), precision=precision,
                                    cudnn_benchmark=opts.vae_cudnn_benchmark, low_memory=False)
     write = (plan.copy_folders((WEIGHTS_FOLDER, WEIGHTS_FOLDER)) if opts.engine == Engine.TORCH

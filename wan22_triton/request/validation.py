@@ -46,8 +46,10 @@ def _scalar(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
     return None if text == "" and field.default is None else text
 
 
-def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> GenerationRequest:
-    """Apply defaults (the contract's, the checkpoint's, a preset's) and check every rule."""
+def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest,
+                     card_bytes: int | None = None) -> GenerationRequest:
+    """Apply defaults (the contract's, the checkpoint's, a preset's) and check every rule; with `card_bytes` (the
+    orchestrator's GPU), that the size fits the card (wan22_triton.memory.budget)."""
     given = {f.name: _scalar(inputs, f) for f in FIELDS}
     bounds = server_bounds(manifest)
     if given[PROMPT] is None:
@@ -70,6 +72,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest) -> Ge
             raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {shown(value)}")
     req = GenerationRequest(**values, sampler=preset.sampler if preset else DEFAULT_SAMPLER)
     _check_size(req, manifest)
+    _check_memory(req, manifest, card_bytes)
     _check_lora(req, manifest)
     return req
 
@@ -82,6 +85,16 @@ def _check_size(req: GenerationRequest, manifest: Manifest) -> None:
             f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {req.num_frames}x{req.height}x{req.width} is not a size this "
             f"repository was built for (TensorRT profiles or compiled experts); served: {sizes}"
         )
+
+
+def _check_memory(req: GenerationRequest, manifest: Manifest, card_bytes: int | None) -> None:
+    """A size the GPU cannot hold is refused here, not as an out-of-memory error in an expert."""
+    if manifest.memory is None or not card_bytes:
+        return
+    problem = manifest.memory.refusal(manifest.checkpoint, (req.num_frames, req.height, req.width), card_bytes)
+    if problem:
+        raise RequestError(f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {problem}: ask for fewer frames or a smaller "
+                           "size")
 
 
 def _check_lora(req: GenerationRequest, manifest: Manifest) -> None:

@@ -17,6 +17,7 @@ from wan22_triton.components.expert import EXPERT_MODELS
 from wan22_triton.engines.loading import load_component, release_workspace, torch_dtype
 from wan22_triton.engines.runners import Runner
 from wan22_triton.manifest import Manifest
+from wan22_triton.memory import budget
 from wan22_triton.options import Device
 
 
@@ -48,6 +49,8 @@ class ComponentModel:
         self.shapes_seen: set[tuple] = set()
         self.first_call_lock = locks.InterProcessLock(
             locks.lock_path(args["model_repository"], f"first-call-{self.device}"))
+        budget.check_load(self.manifest.memory, self.manifest.checkpoint, self.manifest.video_sizes,
+                          triton_io.card_bytes(self.device), self.name)  # before any weight is on the GPU
         self.setup()
         if self.runner.torch_work:  # what loading left cached (e.g. the BF16 weights FP8 quantization replaced)
             before, after = release_workspace(self.name, self.device, "load")

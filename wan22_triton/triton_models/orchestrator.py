@@ -19,7 +19,7 @@ import numpy as np
 
 from wan22_triton.operations import events, locks, watchdog
 
-from wan22_triton.memory import offload
+from wan22_triton.memory import budget, offload
 
 from wan22_triton.triton_models import triton_io
 from wan22_triton.operations.abandonment import AbandonWatch
@@ -89,6 +89,9 @@ class TritonPythonModel:
         self.streaming = pb.using_decoupled_model_transaction_policy(self.model_config)
         # On a GPU instance the denoising loop's tensors stay on that GPU, and so do the experts' answers.
         device = triton_io.torch_device(args)
+        self.card_bytes = triton_io.card_bytes(device)
+        budget.check_load(self.manifest.memory, self.manifest.checkpoint, self.manifest.video_sizes, self.card_bytes,
+                          self.manifest.model)
         self.metrics = GenerationMetrics(pb, self.manifest.model)
         self.route = route = Route()
         self.replica_slots, self.own_replica = self._replicas(args, device)
@@ -163,7 +166,7 @@ class TritonPythonModel:
 
     def _generate(self, request, sender=None):
         # 1. Validate (defaults from the checkpoint, limits from the manifest).
-        req = validate_request(triton_io.request_inputs(request, self.input_names), self.manifest)
+        req = validate_request(triton_io.request_inputs(request, self.input_names), self.manifest, self.card_bytes)
         self.logger.log_info(
             f"generate {req.num_frames}x{req.height}x{req.width}, {req.num_inference_steps} steps, seed {req.seed}"
             + (f", preset {req.preset}" if req.preset else "") + (f", lora {req.lora} x{req.lora_scale:g}" if req.lora else "")

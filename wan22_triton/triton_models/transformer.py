@@ -31,6 +31,7 @@ compiles and tunes what all blocks share, so READY does not wait for 39 more blo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -51,7 +52,7 @@ from wan22_triton.engines import runners
 from wan22_triton.engines.onnx_runner import OnnxRunner
 from wan22_triton.errors import RequestError
 from wan22_triton.engines.loading import build_expert, expert_forward
-from wan22_triton.options import Compile, Engine
+from wan22_triton.options import Compile, Engine, Quantization
 from wan22_triton.parallel.worker_group import WorkerGroup
 from wan22_triton.triton_models.base import ComponentModel
 
@@ -95,11 +96,15 @@ class TorchExpert(ExpertRunner):
             return
         from diffusers import WanTransformer3DModel
 
-        module = model.load_weights(WanTransformer3DModel, "transformer", "transformer")
-        # Before fast_path: FP8 quantizes the base layers, the adapters stay a BF16 low-rank path (lora.py).
-        self.adapters = lora.ExpertAdapters.load(module, model.root, manifest.loras, log=self.log)
-        cache = compile_cache.CompileCache.of_expert(manifest, model.root, model.device)
-        self.module = fast_path.optimize_transformer(module, manifest.speed, log=self.log, compile_cache=cache)
+        # FP8 holds the loaded weights as it quantizes them: one expert at a time on a GPU (the first-call lock), as
+        # the memory budget counts (wan22_triton.memory.budget)
+        quantizes = manifest.speed.quantization != Quantization.NONE
+        with model.first_call_lock if quantizes else contextlib.nullcontext():
+            module = model.load_weights(WanTransformer3DModel, "transformer", "transformer")
+            # Before fast_path: FP8 quantizes the base layers, the adapters stay a BF16 low-rank path (lora.py).
+            self.adapters = lora.ExpertAdapters.load(module, model.root, manifest.loras, log=self.log)
+            cache = compile_cache.CompileCache.of_expert(manifest, model.root, model.device)
+            self.module = fast_path.optimize_transformer(module, manifest.speed, log=self.log, compile_cache=cache)
 
     def __call__(self, inputs: dict, warmup: bool = False) -> np.ndarray | torch.Tensor:
         """The noise prediction, float32, where the inputs came from: the GPU for a GPU caller, else the host.

@@ -29,6 +29,15 @@ def torch_device(args: Mapping[str, str], version_gpus: Callable[[int], Sequence
     return "cpu"
 
 
+def card_bytes(device: str) -> int | None:
+    """The memory of the instance's GPU (bytes); None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.mem_get_info(torch.device(device))[1]
+
+
 def request_inputs(request, names: Iterable[str]) -> dict[str, Any]:
     """The inputs present in a request (optional ones may be absent): numpy arrays, or torch tensors for inputs
     that arrive in GPU memory (models configured with FORCE_CPU_ONLY_INPUT_TENSORS "no", called by a GPU caller)."""
