@@ -65,6 +65,9 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
     return args
 
 
+QUEUE_FULL = "Exceeds maximum queue size"  # Triton's refusal of a request past the model's queue bound
+
+
 @contextlib.contextmanager
 def one_line_errors(url: str, protocol: str, timeout: float | None) -> Iterator[None]:
     """A client's failure as one line on stderr (what failed, the URL, what to check) and exit status 1."""
@@ -83,6 +86,9 @@ def one_line_errors(url: str, protocol: str, timeout: float | None) -> Iterator[
         if "is restricted" in message:
             _exit(f"the server at {url} refused an admin call without the right admin key ({message}); pass "
                   f"--admin-key or set ${ADMIN_KEY_ENV} to the key the launcher printed at start")
+        if QUEUE_FULL in message:  # UNAVAILABLE too, but the server answered
+            _exit(f"the server at {url} is busy: its queue of waiting requests is full (the export's "
+                  "--max-queue-size); try again later")
         if "UNAVAILABLE" in status:  # gRPC: refused, unresolvable, unreachable
             _exit(unreachable.format(message.split(";")[-1].strip()))
         if "DEADLINE_EXCEEDED" in status:

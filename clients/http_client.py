@@ -41,8 +41,24 @@ def fps_of(url: str, model: str = MODEL, admin_key: str | None = None) -> float:
         client.close()
 
 
+def _quiet_ctrl_c() -> None:
+    """Ctrl-C lands in gevent's hub while a request waits, and the hub prints it (with a timestamp) before it reaches
+    one_line_errors: that print is left out, the interruption itself goes on as before."""
+    import gevent
+
+    hub = gevent.get_hub()
+    print_exception = hub.print_exception
+
+    def quiet(context, kind, value, tb):
+        if not (isinstance(kind, type) and issubclass(kind, KeyboardInterrupt)):
+            print_exception(context, kind, value, tb)
+
+    hub.print_exception = quiet
+
+
 def main() -> None:
     args = parse_args("localhost:8000", __doc__)
+    _quiet_ctrl_c()
     with one_line_errors(args.url, "HTTP", args.timeout):
         fps = args.fps or fps_of(args.url, args.model, args.admin_key)
         started = time.perf_counter()

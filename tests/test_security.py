@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +35,10 @@ from server import process, shm_regions
 from server.triton_server import TritonServer
 from server.tritonserver_install import TritonLaunchError
 
+from wan22_triton.components.orchestrator import ORCHESTRATOR
+
 from .conftest import Server
+from .observed import scrape, steps_run, wait_for_outcome
 from .test_server_launcher import CONFIG, MODEL, _infer, launcher_cli, write_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,6 +322,23 @@ def test_clients_say_in_one_line_that_the_port_speaks_the_other_protocol(torch_s
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and url in line, line
+
+
+@pytest.mark.parametrize("module", ["clients.grpc_client", "clients.http_client"])
+def test_ctrl_c_on_a_client_is_one_line_and_the_generation_stops(torch_server, module, tmp_path):
+    url = torch_server.grpc_url if module == "clients.grpc_client" else torch_server.http_url
+    before = scrape(torch_server.metrics_url)
+    client = subprocess.Popen([sys.executable, "-m", module, "--url", url, "--prompt", "a long one", "--num-frames",
+                               "33", "--height", "128", "--width", "128", "--num-inference-steps", "50", "--output",
+                               str(tmp_path / "v.mp4")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not steps_run(before, scrape(torch_server.metrics_url), ORCHESTRATOR):
+        assert time.monotonic() < deadline and client.poll() is None, "the generation never started"
+        time.sleep(0.1)
+    client.send_signal(signal.SIGINT)
+    assert client.communicate(timeout=60)[1] == "error: cancelled (Ctrl-C)\n" and client.returncode == 130
+    wait_for_outcome(torch_server.metrics_url, before, ORCHESTRATOR, "cancelled")
+    assert not (tmp_path / "v.mp4").exists()
 
 
 def test_grpc_client_refuses_stream_with_shared_memory():

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client, http_client
-from clients.common import request_arrays
+from clients.common import one_line_errors, request_arrays
 from wan22_triton.checkpoint import read_checkpoint
 from wan22_triton.components.expert import TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE
 from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
@@ -108,7 +108,7 @@ def test_concurrent_requests_equal_their_solo_results(torch_server):
     assert not np.array_equal(solo[0], solo[1])
 
 
-def test_a_request_past_the_queue_bound_is_refused_at_once_and_the_server_serves_on(torch_server):
+def test_a_request_past_the_queue_bound_is_refused_at_once_and_the_server_serves_on(torch_server, capsys):
     running, bound = TORCH.orchestrator_instances, TORCH.max_queue_size  # in the instances, then waiting
     slow = grpc_client.infer_inputs({**REQUEST, "num_frames": 33, "height": 128, "width": 128,
                                      "num_inference_steps": LONG_STEPS})
@@ -123,6 +123,11 @@ def test_a_request_past_the_queue_bound_is_refused_at_once_and_the_server_serves
                 call.cancel()
     assert first is not None and first.status() == "StatusCode.UNAVAILABLE", first
     assert "Exceeds maximum queue size" in first.message()
+    with pytest.raises(SystemExit) as exited, one_line_errors(torch_server.grpc_url, "gRPC", None):
+        raise first  # as the clients say it: busy, not unreachable
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (f"error: the server at {torch_server.grpc_url} is busy: its queue of waiting "
+                                       "requests is full (the export's --max-queue-size); try again later\n")
     _wait_until_idle(torch_server, ORCHESTRATOR)  # the cancelled ones gone: the next test starts with room
     assert grpc_client.generate(torch_server.grpc_url, REQUEST)["video"].shape == (9, 32, 48, 3)
 
