@@ -338,6 +338,20 @@ def test_service_monitor_scrapes_the_metrics_port(tier_name):
     assert monitor["namespaceSelector"] == {"matchNames": [SITE.namespace]}
 
 
+def test_inference_ports_admit_the_own_namespace_unless_client_namespaces_are_named():
+    from dataclasses import replace
+
+    def inference_peers(site: Site) -> list[dict]:
+        policy = network.server_network_policy(site, TIERS["fast"])["spec"]
+        ports = {DEFAULT_PORTS[kind] for kind in network.INFERENCE_PORTS}
+        [rule] = [r for r in policy["ingress"] if {p["port"] for p in r["ports"]} == ports]
+        return rule["from"]
+
+    assert inference_peers(SITE) == [{"podSelector": {}}]  # pods of the server's namespace, no other namespace
+    labelled = replace(SITE, client_namespace_labels={"wan22-client": "true"})
+    assert inference_peers(labelled) == [{"namespaceSelector": {"matchLabels": {"wan22-client": "true"}}}]
+
+
 def _flag(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
 

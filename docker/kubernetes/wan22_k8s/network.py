@@ -54,9 +54,11 @@ def _policy_ports(kinds) -> list[dict[str, Any]]:
 
 
 def server_network_policy(site: Site, tier: Tier) -> dict[str, Any]:
-    """Inference ports from the client namespaces, metrics from the monitoring namespace; no egress (the server
-    calls nothing outside its pod; probes come from the kubelet, which policies do not filter)."""
-    clients = {"namespaceSelector": {"matchLabels": dict(site.client_namespace_labels)}}
+    """Inference ports from the client namespaces (by default the server's own: a peer of pods alone), metrics from
+    the monitoring namespace; no egress (the server calls nothing outside its pod; probes come from the kubelet,
+    which policies do not filter)."""
+    clients = ({"namespaceSelector": {"matchLabels": dict(site.client_namespace_labels)}}
+               if site.client_namespace_labels else {"podSelector": {}})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": metadata(names(tier)["server_policy"], site, tier, SERVER),
             "spec": {"podSelector": {"matchLabels": selector_labels(tier, SERVER)},

@@ -46,7 +46,8 @@ class Site:
     gpu_node_label: str = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature discovery
     monitoring_namespace: str = "monitoring"  # Prometheus (scrapes 8002) and prometheus-adapter
     service_monitor_labels: Mapping[str, str] = field(default_factory=lambda: {"release": "kube-prometheus-stack"})
-    # Namespaces whose pods may call HTTP/gRPC (a NetworkPolicy namespaceSelector); empty: every namespace.
+    # Namespaces whose pods may call HTTP/gRPC, by their labels (a NetworkPolicy namespaceSelector); empty: the
+    # server's own namespace only.
     client_namespace_labels: Mapping[str, str] = field(default_factory=dict)
     # prometheus-adapter's window for the average queue time (one rule for every tier): several requests of ~3
     # minutes finish in it.
