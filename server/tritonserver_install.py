@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from wan22_triton.operations.locks import private_dir
+
 BACKEND_CACHE_ENV_VAR = "WAN22_TRITON_BACKEND_CACHE"
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub")
 _SYSTEM_LIB_DIRS = {"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"}
@@ -72,7 +74,7 @@ def _default_cache_dir() -> Path:
     prefix_cache = Path(sys.prefix) / "triton-backends"
     if os.access(prefix_cache if prefix_cache.exists() else sys.prefix, os.W_OK):
         return prefix_cache
-    return Path(tempfile.gettempdir()) / f"wan22-triton-backends-{os.getuid()}"
+    return private_dir() / "backends"  # not a guessable name in the shared temp folder: its stub runs as this user
 
 
 def prepare_wheel_backends(cache_dir: Path | str | None = None, python_version: str | None = None) -> Path:

@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -22,9 +23,9 @@ from clients import grpc_client
 from export.options import ExportOptions
 from export.repository import export_repository
 from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM
-from wan22_triton.operations import events, watchdog
+from wan22_triton.operations import events, locks, watchdog
 
-from .conftest import TEST_LIMITS, Server
+from .conftest import ROOT, TEST_LIMITS, Server
 from .observed import delta, scrape, wait_for_outcome
 
 # What the launcher must pass for a dead component to be reloaded (the watchdog reads it from the command line).
@@ -198,14 +199,33 @@ def test_death_status_tells_a_killed_process_from_one_that_ended():
     assert watchdog.death_status(killed.pid) is None  # reaped: whoever ended it has dealt with it
 
 
-def test_a_claim_is_held_by_one_holder_until_closed():
+def test_a_claim_is_held_by_one_holder_until_released_or_its_process_ends():
     name = f"wan22-test-claim-{os.getpid()}"
     held = watchdog.claim(name)
     assert held is not None and watchdog.claim(name) is None
-    held.close()
+    held.release()
     again = watchdog.claim(name)
     assert again is not None
-    again.close()
+    again.release()
+    code = f"from wan22_triton.operations import watchdog; held = watchdog.claim({name!r}); print(held is not None)"
+    holder = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)"], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True" and watchdog.claim(name) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert watchdog.claim(name) is not None  # the kernel dropped the dead holder's
+
+
+def test_locks_and_claims_live_in_a_folder_only_this_user_can_open(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = locks.private_dir()
+    assert folder == tmp_path / "wan22-triton" and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert locks.lock_path(tmp_path / "repo" / "wan22_t2v", "generation").parent == folder
+    folder.chmod(0o777)  # as another user could have made it in a shared folder
+    with pytest.raises(PermissionError, match="no one else can open"):
+        watchdog.claim("x")
 
 
 def test_model_control_mode_is_read_from_the_command_line():

@@ -22,7 +22,8 @@ the server's shutdown crashed tritonserver 2.51).
 One watcher per orchestrator model (a claim: when its process dies another instance of the model takes over), and
 each watches every model but its own (its own reload would end the watcher in the middle), so the two orchestrator
 models watch each other and both watch the components; a claim per model and one per death let one watcher handle
-each death. Claims are abstract Unix sockets: the kernel drops them with their process and no file is left behind.
+each death. Claims are locks on files in this user's private folder (operations.locks): the kernel drops them with
+their process, and no other user can take or block them.
 
 Events (wan22_triton.operations.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
 ``component_restarted`` (model, instance, seconds, stub_pids: the model's new stubs) or ``component_restart_failed``
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from wan22_triton.operations import events
-from wan22_triton.operations.locks import repository_key
+from wan22_triton.operations.locks import InterProcessLock, private_dir, repository_key
 
 STUB_EXECUTABLE = "triton_python_backend_stub"
 NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a component process that dies cannot be "
@@ -101,15 +101,10 @@ def model_control_mode(server_pid: int) -> str:
     return mode
 
 
-def claim(name: str) -> socket.socket | None:
-    """Holds `name` for this process until the socket is closed (or the process ends); None if another holds it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind("\0" + name)  # abstract namespace: no file
-    except OSError:
-        sock.close()
-        return None
-    return sock
+def claim(name: str) -> InterProcessLock | None:
+    """Holds `name` for this process until released (or the process ends); None if another holds it."""
+    held = InterProcessLock(private_dir() / f"{name}.claim")
+    return held if held.try_acquire() else None
 
 
 def death_status(pid: int) -> int | None:
@@ -143,10 +138,10 @@ class ComponentWatchdog:
         self._watched: dict[int, Stub] = {}  # pidfd -> the stub it refers to
         # Claims on the deaths this watcher handled, kept: the zombie can outlive the reload (a failed one, or a death
         # during a request, whose model version Triton never finishes unloading).
-        self._handled: list[socket.socket] = []
+        self._handled: list[InterProcessLock] = []
         self._thread = threading.Thread(target=self._run, name=f"watchdog-{own_model}", daemon=True)
 
-    def _claim(self, what: str, poll_s: float) -> socket.socket | None:
+    def _claim(self, what: str, poll_s: float) -> InterProcessLock | None:
         """Waits for the claim on `what` of this server; None once stopped."""
         while not self._stop.is_set():
             held = claim(f"{self._claims}-{what}")
@@ -186,7 +181,7 @@ class ComponentWatchdog:
         finally:
             for fd in self._watched:
                 os.close(fd)
-            watcher.close()
+            watcher.release()
 
     def _watch_new_stubs(self) -> list[Stub]:
         """Opens a pidfd for each stub not watched yet; returns those that exited before it could be opened."""
@@ -230,7 +225,7 @@ class ComponentWatchdog:
                 self._handled.append(death)
                 self._restart(stub, status)
         finally:
-            reloading.close()
+            reloading.release()
 
     def _restart(self, stub: Stub, status: int) -> None:
         events.emit("component_died", model=stub.model, instance=stub.instance, stub_pid=stub.pid, exit_status=status)
