@@ -12,7 +12,7 @@ import torch
 
 from wan22_triton.operations import events, locks
 
-from wan22_triton.triton_models import triton_io
+from wan22_triton.triton_models import heap_settled, triton_io
 from wan22_triton.components.expert import EXPERT_MODELS
 from wan22_triton.engines.loading import load_component, release_workspace, torch_dtype
 from wan22_triton.engines.runners import Runner
@@ -60,6 +60,7 @@ class ComponentModel:
         self.logger.log_info(f"{self.name} ready: engine {self.manifest.engine}, precision {self.manifest.precision}, "
                              f"{self.device}{', low memory' if self.manifest.low_memory else ''}"
                              f"{', workspace released when idle' if self.manifest.release_workspace else ''}")
+        heap_settled()
 
     def setup(self) -> None:
         raise NotImplementedError

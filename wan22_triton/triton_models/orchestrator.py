@@ -21,7 +21,7 @@ from wan22_triton.operations import events, locks, watchdog
 
 from wan22_triton.memory import budget, offload
 
-from wan22_triton.triton_models import triton_io
+from wan22_triton.triton_models import heap_settled, triton_io
 from wan22_triton.operations.abandonment import AbandonWatch
 from wan22_triton.components.expert import (ENCODER_HIDDEN_STATES, HIDDEN_STATES, LORA, LORA_SCALE, NOISE_PRED,
                                             RELEASE_INPUT, TIMESTEP, WORKSPACE_INPUT, expert_models)
@@ -121,6 +121,7 @@ class TritonPythonModel:
             f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}, "
             f"schedulers warmed up in {warm_s:.2f}s"
         )
+        heap_settled()
 
     def _replicas(self, args, device: str) -> tuple[ReplicaSlots | None, int]:
         """With several replicas: the slots every orchestrator instance of the server shares (both models: as many
