@@ -103,12 +103,10 @@ class MemoryModel:
         decode_work = int(pixels * self.vae_channels * 4 * cal.vae_pixel + frames * 3 * pixels * 4)
         experts = len(self.experts)
         contexts = ("processes", self.processes * cal.process_bytes + experts * cal.expert_process_bytes)
-        vae = ("VAE weights", self.vae)
         text = ("text encoder", self.text_encoder)
-        resident = [contexts, vae] + ([text] if self.text_encoder_resident else [])
-        if self.experts_resident:
-            resident.append(("experts", sum(self.experts)))
-        load = [contexts, vae] + ([text] if self.text_encoder_resident else [])
+        base = [contexts, ("VAE weights", self.vae)] + ([text] if self.text_encoder_resident else [])
+        resident = base + ([("experts", sum(self.experts))] if self.experts_resident else [])
+        load = list(base)
         if self.experts_resident:  # else they load into host memory
             largest = max(range(experts), key=lambda i: self.expert_loads[i] - self.experts[i])
             load += [("expert loading", self.expert_loads[largest]),
