@@ -34,9 +34,10 @@ CHECKOV_VERSION := 3.3.30
 setup:
 	@$(MAKE) --no-print-directory -j2 $(VENV)/.ready $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION)
 
-# Pinned dependencies (requirements.lock), not compiled up front (--no-compile: ~40 s less on two cores; what is
-# imported is compiled at its first import); tensorrt-stubs without its `tensorrt` dependency, which downloads the
-# real TensorRT from NVIDIA's index at install time. perf_analyzer needs Debian's libb64.
+# Pinned dependencies (requirements.lock), byte-compiled on every core afterwards (pip compiles on one; left to the
+# first imports, the test workers and their servers' stubs would each compile torch at once); tensorrt-stubs without
+# its `tensorrt` dependency, which downloads the real TensorRT from NVIDIA's index at install time. perf_analyzer
+# needs Debian's libb64.
 $(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	$(PYTHON) -m venv $(VENV)
 	@if [ "$(GPU)" = 1 ]; then \
@@ -47,6 +48,7 @@ $(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	else $(PY) -m pip install -q --no-compile -r requirements.lock; fi
 	$(PY) -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(PY) -m pip install -q --no-deps -e .
+	@$(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") || true
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq libb64-0d >/dev/null || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null); \
 	  else echo "note: install Debian's libb64-0d for perf_analyzer"; fi; fi
