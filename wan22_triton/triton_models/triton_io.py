@@ -31,11 +31,10 @@ def torch_device(args: Mapping[str, str], version_gpus: Callable[[int], Sequence
 
 def card_bytes(device: str) -> int | None:
     """The memory of the instance's GPU (bytes); None on the CPU."""
-    if not device.startswith("cuda"):
-        return None
     import torch
 
-    return torch.cuda.mem_get_info(torch.device(device))[1]
+    where = torch.device(device)
+    return torch.cuda.mem_get_info(where)[1] if where.type == "cuda" else None
 
 
 def request_inputs(request, names: Iterable[str]) -> dict[str, Any]:
