@@ -70,14 +70,11 @@ def memory_model(info: CheckpointInfo, opts: ExportOptions) -> MemoryModel | Non
         loaded, adapters = _bytes(expert), _adapter_bytes(opts.lora, index)
         served = _fp8_bytes(expert) if speed.quantization == Quantization.FP8_ROWWISE else loaded
         experts.append(served + adapters)
-        # FP8 quantizes what was loaded; with adapters the loaded and the quantized weights were seen together
-        loads.append(loaded + adapters + (served if adapters and served != loaded else 0))
-    if opts.lora:
-        row = CALIBRATION.lora_row
-    elif speed.quantization == Quantization.FP8_ROWWISE and speed.compile != Compile.NONE:
-        row = CALIBRATION.compiled_fp8_row
+        loads.append(loaded + adapters)  # FP8 quantizes what was loaded
+    if speed.quantization == Quantization.FP8_ROWWISE:
+        row = CALIBRATION.eager_fp8_row if speed.compile == Compile.NONE else CALIBRATION.compiled_fp8_row
     else:
-        row = CALIBRATION.eager_row
+        row = CALIBRATION.lora_row if opts.lora else CALIBRATION.eager_row
     components = 2 + len(experts)  # text encoder, VAE, experts
     return MemoryModel(
         text_encoder=text_encoder, experts=tuple(experts), expert_loads=tuple(loads), vae=_bytes(vae),

@@ -62,6 +62,10 @@ def a14b(tmp_path_factory):
                  ("variants", "bf16_lowmem", "peak_gpu_memory_gb"), None, id="bf16-low-memory-h100"),
     pytest.param("bf16+lora", "lora/results.json", ("tiers", "bf16", "peak_gpu_memory_gb"), None, id="bf16-lora-h200"),
     pytest.param("fp8+lora", "lora/results.json", ("tiers", "fp8", "peak_gpu_memory_gb"), None, id="fp8-lora-h200"),
+    pytest.param(FP8, "memory_budget/results.json", ("tiers", "fp8_eager", "start_peak_gib"), ("load",),
+                 id="fp8-eager-start-h100"),  # the FP8 experts load one at a time
+    pytest.param(FP8, "memory_budget/results.json", ("tiers", "fp8_eager", "request_peak_gib"),
+                 ("step", "decode", "encode"), id="fp8-eager-request-h100"),
 ])
 def test_the_model_matches_the_measured_peaks(a14b, opts, result, keys, phases):
     info, lora = a14b

@@ -8,8 +8,8 @@ way (a size this card cannot hold is INVALID_ARG, not an out-of-memory error in 
 
 The peak is the largest of four phases on the replica's first GPU (it holds the text encoder, the VAE, the
 orchestrators and the first instance of each expert):
-- load: each expert, one at a time (the device's first-call lock), at its loading peak (FP8: its BF16 weights,
-  with adapters the FP8 copy too) while the others hold what they serve;
+- load: each expert, one at a time (the device's first-call lock), at its loading peak (FP8: its BF16 weights)
+  while the others hold what they serve;
 - step: what stays resident plus one expert call's working set at the size (tokens x CFG batch);
 - decode: what stays resident plus the VAE's decode workspace (low-memory mode: with the last expert still on);
 - encode: what stays resident plus the text encoder when it is offloaded.
@@ -35,14 +35,15 @@ FFN_ELEMENT_BYTES = 2  # the working set's unit: one BF16 element of an expert's
 @dataclass(frozen=True)
 class Calibration:
     """Working sets and per-process costs, measured on an H100 80GB and an H200 at 480x832x81 with CFG
-    (perf/results/gpu: gpu_benchmark's fast tier, low_memory, lora); per-process GPU memory from NVML."""
+    (perf/results/gpu: gpu_benchmark's fast tier, low_memory, lora, memory_budget); per-process GPU memory from NVML."""
 
     process_bytes: int = int(0.7 * GIB)  # a CUDA context and its libraries (tritonserver 0.57, text encoder 0.70)
     expert_process_bytes: int = int(1.6 * GIB)  # an expert's process beyond its context and weights (workspaces)
     # one expert call, bytes per token row (tokens x batch) per FFN element at FFN_ELEMENT_BYTES:
     compiled_fp8_row: float = 3.79  # FP8 GEMMs and attention, compiled: 6.4 GiB at 480p
+    eager_fp8_row: float = 14.54  # FP8 GEMMs and attention, eager (adapters or not): 24.5 GiB
     eager_row: float = 5.67  # BF16, eager SDPA (and every mode not measured on its own): 9.6 GiB
-    lora_row: float = 7.49  # with an adapter on: 12.6 GiB
+    lora_row: float = 7.49  # BF16 with an adapter on: 12.6 GiB
     vae_pixel: float = 10.5  # decode workspace per output pixel, in widest decoder channels x 4 bytes: 6.0 GiB
     headroom: float = 1.03  # the need times this must fit the card (fragmentation)
 
