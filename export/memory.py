@@ -83,4 +83,5 @@ def memory_model(info: CheckpointInfo, opts: ExportOptions) -> MemoryModel | Non
         row_factor=row, cfg_batch=2 // plan.cfg_parallel, ulysses=plan.ulysses,
         text_encoder_resident=not (opts.low_memory or opts.text_encoder_offload),
         experts_resident=not opts.low_memory,
+        quantized=speed.quantization != Quantization.NONE, adapters=bool(opts.lora),
     )

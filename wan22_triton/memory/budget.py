@@ -92,6 +92,17 @@ class MemoryModel:
     ulysses: int = 1  # the tokens are split over this many GPUs
     text_encoder_resident: bool = True
     experts_resident: bool = True
+    quantized: bool = False  # FP8 experts
+    adapters: bool = False  # LoRA adapters served (the export refuses them with --low-memory)
+
+    def ways_out(self) -> str:
+        """The export options that would take memory off this repository's GPU."""
+        ways = ([] if self.quantized else ["--quantization fp8_rowwise (the fast tier)"]) + (
+            ["--text-encoder-offload"] if self.text_encoder_resident else []) + (
+            ["--low-memory"] if self.experts_resident and not self.adapters else [])
+        if not ways:
+            return "serve it on a GPU with more memory"
+        return "export with " + (", ".join(ways[:-1]) + " or " + ways[-1] if len(ways) > 1 else ways[0])
 
     def need(self, info: CheckpointInfo, size: tuple[int, int, int], cal: Calibration = CALIBRATION) -> Need:
         """The peak at (num_frames, height, width)."""
@@ -139,7 +150,7 @@ def check_load(memory: MemoryModel | None, info: CheckpointInfo,
         return
     problem = memory.refusal(info, served_size(info, video_sizes), card_bytes)
     if problem:
-        raise DoesNotFit(f"{who}: this repository does not fit its GPU: {problem}; {WAYS_OUT}")
+        raise DoesNotFit(f"{who}: this repository does not fit its GPU: {problem}; {memory.ways_out()}")
 
 
 def served_size(info: CheckpointInfo, video_sizes: tuple[tuple[int, int, int], ...] | None) -> tuple[int, int, int]:
@@ -148,5 +159,3 @@ def served_size(info: CheckpointInfo, video_sizes: tuple[tuple[int, int, int], .
         return max(video_sizes, key=lambda s: s[0] * s[1] * s[2])
     return info.default_num_frames, info.default_height, info.default_width
 
-
-WAYS_OUT = "export with --quantization fp8_rowwise (the fast tier), --text-encoder-offload or --low-memory"
