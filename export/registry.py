@@ -90,9 +90,9 @@ class ExportPlan:
         """GPU repositories of the torch engine: what the models hold on the fullest GPU (checked at load)."""
         memory = memory_model(self.info, self.opts)
         if memory is not None:
-            size = served_size(self.info, self.video_sizes)
-            self.log(f"  GPU memory: ~{memory.need(self.info, size).describe()} for {'x'.join(map(str, size))} "
-                     "(the largest size served at load; each request's size is checked too)")
+            need = memory.need(self.info, served_size(self.info, self.video_sizes))
+            self.log(f"  GPU memory: ~{need.describe()} for {need.label} (the largest size served at load; each "
+                     "request's size is checked too)")
         return memory
 
     def manifest(self, name: str, folder: str | None = None, **fields: Any) -> Manifest:

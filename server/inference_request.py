@@ -44,9 +44,18 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
     **{f"INT{bits}": (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)},
     **{f"UINT{bits}": (0, (1 << bits) - 1) for bits in (8, 16, 32, 64)},
 }
-# The other datatypes' JSON values: Triton answers 500 to a float given as a string, where this is a 400 naming it.
 FLOAT_TYPES = ("FP16", "BF16", "FP32", "FP64")
+
+
+def _integer_rule(low: int, high: int) -> tuple[str, Any]:
+    return (f"an integer in [{low}, {high}]; Triton's parser would wrap it",
+            lambda v: type(v) is int and low <= v <= high)
+
+
+# What each datatype's JSON values must be, described: Triton wraps an integer out of range and answers 500 to a
+# float given as a string, where these are a 400 naming the input.
 LEAF_RULES: dict[str, tuple[str, Any]] = {
+    **{datatype: _integer_rule(*bounds) for datatype, bounds in INTEGER_RANGES.items()},
     **{datatype: ("a JSON number", lambda v: type(v) in (int, float)) for datatype in FLOAT_TYPES},
     "BOOL": ("true or false", lambda v: type(v) is bool),
     "BYTES": ("a JSON string", lambda v: type(v) is str),
@@ -106,9 +115,9 @@ def _is_count(value: Any) -> bool:
 
 
 def _checked_leaf_count(name: str, data: list[Any], datatype: str) -> int:
-    """Values in a nested list, without recursion (the JSON parser already bounded the depth); for an integer
-    datatype each must be an integer in its range."""
-    bounds, (kind, is_leaf) = INTEGER_RANGES.get(datatype), LEAF_RULES.get(datatype, ("", None))
+    """Values in a nested list, without recursion (the JSON parser already bounded the depth); each must follow its
+    datatype's rule (LEAF_RULES)."""
+    kind, is_leaf = LEAF_RULES[datatype]
     count, pending = 0, [data]
     while pending:
         for item in pending.pop():
@@ -116,10 +125,7 @@ def _checked_leaf_count(name: str, data: list[Any], datatype: str) -> int:
                 pending.append(item)
                 continue
             count += 1
-            if bounds and not (type(item) is int and bounds[0] <= item <= bounds[1]):
-                raise bad_request(f"input {shown(name)}: {shown(item)} is not a valid {datatype} value (an integer in "
-                                  f"[{bounds[0]}, {bounds[1]}]; Triton's parser would wrap it)")
-            if is_leaf and not is_leaf(item):
+            if not is_leaf(item):
                 raise bad_request(f"input {shown(name)}: {shown(item)} is not a valid {datatype} value ({kind})")
     return count
 

@@ -60,6 +60,11 @@ class Need:
     parts: dict[str, list[tuple[str, int]]]
 
     @property
+    def label(self) -> str:
+        """The size as the contract writes it: FRAMESxHEIGHTxWIDTH."""
+        return "x".join(map(str, self.size))
+
+    @property
     def phase(self) -> str:
         return max(self.phases, key=self.phases.get)
 
@@ -140,7 +145,7 @@ class MemoryModel:
         need = self.need(info, size, cal)
         if need.bytes * cal.headroom <= card_bytes:
             return None
-        return f"{'x'.join(map(str, size))} needs ~{need.describe()}; the GPU has {gib(card_bytes)}"
+        return f"{need.label} needs ~{need.describe()}; the GPU has {gib(card_bytes)}"
 
 
 def check_load(memory: MemoryModel | None, info: CheckpointInfo,
