@@ -28,6 +28,7 @@ from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
 from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, ports_in_use
 from .shm_regions import remove_stale_regions
+from .startup_faults import HangWatch, StartupFault
 from .tritonserver_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, default_port, has_nvidia_gpu,
                                 printable_command, resolve_admin_key)
 from .tritonserver_install import TritonLaunchError, find_tritonserver
@@ -104,6 +105,7 @@ def serve(
     started = time.monotonic()
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
     ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
+    hang, fault = HangWatch(server.proc.pid), None
     while server.proc.poll() is None and not stop_asked.wait(0.5 if ready_said else 0.1):
         if not ready_said and is_ready(ready_url):
             ready_said = True
@@ -111,9 +113,17 @@ def serve(
             print(f"[server.launcher] READY in {time.monotonic() - started:.1f}s: {', '.join(models)}; serving on "
                   f"{listen_address}, HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}",
                   file=sys.stderr, flush=True)
+        elif not ready_said:
+            try:
+                hang.check()
+            except StartupFault as found:
+                fault = found
+                break
     server.terminate()  # at once: Triton stops taking requests while the guard lets its in-flight ones finish
     front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
     code = server.stop(exit_timeout_s + STOP_GRACE_S)
+    if fault is not None:
+        raise TritonLaunchError(f"{fault}: start the server again")
     return code if code >= 0 else 128 - code
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,12 +25,10 @@ from clients.admin import admin_headers
 
 from .process import STOP_GRACE_S, HttpFront, ServerProcess, free_ports, is_ready
 from .shm_regions import remove_stale_regions
+from .startup_faults import HangWatch, StartupFault, aborted
 from .tritonserver_args import EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, resolve_admin_key
 from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritonserver, prepend_path
 
-# Triton 2.51's Python backend can abort tritonserver while it starts the model processes of a busy machine
-# (triton-inference-server/server#8882, open upstream): a fresh start succeeds.
-KNOWN_STARTUP_ABORT = "boost::interprocess::lock_exception"
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")  # its thread lives as long as the process
 STARTUP_ATTEMPTS = 2
 
@@ -102,7 +99,7 @@ class TritonServer:
         self.startup_seconds: float | None = None
         self.returncode: int | None = None
         self.shm_prefix: str | None = None  # server_region_prefix(pid), known once started
-        self.startup_aborts: list[str] = []  # starts lost to KNOWN_STARTUP_ABORT (start())
+        self.startup_faults: list[str] = []  # starts lost to the Python backend's startup faults (start())
         self._server: ServerProcess | None = None
         self._front: HttpFront | None = None
 
@@ -141,21 +138,19 @@ class TritonServer:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def start(self) -> "TritonServer":
-        """Launch and wait for READY. A start that dies of the Python backend's known startup abort
-        (KNOWN_STARTUP_ABORT) is tried again, up to STARTUP_ATTEMPTS in all, each noted in ``startup_aborts`` and on
+        """Launch and wait for READY. A start lost to one of the Python backend's startup faults (startup_faults.py:
+        an abort, a hang) is tried again, up to STARTUP_ATTEMPTS in all, each noted in ``startup_faults`` and on
         stderr; the log keeps every attempt."""
         if self.is_running():
             return self
         for attempt in range(1, STARTUP_ATTEMPTS + 1):
             try:
                 return self._start(append_log=attempt > 1)
-            except TritonLaunchError as error:
-                if self.returncode != -signal.SIGABRT or KNOWN_STARTUP_ABORT not in self.log_tail(400) \
-                        or attempt == STARTUP_ATTEMPTS:
-                    raise
-                self.startup_aborts.append(str(error).splitlines()[0])
-                print(f"tritonserver aborted during startup ({KNOWN_STARTUP_ABORT}, a Python-backend fault); "
-                      f"starting it again (attempt {attempt + 1} of {STARTUP_ATTEMPTS}); log {self.log_file}",
+            except StartupFault as fault:
+                if attempt == STARTUP_ATTEMPTS:
+                    raise TritonLaunchError(f"{fault}, {STARTUP_ATTEMPTS} times; log {self.log_file}") from None
+                self.startup_faults.append(str(fault))
+                print(f"{fault}; starting it again (attempt {attempt + 1} of {STARTUP_ATTEMPTS}); log {self.log_file}",
                       file=sys.stderr)
         raise AssertionError("unreachable")
 
@@ -195,14 +190,18 @@ class TritonServer:
 
     def _wait_ready(self, proc: subprocess.Popen, t0: float) -> None:
         url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        hang = HangWatch(proc.pid)
         while True:
             code = proc.poll()
             if code is not None:
+                if aborted(code, self.log_tail(400)):
+                    raise StartupFault(f"tritonserver aborted during startup (code {code}, a Python-backend fault)")
                 raise TritonLaunchError(
                     f"tritonserver exited with code {code} during startup; log {self.log_file}:\n{self.log_tail()}"
                 )
             if is_ready(url, timeout=2):
                 return
+            hang.check()
             if time.monotonic() - t0 > self.startup_timeout:
                 raise TritonLaunchError(
                     f"tritonserver not ready after {self.startup_timeout:.0f}s; log {self.log_file}:\n{self.log_tail()}"

@@ -200,18 +200,39 @@ def _abort_once(marker: Path, message: str) -> str:
             f'            os.kill(os.getppid(), signal.SIGABRT)')
 
 
+def _stall_once(marker: Path, seconds: int = 7) -> str:
+    """A model `initialize` that, the first time only, stops its whole stub for `seconds` (its health thread too):
+    the Python backend gives up on it after 5 s and waits for it to exit, as when the machine is busy."""
+    return (f'import os, signal, subprocess\n        if not os.path.exists(r"{marker}"):\n'
+            f'            open(r"{marker}", "w").close()\n'
+            f'            subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -CONT {{os.getpid()}}"])\n'
+            f'            os.kill(os.getpid(), signal.SIGSTOP)')
+
+
 @pytest.mark.server
 def test_the_known_startup_abort_is_started_again_and_said(tmp_path, capfd):
-    from server.triton_server import KNOWN_STARTUP_ABORT
+    from server.startup_faults import ABORT_MESSAGE
 
-    message = f"terminate called after throwing an instance of '{KNOWN_STARTUP_ABORT}'"
+    message = f"terminate called after throwing an instance of '{ABORT_MESSAGE}'"
     repo = write_repository(tmp_path / "repo", init=_abort_once(tmp_path / "aborted", message))
     with Server(repo) as srv:
         out0, _ = _infer(tritonclient_http, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))
         np.testing.assert_array_equal(out0, np.full(4, 2, np.float32))
-        assert len(srv.startup_aborts) == 1 and "code -6" in srv.startup_aborts[0]
+        assert len(srv.startup_faults) == 1 and "aborted during startup (code -6" in srv.startup_faults[0]
         assert message in srv.log_file.read_text()  # the log keeps the lost attempt
-    assert "tritonserver aborted during startup" in capfd.readouterr().err
+    assert "aborted during startup" in capfd.readouterr().err
+
+
+@pytest.mark.server
+def test_a_start_hung_on_a_model_process_is_started_again_and_said(tmp_path, capfd):
+    repo = write_repository(tmp_path / "repo", init=_stall_once(tmp_path / "stalled"))
+    t0 = time.monotonic()
+    with Server(repo, startup_timeout=120) as srv:
+        out0, _ = _infer(tritonclient_http, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))
+        np.testing.assert_array_equal(out0, np.full(4, 2, np.float32))
+        assert len(srv.startup_faults) == 1 and "hung starting a model process" in srv.startup_faults[0]
+    assert time.monotonic() - t0 < 60  # seen within HANG_AFTER_S of the backend's wait, not at the timeout
+    assert "hung starting a model process" in capfd.readouterr().err
 
 
 @pytest.mark.server
@@ -220,7 +241,7 @@ def test_any_other_startup_abort_fails_the_start(tmp_path):
     srv = Server(repo, startup_timeout=60)
     with pytest.raises(TritonLaunchError, match="code -6"):
         srv.start()
-    assert srv.startup_aborts == [] and not srv.is_running()
+    assert srv.startup_faults == [] and not srv.is_running()
 
 
 @contextlib.contextmanager
@@ -276,6 +297,21 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert not Path(f"/proc/{server_pid}").exists()
+
+
+@pytest.mark.server
+def test_cli_says_a_start_hung_on_a_model_process_in_one_line(tmp_path):
+    repo = write_repository(tmp_path / "repo", init=_stall_once(tmp_path / "stalled"))
+    http, grpc, metrics = process.free_ports(3)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "server.launcher", "--model-repository", str(repo), "--http-port",
+                           str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                          env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: tritonserver hung starting a model process") and last.endswith(
+        "start the server again")
+    assert subprocess.run(["pgrep", "-f", str(repo)], capture_output=True).returncode == 1  # no process left
 
 
 def test_prepare_wheel_backends_is_idempotent(tmp_path):
