@@ -5,7 +5,7 @@ Triton 2.51 has no option that bounds what a JSON inference input may declare, a
 does with each request). The guard listens where clients connect; Triton's HTTP port stays on loopback behind it:
 
     python -m server.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
-        [--max-json-bytes N] [--max-elements N] [--abandon-dir DIR] [--exit-with-pid PID] [--log-level INFO]
+        [--max-json-bytes N] [--max-elements N] [--body-idle-seconds S] [--abandon-dir DIR] [--exit-with-pid PID] [--log-level INFO]
 
 `HttpGuard` runs it on a thread of the calling process (process.HttpFront, which the launcher and TritonServer use);
 the CLI runs it in the foreground in front of a tritonserver started some other way, `--exit-with-pid` tying its life
@@ -187,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-json-bytes", type=int, default=defaults.inference.max_json_bytes)
     parser.add_argument("--max-elements", type=int, default=defaults.inference.max_elements,
                         help="elements one input may declare")
+    parser.add_argument("--body-idle-seconds", type=float, default=defaults.body_idle_s,
+                        help="answer 408 to a client that sends no byte of its body for this long")
     parser.add_argument("--abandon-dir", default=None,
                         help="tell models when an HTTP client goes away: markers here "
                              "(wan22_triton/operations/abandonment.py)")
@@ -198,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = GuardSettings(
         max_body_bytes=args.max_body_bytes,
         inference=InferenceLimits(max_elements=args.max_elements, max_json_bytes=args.max_json_bytes),
+        body_idle_s=args.body_idle_seconds,
         abandon_dir=args.abandon_dir,
     )
     asyncio.run(_serve_until_signalled(listening_socket(args.listen), args.upstream, settings, args.exit_with_pid))

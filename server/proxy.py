@@ -4,7 +4,8 @@
   extension (`Inference-Header-Content-Length`), gzip/deflate too: the JSON part is read and checked
   (inference_request.py) before a byte reaches Triton; a refusal is HTTP 400 with Triton's error shape,
   `{"error": "..."}`, naming the input and the rule. The binary part streams through once the JSON is accepted.
-* Every request body is bounded (`max_body_bytes`, 413), the JSON part too (`max_json_bytes`, 413).
+* Every request body is bounded (`max_body_bytes`, 413), the JSON part too (`max_json_bytes`, 413), and so is the
+  wait for each of its bytes (`body_idle_s`, 408): a client that trickles holds its connection and Triton's.
 * Everything else (health, metadata, repository, shared memory, generate...) is forwarded as it came, headers
   included (all but the hop-by-hop ones); responses stream back unchanged: status, headers, bytes (no
   decompression, no re-encoding), so a 100 MB video costs the guard one buffer, not 100 MB. aiohttp adds `Date` and
@@ -64,6 +65,7 @@ class GuardSettings:
     max_body_bytes: int = 128 << 20  # 2x a 720p A14B expert request in binary (hidden_states + embeddings, 56 MB)
     inference: InferenceLimits = field(default_factory=InferenceLimits)
     connect_timeout_s: float = 30.0
+    body_idle_s: float = 30.0  # a client that sends no byte of its body for this long: 408
     abandon_dir: str | None = None  # set: clients that go away are told to the model (abandonment.py)
 
 
@@ -123,14 +125,37 @@ class BodyTooLarge(Exception):
     pass
 
 
+async def read_some(content: aiohttp.StreamReader, idle_s: float, most: int = -1) -> bytes:
+    """The next bytes of a request body (at most `most`; b"" at its end), refused (408) when none come for
+    `idle_s`."""
+    try:
+        return await asyncio.wait_for(content.readany() if most < 0 else content.read(most), idle_s)
+    except TimeoutError:
+        raise Rejected(408, f"the request body stalled: no byte for {idle_s:g} s") from None
+
+
+async def read_exactly(content: aiohttp.StreamReader, size: int, idle_s: float) -> bytes:
+    parts, missing = [], size
+    while missing:
+        part = await read_some(content, idle_s, missing)
+        if not part:
+            raise bad_request(f"the request body ended {missing} bytes short of its first {size}")
+        parts.append(part)
+        missing -= len(part)
+    return b"".join(parts)
+
+
 @dataclass
 class BoundedBody:
-    """A request body on its way upstream: the bytes already read, then the rest as it arrives, bounded."""
+    """A request body on its way upstream: the bytes already read, then the rest as it arrives, bounded in size and
+    in the wait for each part; `stalled` says why a forward failed."""
 
     head: bytes
     rest: aiohttp.StreamReader | None
     limit: int
+    idle_s: float
     overflowed: bool = False
+    stalled: Rejected | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         sent = len(self.head)
@@ -138,7 +163,14 @@ class BoundedBody:
             yield self.head
         if self.rest is None:
             return
-        async for chunk in self.rest.iter_any():
+        while True:
+            try:
+                chunk = await read_some(self.rest, self.idle_s)
+            except Rejected as stalled:
+                self.stalled = stalled
+                raise
+            if not chunk:
+                return
             sent += len(chunk)
             if sent > self.limit:  # only a chunked body gets here: a declared length was checked up front
                 self.overflowed = True
@@ -201,8 +233,11 @@ class HttpGuardApp:
         if request.headers.get("Expect", "").lower() == "100-continue":  # curl asks before a body over 1 MB
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not inference:
-            return BoundedBody(b"", request.content, limit)
+            return self._body(b"", request.content)
         return await self._read_inference_body(request, limit)
+
+    def _body(self, head: bytes, rest: aiohttp.StreamReader | None) -> BoundedBody:
+        return BoundedBody(head, rest, self.settings.max_body_bytes, self.settings.body_idle_s)
 
     async def _read_inference_body(self, request: web.BaseRequest, limit: int) -> BoundedBody:
         encoding = _single_header(request.headers, "Content-Encoding")
@@ -217,8 +252,8 @@ class HttpGuardApp:
             if encoding in COMPRESSED_ENCODINGS:  # but Triton inflates it whole first: bounded here as any other
                 raw = await self._read_all(request.content, limit)
                 await self._off_loop(_inflate, raw, limit)
-                return BoundedBody(raw, None, limit)
-            return BoundedBody(b"", request.content, limit)
+                return self._body(raw, None)
+            return self._body(b"", request.content)
 
         length = request.content_length
         if length is not None and encoding in IDENTITY_ENCODINGS:  # the JSON part only; the rest streams after
@@ -226,14 +261,14 @@ class HttpGuardApp:
             if json_length > length:
                 raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {length} bytes")
             self._check_json_length(json_length)
-            head = await request.content.readexactly(json_length)
+            head = await read_exactly(request.content, json_length, self.settings.body_idle_s)
             await self._off_loop(self._check_json, head, length - json_length)
-            return BoundedBody(head, request.content, limit)
+            return self._body(head, request.content)
 
         # Compressed or chunked: the whole body, bounded, then what Triton will parse out of it.
         raw = await self._read_all(request.content, limit)
         await self._off_loop(self._check_whole_body, raw, encoding, header_length, limit)
-        return BoundedBody(raw, None, limit)
+        return self._body(raw, None)
 
     def _check_json(self, head: bytes, binary_bytes: int) -> None:
         check_inference_request(parse_json(head), binary_bytes, self.settings.inference)
@@ -252,10 +287,9 @@ class HttpGuardApp:
             raise Rejected(413, f"the JSON part of the inference request is {json_length} bytes, more than {limit} "
                                 f"(--max-json-bytes); send large tensors as binary data")
 
-    @staticmethod
-    async def _read_all(content: aiohttp.StreamReader, limit: int) -> bytes:
+    async def _read_all(self, content: aiohttp.StreamReader, limit: int) -> bytes:
         chunks, size = [], 0
-        async for chunk in content.iter_any():
+        while chunk := await read_some(content, self.settings.body_idle_s):
             size += len(chunk)
             if size > limit:
                 raise Rejected(413, f"request body is more than {limit} bytes (--max-body-bytes)")
@@ -292,6 +326,8 @@ class HttpGuardApp:
                 raise  # part of the answer is out: aiohttp closes the connection, so the client sees it cut short
             if body is not None and body.overflowed:
                 return error_response(Rejected(413, f"request body is more than {body.limit} bytes (--max-body-bytes)"))
+            if body is not None and body.stalled is not None:
+                return error_response(body.stalled)
             # A health probe before Triton listens is a start in progress, not a fault: the probe gets its 502.
             level = logging.DEBUG if request.path.startswith(HEALTH_PATHS) else logging.WARNING
             log.log(level, "upstream %s failed: %s", url, exc)

@@ -38,7 +38,9 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 TEST_LIMITS = Limits(max_num_frames=33, max_size=256, max_inference_steps=50)
-TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2, max_queue_size=2)
+# A queue as long as the most requests a test sends at once (test_streaming): Triton queues requests that arrive
+# together before its instances take any, so a shorter one refuses some of them
+TORCH = ExportOptions(engine="torch", limits=TEST_LIMITS, orchestrator_instances=2, max_queue_size=4)
 # Every model's stub imports torch: a slow start where two workers share two cores
 STARTUP_TIMEOUT_S = 300
 SESSION = "session"

@@ -291,6 +291,41 @@ def test_bodies_over_the_bounds_are_413(probe):
         assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["finished"]
 
 
+def _stalled_post(url: str, path: str, head: bytes, declared: int, headers: str = "") -> tuple[int, float]:
+    """A client that sends its request line, headers and the first bytes of a `declared`-byte body, then nothing:
+    the status it gets back, and after how long."""
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {url}\r\nContent-Type: application/octet-stream\r\n{headers}"
+                     f"Content-Length: {declared}\r\n\r\n".encode() + head)
+        started = time.monotonic()
+        status_line = sock.makefile("rb").readline()
+    return int(status_line.split()[1]), time.monotonic() - started
+
+
+def test_a_client_that_stalls_its_body_gets_408_and_the_guard_serves_on(probe):
+    """A slow client (slowloris) would hold its connection, and Triton's, for as long as it trickles: no byte for
+    `body_idle_s` and it is answered 408, whether the guard still reads the JSON part or already streams the rest."""
+    server, _ = probe
+    idle_s = 1.0
+    with HttpGuard("127.0.0.1:0", triton_http(server), GuardSettings(body_idle_s=idle_s)) as guard:
+        whole = json.dumps(probe_request(0)).encode()
+        binary = {"inputs": [{"name": "seconds", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+                             {"name": "blob_bytes", "shape": [1], "datatype": "INT64", "data": [0]}]}
+        head = json.dumps(binary).encode()
+        cases = {
+            "the JSON part": (infer_path(PROBE), whole[:20], len(whole), ""),
+            "the binary part, streaming": (infer_path(PROBE), head, len(head) + 4,
+                                           f"Inference-Header-Content-Length: {len(head)}\r\n"),
+            "another API's body": ("/v2/repository/index", b"{", 2, ""),
+        }
+        for case, (path, sent, declared, headers) in cases.items():
+            status, after = _stalled_post(guard.url, path, sent, declared, headers)
+            assert status == 408 and idle_s <= after < idle_s + 10, (case, status, after)
+        status, answer = post(guard.url, infer_path(PROBE), whole)
+        assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["finished"]
+
+
 def test_a_compressed_raw_input_is_bounded_as_it_inflates(probe):
     """Raw-input mode (Inference-Header-Content-Length: 0) has no JSON to check, but Triton inflates the whole body
     first: a 2 KiB gzip body of 2 MiB is refused at a 1 MiB bound, before Triton sees it."""

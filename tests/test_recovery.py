@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from clients import grpc_client
 from export.options import ExportOptions
 from export.repository import export_repository
-from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM
+from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
 from wan22_triton.operations import events, locks, watchdog
 
 from .conftest import ROOT, TEST_LIMITS, Server
@@ -174,7 +174,54 @@ def test_orchestrator_killed_is_reloaded_by_the_other_orchestrator_model(server)
         killed_at, killed_pid = kill_stub(server, "wan22_t2v")
         assert_serves_once_ready_again(server, readiness, killed_at)
     restarted = assert_recorded(server, since, "wan22_t2v", killed_pid, killed_at)
-    assert restarted["process"] == "wan22_t2v_stream"  # a watchdog never reloads its own model
+    assert restarted["process"] != "wan22_t2v"  # a watchdog never reloads its own model
+
+
+@pytest.mark.server
+def test_both_orchestrators_killed_together_are_reloaded_and_the_server_not_ready_until_both_serve(server):
+    """A double fault: the two models that once watched the others die at once; the components' watchers reload
+    both, and readiness stays 400 from shortly after the deaths until both serve again."""
+    since = events.end_offset(server.events_file)
+    models = (ORCHESTRATOR, ORCHESTRATOR_STREAM)
+    stubs = [s for s in watchdog.server_stubs(server.pid) if s.model in models]
+    assert sorted(s.model for s in stubs) == sorted(models)
+    with Readiness(server) as readiness:
+        killed_at = time.time()
+        for stub in stubs:
+            os.kill(stub.pid, signal.SIGKILL)
+        readiness.wait_back(killed_at)
+        restarted = [wait_for_event(server, since, "component_restarted", model) for model in models]
+        assert np.array_equal(grpc_client.generate(server.grpc_url, REQUEST)["video"], server.reference)
+        streamed = grpc_client.generate_stream(server.grpc_url, REQUEST, lambda progress: None)["video"]
+        assert np.array_equal(streamed, server.reference)
+    assert all(e["process"] not in models for e in restarted)  # reloaded by the components
+    # not ready from shortly after the deaths until both serve: no "ready" between the two reloads
+    assert [status for _, status in readiness.since(killed_at)] in ([400, 200], [200, 400, 200]), readiness.changes
+    died = [e for e in events.read_events(server.events_file, since) if e["event"] == "component_died"]
+    assert sorted((e["model"], e["stub_pid"]) for e in died) == sorted((s.model, s.pid) for s in stubs)  # once each
+
+
+@pytest.mark.server
+def test_a_reload_that_fails_is_tried_again_until_the_repository_is_fixed(server):
+    """The expert's weights missing when it is reloaded: the load fails, the server says not ready, and once the
+    folder is back the watchdog's next try serves the same video again, without a restart."""
+    since = events.end_offset(server.events_file)
+    weights = server.model_repository / EXPERT / "1" / "transformer"
+    hidden = weights.with_name("transformer.moved")
+    with Readiness(server) as readiness:
+        weights.rename(hidden)
+        try:
+            killed_at, _ = kill_stub(server, EXPERT)
+            failed = wait_for_event(server, since, "component_restart_failed", EXPERT)
+            time.sleep(0.5)
+            assert readiness.changes[-1][1] == 400  # honest: a model cannot serve
+        finally:
+            hidden.rename(weights)
+        restarted = wait_for_event(server, since, "component_restarted", EXPERT,
+                                   timeout_s=watchdog.RETRY_SECONDS + RESTART_BOUND_S)
+        readiness.wait_back(killed_at)
+    assert restarted["time"] > failed["time"]
+    assert np.array_equal(grpc_client.generate(server.grpc_url, REQUEST)["video"], server.reference)
 
 
 def test_death_status_tells_a_killed_process_from_one_that_ended():

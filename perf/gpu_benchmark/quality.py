@@ -24,13 +24,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, stride: int = 4) -> float:
-    """Mean SSIM (scikit-image, RGB) over every `stride`-th frame."""
-    from skimage.metrics import structural_similarity
+    """Mean SSIM of two uint8 (frames, height, width, 3) videos over every `stride`-th frame (torchmetrics, a 7x7
+    uniform window, as scikit-image's default)."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
-    values = [
-        structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a[::stride], b[::stride])
-    ]
-    return float(np.mean(values))
+    def frames(video: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(video[::stride])).permute(0, 3, 1, 2).double()
+
+    return float(structural_similarity_index_measure(frames(a), frames(b), gaussian_kernel=False, kernel_size=7,
+                                                     data_range=255.0))
 
 
 def compare_to_reference(results: dict[str, Any], args) -> None:

@@ -3,11 +3,13 @@
 Triton 2.51's Python backend never restarts a dead stub (python_be.cc r24.10: "TODO: Implement restart"): the model
 stays READY, `/v2/health/ready` answers 200, and every request to it fails INTERNAL with "Stub process '<instance>'
 is not healthy" until the server is restarted. The NGC container runs tritonserver directly, so the cure has to live
-in the repository: the orchestrator models start this watchdog. It holds a pidfd of every stub of its server and,
-when one dies, unloads and reloads that stub's model through Triton's model-control API (pb_utils). Unload first:
+in the repository: every model starts this watchdog (triton_io.start_watchdog). It holds a pidfd of every stub of its
+server and, when one dies, unloads and reloads that stub's model through Triton's model-control API (pb_utils). Unload
+first:
 while the model loads, Triton reports it, and with `--strict-readiness` the server, not ready (measured: ready again
 only when the reload is done, not ready within 30 ms of the death); a load that fails leaves the model UNAVAILABLE,
-so the server keeps saying it cannot serve. A stub that dies during a request fails that request ("is not
+so the server keeps saying it cannot serve, and is tried again every RETRY_SECONDS (a file fixed in the repository
+is picked up without a restart). A stub that dies during a request fails that request ("is not
 healthy"), and Triton 2.51 never finishes unloading that old model version: the reloaded one serves, but the
 server's stop then waits for its exit timeout and exits 1. Needs
 `--model-control-mode=explicit --load-model=*`, read from tritonserver's command line: in the other modes
@@ -19,11 +21,13 @@ that died on its own stays a zombie with its signal or error status until its mo
 the evidence: it tells a death from an unload without asking the server anything (pb_utils.is_model_ready during
 the server's shutdown crashed tritonserver 2.51).
 
-One watcher per orchestrator model (a claim: when its process dies another instance of the model takes over), and
-each watches every model but its own (its own reload would end the watcher in the middle), so the two orchestrator
-models watch each other and both watch the components; a claim per model and one per death let one watcher handle
-each death. Claims are locks on files in this user's private folder (operations.locks): the kernel drops them with
-their process, and no other user can take or block them.
+One watcher per model (a claim: when its process dies another instance of the model takes over), and each watches
+every model but its own (its own reload would end the watcher in the middle): every death is seen as long as one
+model of the server lives, two at once included (both orchestrators: the components reload them). A claim per model
+and one per death let one watcher handle each death; the deaths it sees together are all unloaded before any model
+loads again, so the server does not say ready while one of them is still dead. Claims are locks on files in this
+user's private folder (operations.locks): the kernel drops them with their process, and no other user can take or
+block them.
 
 Events (wan22_triton.operations.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
 ``component_restarted`` (model, instance, seconds, stub_pids: the model's new stubs) or ``component_restart_failed``
@@ -48,6 +52,8 @@ NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a compone
              "reloaded and its model fails every request until the server restarts (start it with "
              "--model-control-mode=explicit --load-model=*)")
 RESCAN_SECONDS = 1.0  # how often new stubs (startup, reloads) are picked up; a known stub's death is seen at once
+TOGETHER_S = 0.2  # deaths this close (a kill of several, the OOM killer) are one fault: all unloaded, then reloaded
+RETRY_SECONDS = 15.0  # a load that failed (a file broken in the repository) is tried again this often, until it works
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class ComponentWatchdog:
         # Claims on the deaths this watcher handled, kept: the zombie can outlive the reload (a failed one, or a death
         # during a request, whose model version Triton never finishes unloading).
         self._handled: list[InterProcessLock] = []
+        self._failed: dict[str, tuple[float, list[tuple[Stub, int]]]] = {}  # model -> (next try, its deaths)
         self._thread = threading.Thread(target=self._run, name=f"watchdog-{own_model}", daemon=True)
 
     def _claim(self, what: str, poll_s: float) -> InterProcessLock | None:
@@ -173,9 +180,10 @@ class ComponentWatchdog:
             if not self.can_reload:
                 self.log_error(f"watchdog: {NO_RELOAD}")
             while not self._stop.is_set():
-                for stub in self._watch_new_stubs() + self._wait_for_exits(RESCAN_SECONDS):
-                    if not self._stop.is_set():
-                        self._recover(stub)
+                exited = self._watch_new_stubs() + self._wait_for_exits(RESCAN_SECONDS)
+                if exited and not self._stop.is_set():
+                    self._recover(exited)
+                self._retry_failed_loads()
         except Exception as e:  # a watchdog that stops must say so
             self.log_error(f"watchdog stopped by an error: {type(e).__name__}: {e}")
         finally:
@@ -204,44 +212,89 @@ class ComponentWatchdog:
         return exited
 
     def _wait_for_exits(self, timeout_s: float) -> list[Stub]:
-        exited = []
-        for fd, _ in self._poll.poll(timeout_s * 1000):
-            if fd in self._watched:
+        """The stubs that exited within `timeout_s`, with those that follow within TOGETHER_S (handled together)."""
+        exited: list[Stub] = []
+        while ready := [fd for fd, _ in self._poll.poll((TOGETHER_S if exited else timeout_s) * 1000)
+                        if fd in self._watched]:  # not the stop's wake-up
+            for fd in ready:
                 self._poll.unregister(fd)
                 os.close(fd)
                 exited.append(self._watched.pop(fd))
         return exited
 
-    def _recover(self, stub: Stub) -> None:
-        if death_status(stub.pid) is None:
-            return  # ended by Triton (unload, shutdown)
-        reloading = self._claim(f"model-{stub.model}", 0.05)  # the other watcher may be reloading it
-        if reloading is None:
-            return
+    def _recover(self, exited: list[Stub]) -> None:
+        """Reloads the models of the stubs that died (not those Triton ended) and that no other watcher handles."""
+        deaths: dict[str, list[tuple[Stub, int]]] = {}
+        held = []
         try:
-            status = death_status(stub.pid)  # usually gone if the other watcher reloaded the model meanwhile
-            death = claim(f"{self._claims}-death-{stub.pid}")  # None: the other watcher has handled it
-            if status is not None and death is not None:
-                self._handled.append(death)
-                self._restart(stub, status)
+            # Another watcher may be reloading a model; claimed in name order, two never wait for each other.
+            for model in sorted({stub.model for stub in exited if death_status(stub.pid) is not None}):
+                reloading = self._claim(f"model-{model}", 0.05)
+                if reloading is None:  # stopped
+                    return
+                held.append(reloading)
+                for stub in exited:
+                    status = death_status(stub.pid)  # usually gone if another watcher reloaded the model meanwhile
+                    if stub.model == model and status is not None:
+                        death = claim(f"{self._claims}-death-{stub.pid}")  # None: another watcher handled it
+                        if death is not None:
+                            self._handled.append(death)
+                            deaths.setdefault(model, []).append((stub, status))
+            self._restart(deaths)
         finally:
-            reloading.release()
+            for reloading in held:
+                reloading.release()
 
-    def _restart(self, stub: Stub, status: int) -> None:
-        events.emit("component_died", model=stub.model, instance=stub.instance, stub_pid=stub.pid, exit_status=status)
-        self.log_error(f"watchdog: {stub.instance} (pid {stub.pid}) of {stub.model} died (wait status {status})")
-        started = time.monotonic()
+    def _restart(self, deaths: dict[str, list[tuple[Stub, int]]]) -> None:
+        """Every model unloaded before any loads again: the server says not ready until all of them serve."""
+        for stub, status in (death for model_deaths in deaths.values() for death in model_deaths):
+            events.emit("component_died", model=stub.model, instance=stub.instance, stub_pid=stub.pid,
+                        exit_status=status)
+            self.log_error(f"watchdog: {stub.instance} (pid {stub.pid}) of {stub.model} died (wait status {status})")
+        started, unloaded = time.monotonic(), []
+        for model in deaths:
+            self.log_info(f"watchdog: reloading {model}; Triton reports it not ready until it is loaded")
+            if self._control(model, "unloading", self.control.unload, deaths[model]):
+                unloaded.append(model)
+        for model in unloaded:
+            self._load(model, deaths[model], started)
+
+    def _load(self, model: str, deaths: list[tuple[Stub, int]], started: float) -> None:
+        if not self._control(model, "loading", self.control.load, deaths, said=model in self._failed):
+            self._failed[model] = (time.monotonic() + RETRY_SECONDS, deaths)
+            return
+        self._failed.pop(model, None)
+        seconds = time.monotonic() - started
+        pids = [s.pid for s in server_stubs(self.server_pid) if s.model == model]
+        for stub, _ in deaths:
+            events.emit("component_restarted", model=model, instance=stub.instance, seconds=seconds, stub_pids=pids)
+        self.log_info(f"watchdog: {model} reloaded in {seconds:.2f}s (stubs {pids})")
+
+    def _retry_failed_loads(self) -> None:
+        """Loads again each model whose load failed, every RETRY_SECONDS: a file fixed in the repository is picked
+        up without a restart (Triton keeps the model UNAVAILABLE, and the server not ready, meanwhile)."""
+        for model, (when, deaths) in list(self._failed.items()):
+            if time.monotonic() < when or self._stop.is_set():
+                continue
+            reloading = claim(f"{self._claims}-model-{model}")
+            if reloading is None:  # another watcher is at it
+                continue
+            try:
+                self.log_info(f"watchdog: loading {model} again after its failed load")
+                self._load(model, deaths, time.monotonic())
+            finally:
+                reloading.release()
+
+    def _control(self, model: str, doing: str, call: Callable[[str], object], deaths: list[tuple[Stub, int]],
+                 said: bool = False) -> bool:
+        """`call(model)`; a failure is logged, and recorded for each of the model's dead stubs unless `said`."""
         try:
             if not self.can_reload:
                 raise RuntimeError(NO_RELOAD)
-            self.log_info(f"watchdog: reloading {stub.model}; Triton reports it not ready until it is loaded")
-            self.control.unload(stub.model)  # first, so that Triton says not ready while the model loads again
-            self.control.load(stub.model)
+            call(model)
+            return True
         except Exception as e:
-            events.emit("component_restart_failed", model=stub.model, instance=stub.instance, error=str(e))
-            self.log_error(f"watchdog: reloading {stub.model} failed: {e}")
-            return
-        seconds = time.monotonic() - started
-        pids = [s.pid for s in server_stubs(self.server_pid) if s.model == stub.model]
-        events.emit("component_restarted", model=stub.model, instance=stub.instance, seconds=seconds, stub_pids=pids)
-        self.log_info(f"watchdog: {stub.model} reloaded in {seconds:.2f}s (stubs {pids})")
+            for stub, _ in [] if said else deaths:
+                events.emit("component_restart_failed", model=model, instance=stub.instance, error=str(e))
+            self.log_error(f"watchdog: {doing} {model} failed: {e}")
+            return False

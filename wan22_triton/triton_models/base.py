@@ -60,12 +60,15 @@ class ComponentModel:
         self.logger.log_info(f"{self.name} ready: engine {self.manifest.engine}, precision {self.manifest.precision}, "
                              f"{self.device}{', low memory' if self.manifest.low_memory else ''}"
                              f"{', workspace released when idle' if self.manifest.release_workspace else ''}")
+        self.watchdog = triton_io.start_watchdog(args)  # the other models' processes: reloaded if they die
         heap_settled()
 
     def setup(self) -> None:
         raise NotImplementedError
 
     def finalize(self):
+        if hasattr(self, "watchdog"):  # set once loaded
+            self.watchdog.stop()
         if hasattr(self, "runner"):  # set unless setup failed
             self.runner.close()
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from wan22_triton.operations import events, locks, watchdog
+from wan22_triton.operations import events, locks
 
 from wan22_triton.memory import budget, offload
 
@@ -110,12 +110,8 @@ class TritonPythonModel:
             locks.InterProcessLock(locks.lock_path(args["model_repository"], "generation"))
             if self.manifest.low_memory else None
         )
-        # A component process that dies is reloaded (or reported not ready) instead of failing every request after it.
-        self.watchdog = watchdog.ComponentWatchdog(
-            args["model_name"], args["model_repository"],
-            watchdog.ModelControl(pb.unload_model, pb.load_model),
-            self.logger.log_info, self.logger.log_error,
-        ).start()
+        # A model process that dies is reloaded (or reported not ready) instead of failing every request after it.
+        self.watchdog = triton_io.start_watchdog(args)
         self.logger.log_info(
             f"{self.manifest.model} ready: experts {expert_models(self.manifest.checkpoint)}, streaming "
             f"{self.streaming}, low memory {self.manifest.low_memory}, defaults {self.manifest.checkpoint.request_defaults}, "

@@ -10,11 +10,23 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from wan22_triton.operations import watchdog
+
 
 def pb_utils():
     import triton_python_backend_utils as pb  # provided by the stub
 
     return pb
+
+
+def start_watchdog(args: Mapping[str, str]) -> watchdog.ComponentWatchdog:
+    """This model's watcher of the server's other models' processes (operations.watchdog). Every model runs one, so
+    a process that dies is reloaded as long as any model of the server lives, two orchestrators killed together
+    included."""
+    pb = pb_utils()
+    return watchdog.ComponentWatchdog(args["model_name"], args["model_repository"],
+                                      watchdog.ModelControl(pb.unload_model, pb.load_model),
+                                      pb.Logger.log_info, pb.Logger.log_error).start()
 
 
 def torch_device(args: Mapping[str, str], version_gpus: Callable[[int], Sequence[int]] | None = None) -> str:
