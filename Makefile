@@ -27,6 +27,7 @@ TINY := checkpoints/tiny-wan2.2-t2v-a14b
 include docker/versions.env
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
+UV_PIN := uv==0.13.10
 
 .PHONY: setup checkpoint export model-repository kubernetes serve demo test test-fast perf perf-gpu docker-export docker-serve clean
 
@@ -34,18 +35,20 @@ CHECKOV_VERSION := 3.3.30
 setup:
 	@$(MAKE) --no-print-directory -j2 $(VENV)/.ready $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION)
 
-# Pinned dependencies (requirements.lock), byte-compiled on every core afterwards (pip compiles on one; left to the
-# first imports, the test workers and their servers' stubs would each compile torch at once); tensorrt-stubs without
-# its `tensorrt` dependency, which downloads the real TensorRT from NVIDIA's index at install time. perf_analyzer
-# needs Debian's libb64.
+# Pinned dependencies (requirements.lock): torch with pip (this machine's pip configuration may say where its build
+# lies), then the rest with uv, which installs them at once (pip: one at a time, 4x longer); uv must find torch there
+# first, or it fetches another build for the packages that need it. Byte-compiled on every core afterwards (left to
+# the first imports, the test workers and their servers' stubs would each compile torch at once); tensorrt-stubs
+# without its `tensorrt` dependency, which downloads the real TensorRT from NVIDIA's index at install time.
+# perf_analyzer needs Debian's libb64.
 $(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	$(PYTHON) -m venv $(VENV)
-	@if [ "$(GPU)" = 1 ]; then \
-	  sed 's/^torch==\([^+]*\)+cpu$$/torch==\1/' requirements.lock > $(VENV)/requirements.gpu.txt; \
-	  echo "torchao==$(TORCHAO_VERSION)" >> $(VENV)/requirements.gpu.txt; \
-	  echo "nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)" >> $(VENV)/requirements.gpu.txt; \
-	  $(PY) -m pip install -q --no-compile -r $(VENV)/requirements.gpu.txt; \
-	else $(PY) -m pip install -q --no-compile -r requirements.lock; fi
+	@lock=requirements.lock; if [ "$(GPU)" = 1 ]; then lock=$(VENV)/requirements.gpu.txt; \
+	  sed 's/^torch==\([^+]*\)+cpu$$/torch==\1/' requirements.lock > $$lock; \
+	  echo "torchao==$(TORCHAO_VERSION)" >> $$lock; echo "nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)" >> $$lock; fi; \
+	  grep -v '^torch==' $$lock > $(VENV)/requirements.rest.txt && \
+	  $(PY) -m pip install -q --no-compile $(UV_PIN) -c $$lock "$$(grep '^torch==' $$lock)" && \
+	  $(VENV)/bin/uv pip install -q --python $(PY) -r $(VENV)/requirements.rest.txt
 	$(PY) -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(PY) -m pip install -q --no-deps -e .
 	@$(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") || true
@@ -65,7 +68,8 @@ $(VENV)/.gpu-$(GPU):
 $(CHECKOV_VENV)/.ready-$(CHECKOV_VERSION):
 	rm -rf $(CHECKOV_VENV)
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install -q --no-compile checkov==$(CHECKOV_VERSION)
+	$(CHECKOV_VENV)/bin/python -m pip install -q $(UV_PIN)
+	$(CHECKOV_VENV)/bin/uv pip install -q --python $(CHECKOV_VENV)/bin/python checkov==$(CHECKOV_VERSION)
 	touch $@
 
 checkpoint: $(TINY)/model_index.json
