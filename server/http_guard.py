@@ -5,7 +5,8 @@ Triton 2.51 has no option that bounds what a JSON inference input may declare, a
 does with each request). The guard listens where clients connect; Triton's HTTP port stays on loopback behind it:
 
     python -m server.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
-        [--max-json-bytes N] [--max-elements N] [--body-idle-seconds S] [--abandon-dir DIR] [--exit-with-pid PID] [--log-level INFO]
+        [--max-json-bytes N] [--max-elements N] [--body-idle-seconds S] [--abandon-dir DIR] [--exit-with-pid PID]
+        [--log-level INFO]
 
 `HttpGuard` runs it on a thread of the calling process (process.HttpFront, which the launcher and TritonServer use);
 the CLI runs it in the foreground in front of a tritonserver started some other way, `--exit-with-pid` tying its life

@@ -125,7 +125,7 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_some(content: aiohttp.StreamReader, idle_s: float, most: int = -1) -> bytes:
+async def _read_some(content: aiohttp.StreamReader, idle_s: float, most: int = -1) -> bytes:
     """The next bytes of a request body (at most `most`; b"" at its end), refused (408) when none come for
     `idle_s`."""
     try:
@@ -134,10 +134,10 @@ async def read_some(content: aiohttp.StreamReader, idle_s: float, most: int = -1
         raise Rejected(408, f"the request body stalled: no byte for {idle_s:g} s") from None
 
 
-async def read_exactly(content: aiohttp.StreamReader, size: int, idle_s: float) -> bytes:
+async def _read_exactly(content: aiohttp.StreamReader, size: int, idle_s: float) -> bytes:
     parts, missing = [], size
     while missing:
-        part = await read_some(content, idle_s, missing)
+        part = await _read_some(content, idle_s, missing)
         if not part:
             raise bad_request(f"the request body ended {missing} bytes short of its first {size}")
         parts.append(part)
@@ -165,7 +165,7 @@ class BoundedBody:
             return
         while True:
             try:
-                chunk = await read_some(self.rest, self.idle_s)
+                chunk = await _read_some(self.rest, self.idle_s)
             except Rejected as stalled:
                 self.stalled = stalled
                 raise
@@ -261,7 +261,7 @@ class HttpGuardApp:
             if json_length > length:
                 raise bad_request(f"{INFERENCE_HEADER_LENGTH} {json_length} is more than the body's {length} bytes")
             self._check_json_length(json_length)
-            head = await read_exactly(request.content, json_length, self.settings.body_idle_s)
+            head = await _read_exactly(request.content, json_length, self.settings.body_idle_s)
             await self._off_loop(self._check_json, head, length - json_length)
             return self._body(head, request.content)
 
@@ -289,7 +289,7 @@ class HttpGuardApp:
 
     async def _read_all(self, content: aiohttp.StreamReader, limit: int) -> bytes:
         chunks, size = [], 0
-        while chunk := await read_some(content, self.settings.body_idle_s):
+        while chunk := await _read_some(content, self.settings.body_idle_s):
             size += len(chunk)
             if size > limit:
                 raise Rejected(413, f"request body is more than {limit} bytes (--max-body-bytes)")
