@@ -52,7 +52,7 @@ NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a compone
              "reloaded and its model fails every request until the server restarts (start it with "
              "--model-control-mode=explicit --load-model=*)")
 RESCAN_SECONDS = 1.0  # how often new stubs (startup, reloads) are picked up; a known stub's death is seen at once
-TOGETHER_S = 0.2  # deaths this close (a kill of several, the OOM killer) are one fault: all unloaded, then reloaded
+TOGETHER_S = 1.0  # deaths this close (a kill of several, the OOM killer) are one fault: all unloaded, then reloaded
 RETRY_SECONDS = 15.0  # a load that failed (a file broken in the repository) is tried again this often, until it works
 
 
@@ -149,7 +149,7 @@ class ComponentWatchdog:
         self._thread = threading.Thread(target=self._run, name=f"watchdog-{own_model}", daemon=True)
 
     def _claim(self, what: str, poll_s: float) -> InterProcessLock | None:
-        """Waits for the claim on `what` of this server; None once stopped."""
+        """Waits for the claim on `what` of this server (the watcher of a model); None once stopped."""
         while not self._stop.is_set():
             held = claim(f"{self._claims}-{what}")
             if held is not None:
@@ -212,52 +212,66 @@ class ComponentWatchdog:
         return exited
 
     def _wait_for_exits(self, timeout_s: float) -> list[Stub]:
-        """The stubs that exited within `timeout_s`, with those that follow within TOGETHER_S (handled together)."""
-        exited: list[Stub] = []
-        while ready := [fd for fd, _ in self._poll.poll((TOGETHER_S if exited else timeout_s) * 1000)
-                        if fd in self._watched]:  # not the stop's wake-up
-            for fd in ready:
+        exited = []
+        for fd, _ in self._poll.poll(timeout_s * 1000):
+            if fd in self._watched:  # not the stop's wake-up
                 self._poll.unregister(fd)
                 os.close(fd)
                 exited.append(self._watched.pop(fd))
         return exited
 
     def _recover(self, exited: list[Stub]) -> None:
-        """Reloads the models of the stubs that died (not those Triton ended) and that no other watcher handles."""
+        """Reloads the models of the stubs that died (not those Triton ended) and that no other watcher handles:
+        each unloaded at once, and so are those that die within TOGETHER_S after (one fault: a big process takes a
+        while to die), before any loads again."""
+        held: dict[str, InterProcessLock] = {}  # model -> its claim: the model's reload is this watcher's
         deaths: dict[str, list[tuple[Stub, int]]] = {}
-        held = []
+        started = time.monotonic()
         try:
-            # Another watcher may be reloading a model; claimed in name order, two never wait for each other.
-            for model in sorted({stub.model for stub in exited if death_status(stub.pid) is not None}):
-                reloading = self._claim(f"model-{model}", 0.05)
-                if reloading is None:  # stopped
-                    return
-                held.append(reloading)
-                for stub in exited:
-                    status = death_status(stub.pid)  # usually gone if another watcher reloaded the model meanwhile
-                    if stub.model == model and status is not None:
-                        death = claim(f"{self._claims}-death-{stub.pid}")  # None: another watcher handled it
-                        if death is not None:
-                            self._handled.append(death)
-                            deaths.setdefault(model, []).append((stub, status))
-            self._restart(deaths)
+            unloaded = self._unload(self._take(exited, held), deaths)
+            while not self._stop.is_set() and (more := self._wait_for_exits(TOGETHER_S)):
+                unloaded += self._unload(self._take(more, held), deaths)
+            for model in unloaded:
+                self._load(model, deaths[model], started)
         finally:
-            for reloading in held:
+            for reloading in held.values():
                 reloading.release()
 
-    def _restart(self, deaths: dict[str, list[tuple[Stub, int]]]) -> None:
-        """Every model unloaded before any loads again: the server says not ready until all of them serve."""
-        for stub, status in (death for model_deaths in deaths.values() for death in model_deaths):
-            events.emit("component_died", model=stub.model, instance=stub.instance, stub_pid=stub.pid,
-                        exit_status=status)
-            self.log_error(f"watchdog: {stub.instance} (pid {stub.pid}) of {stub.model} died (wait status {status})")
-        started, unloaded = time.monotonic(), []
-        for model in deaths:
-            self.log_info(f"watchdog: reloading {model}; Triton reports it not ready until it is loaded")
-            if self._control(model, "unloading", self.control.unload, deaths[model]):
-                unloaded.append(model)
-        for model in unloaded:
-            self._load(model, deaths[model], started)
+    def _take(self, exited: list[Stub], held: dict[str, InterProcessLock]) -> dict[str, list[tuple[Stub, int]]]:
+        """Of `exited`, the deaths this watcher handles, by model: a model whose claim another watcher holds is that
+        watcher's (it watches every stub, so it also sees the deaths that follow); a death, once claimed, is never
+        handled twice."""
+        taken: dict[str, list[tuple[Stub, int]]] = {}
+        for model in sorted({stub.model for stub in exited if death_status(stub.pid) is not None}):
+            if model not in held and (reloading := claim(f"{self._claims}-model-{model}")) is not None:
+                held[model] = reloading
+            if model not in held:
+                continue
+            for stub in (s for s in exited if s.model == model):
+                status = death_status(stub.pid)
+                death = claim(f"{self._claims}-death-{stub.pid}") if status is not None else None
+                if death is not None:
+                    self._handled.append(death)
+                    taken.setdefault(model, []).append((stub, status))
+        return taken
+
+    def _unload(self, taken: dict[str, list[tuple[Stub, int]]],
+                deaths: dict[str, list[tuple[Stub, int]]]) -> list[str]:
+        """Says each death and unloads its model (so that Triton says not ready while it loads again); returns the
+        models unloaded. `deaths` collects them."""
+        unloaded = []
+        for model, model_deaths in taken.items():
+            first = model not in deaths  # else unloaded already: another of its processes died meanwhile
+            deaths.setdefault(model, []).extend(model_deaths)
+            for stub, status in model_deaths:
+                events.emit("component_died", model=model, instance=stub.instance, stub_pid=stub.pid,
+                            exit_status=status)
+                self.log_error(f"watchdog: {stub.instance} (pid {stub.pid}) of {model} died (wait status {status})")
+            if first:
+                self.log_info(f"watchdog: reloading {model}; Triton reports it not ready until it is loaded")
+                if self._control(model, "unloading", self.control.unload, model_deaths):
+                    unloaded.append(model)
+        return unloaded
 
     def _load(self, model: str, deaths: list[tuple[Stub, int]], started: float) -> None:
         if not self._control(model, "loading", self.control.load, deaths, said=model in self._failed):
