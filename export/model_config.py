@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan22_triton.components.common import ComponentSpec, Dim, TensorSpec
+from wan22_triton.components.common import ComponentSpec, Dim, QueuePolicy, TensorSpec
 from wan22_triton.manifest import MANIFEST_PARAMETER, Manifest
 
 
@@ -36,8 +36,7 @@ def build_model_config(
     parameters: Mapping[str, Any] | None = None,
     optional_inputs: frozenset[str] = frozenset(),
     decoupled: bool = False,
-    max_queue_seconds: float = 0,
-    max_queue_size: int = 0,
+    queue: QueuePolicy = QueuePolicy(),
     warmup: Sequence[tuple[str, Mapping[str, int]]] = (),  # (name, symbol values incl. batch) per sample
     warmup_markers: frozenset[str] = frozenset(),  # optional BOOL inputs sent true in each sample (WARMUP_TRUE_FILE)
     versions: int = 1,  # versions 1..N all served (N > 1: a version per replica, wan22_triton.parallel.plan)
@@ -66,14 +65,14 @@ def build_model_config(
         config.parameters[key].string_value = text
     if decoupled:
         config.model_transaction_policy.decoupled = True
-    if max_queue_seconds:
+    if queue.max_seconds:
         # Triton's queue policy: a request still waiting after the timeout is rejected (clients may ask for less).
         policy = config.dynamic_batching.default_queue_policy
         policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
-        policy.default_timeout_microseconds = int(max_queue_seconds * 1e6)
+        policy.default_timeout_microseconds = int(queue.max_seconds * 1e6)
         policy.allow_timeout_override = True
-    if max_queue_size:  # Triton refuses a request that would wait behind more (UNAVAILABLE, HTTP 503)
-        config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
+    if queue.max_size:  # Triton refuses a request that would wait behind more (UNAVAILABLE, HTTP 503)
+        config.dynamic_batching.default_queue_policy.max_queue_size = queue.max_size
     for name, sizes in warmup:
         # Triton runs each sample through the model before it reports READY (compiles happen then, not in a
         # request). Zeros: only the shapes matter, and they are the same on every run.

@@ -55,7 +55,7 @@ def write_config(model_dir: Path, component: Component, instance_kind: str) -> N
         instance_count=component.instance_count * (1 if instance_kind == "KIND_GPU" else len(component.devices)),
         versions=component.versions,
         parameters=parameters, optional_inputs=component.optional_inputs, decoupled=component.decoupled,
-        max_queue_seconds=component.max_queue_seconds, max_queue_size=component.max_queue_size, warmup=component.warmup,
+        queue=component.queue, warmup=component.warmup,
         warmup_markers=component.warmup_markers,
     )
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))

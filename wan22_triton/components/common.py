@@ -119,6 +119,15 @@ class ShapeSpec:
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    """How long and how many requests may wait for a model's instances (Triton's queue policy); 0: no bound.
+    Past them Triton refuses a request: UNAVAILABLE (HTTP 503)."""
+
+    max_seconds: float = 0
+    max_size: int = 0
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """One model of the repository as the engines see it."""
 
@@ -202,8 +211,7 @@ class Component:
     versions: int = 1
     optional_inputs: frozenset[str] = frozenset()
     decoupled: bool = False
-    max_queue_seconds: int = 0
-    max_queue_size: int = 0
+    queue: QueuePolicy = QueuePolicy()
     gpu_inputs: bool = False  # takes CUDA tensors from a GPU caller as they come (FORCE_CPU_ONLY_INPUT_TENSORS no)
     # Triton's model_warmup: (sample name, symbol values incl. batch) each, run before the model is READY
     warmup: tuple[tuple[str, Mapping[str, int]], ...] = ()

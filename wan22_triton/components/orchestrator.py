@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wan22_triton.components.common import SCALAR, Component, ComponentSpec, Dim, TensorSpec
+from wan22_triton.components.common import SCALAR, Component, ComponentSpec, Dim, QueuePolicy, TensorSpec
 from wan22_triton.request.contract import HEIGHT, OPTIONAL_REQUEST_INPUTS, REQUEST_INPUTS, WIDTH
 
 if TYPE_CHECKING:
@@ -61,6 +61,6 @@ def export_components(plan: ExportPlan) -> list[Component]:
             spec.name, ENTRY, lambda s=spec: s,
             plan.manifest(spec.name, video_sizes=plan.video_sizes, loras=plan.loras, presets=PRESETS),
             instance_count=opts.orchestrator_instances, optional_inputs=OPTIONAL_REQUEST_INPUTS, decoupled=stream,
-            max_queue_seconds=opts.max_queue_seconds, max_queue_size=opts.max_queue_size, devices=plan.pipeline_devices,
+            queue=QueuePolicy(opts.max_queue_seconds, opts.max_queue_size), devices=plan.pipeline_devices,
         ))
     return out
