@@ -1,5 +1,5 @@
 """A component process that dies (kill -9 of its Python-backend stub) on a real tritonserver under explicit model
-control: the orchestrators' watchdog (wan22_triton/operations/watchdog.py) notices it, the server says not ready while the model
+control: the models' watchdog (wan22_triton/operations/watchdog.py) notices it, the server says not ready while the model
 is reloaded, then serves the same video for the same seed; events record what happened."""
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def test_expert_killed_mid_request_fails_that_request_clearly_then_serves(server
 
 
 @pytest.mark.server
-def test_orchestrator_killed_is_reloaded_by_the_other_orchestrator_model(server):
+def test_orchestrator_killed_is_reloaded_by_another_model(server):
     since = events.end_offset(server.events_file)
     with Readiness(server) as readiness:
         killed_at, killed_pid = kill_stub(server, "wan22_t2v")
