@@ -5,13 +5,12 @@ stays READY, `/v2/health/ready` answers 200, and every request to it fails INTER
 is not healthy" until the server is restarted. The NGC container runs tritonserver directly, so the cure has to live
 in the repository: every model starts this watchdog (triton_io.start_watchdog). It holds a pidfd of every stub of its
 server and, when one dies, unloads and reloads that stub's model through Triton's model-control API (pb_utils). Unload
-first:
-while the model loads, Triton reports it, and with `--strict-readiness` the server, not ready (measured: ready again
-only when the reload is done, not ready within 30 ms of the death); a load that fails leaves the model UNAVAILABLE,
-so the server keeps saying it cannot serve, and is tried again every RETRY_SECONDS (a file fixed in the repository
-is picked up without a restart). A stub that dies during a request fails that request ("is not
-healthy"), and Triton 2.51 never finishes unloading that old model version: the reloaded one serves, but the
-server's stop then waits for its exit timeout and exits 1. Needs
+first: while the model loads, Triton reports it, and with `--strict-readiness` the server, not ready (measured: ready
+again only when the reload is done, not ready within 30 ms of the death); a load that fails leaves the model
+UNAVAILABLE, so the server keeps saying it cannot serve, and is tried again every RETRY_SECONDS (a file fixed in the
+repository is picked up without a restart). A stub that dies during a request fails that request ("is not healthy"),
+and Triton 2.51 never finishes unloading that old model version: the reloaded one serves, but the server's stop then
+waits for its exit timeout and exits 1. Needs
 `--model-control-mode=explicit --load-model=*`, read from tritonserver's command line: in the other modes
 pb_utils.unload_model crashes the calling stub (SIGSEGV, measured on 2.51), so there a death is only reported
 (`component_restart_failed`, an error in the log) and the server stays broken until it is restarted.
@@ -157,6 +156,10 @@ class ComponentWatchdog:
             self._stop.wait(poll_s)
         return None
 
+    def _model_claim(self, model: str) -> InterProcessLock | None:
+        """The claim on reloading `model` (None: another watcher holds it)."""
+        return claim(f"{self._claims}-model-{model}")
+
     def start(self) -> "ComponentWatchdog":
         self._thread.start()
         return self
@@ -243,7 +246,7 @@ class ComponentWatchdog:
         handled twice."""
         taken: dict[str, list[tuple[Stub, int]]] = {}
         for model in sorted({stub.model for stub in exited if death_status(stub.pid) is not None}):
-            if model not in held and (reloading := claim(f"{self._claims}-model-{model}")) is not None:
+            if model not in held and (reloading := self._model_claim(model)) is not None:
                 held[model] = reloading
             if model not in held:
                 continue
@@ -290,7 +293,7 @@ class ComponentWatchdog:
         for model, (when, deaths) in list(self._failed.items()):
             if time.monotonic() < when or self._stop.is_set():
                 continue
-            reloading = claim(f"{self._claims}-model-{model}")
+            reloading = self._model_claim(model)
             if reloading is None:  # another watcher is at it
                 continue
             try:
