@@ -133,9 +133,10 @@ def _compiled_rank(rank: int, checkpoint: Path, port: int, out_dir: Path) -> Non
 
     from wan22_triton.speed.fast_path import optimize_transformer
     from wan22_triton.engines.loading import load_component
+    from wan22_triton.parallel.worker_group import rendezvous
     from wan22_triton.manifest import SpeedOptions
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", store=rendezvous(port, 2, 300), rank=rank, world_size=2)
     manifest = _manifest(checkpoint)
     model = load_component(manifest, checkpoint, WanTransformer3DModel, "transformer", "transformer", "cpu")
     optimize_transformer(model, SpeedOptions(compile="regional"), log=lambda _: None,
@@ -161,10 +162,11 @@ def test_compiled_ulysses_sends_every_piece_before_attending_and_equals_one_proc
     attention; and the noise prediction is the one-process one."""
     from torch.multiprocessing import spawn
 
-    from wan22_triton.parallel.worker_group import _free_port
+    from wan22_triton.parallel.worker_group import rendezvous
 
     inputs, expected = reference
-    spawn(_compiled_rank, args=(tiny_checkpoint, _free_port(), tmp_path), nprocs=2)
+    store = rendezvous(0, 2, 300)  # held here while the ranks join it
+    spawn(_compiled_rank, args=(tiny_checkpoint, store.port, tmp_path), nprocs=2)
     saved = torch.load(tmp_path / "rank0.pt")
     torch.testing.assert_close(saved["out"], expected, rtol=1e-4, atol=1e-5)
     # self-attention's 2 pieces, then cross-attention (no exchange)

@@ -22,7 +22,6 @@ import datetime
 import multiprocessing as mp
 import os
 import signal
-import socket
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -44,17 +43,18 @@ class GroupFailed(RuntimeError):
     """A step failed because a rank of the group failed; the group is rebuilt at the next call."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(port: int, world_size: int, timeout_s: float) -> dist.TCPStore:
+    """The group's store: port 0 makes it (rank 0, on a port the kernel picks and it keeps bound, so no other
+    process can take it in between); a port joins it (the other ranks)."""
+    return dist.TCPStore("127.0.0.1", port, world_size, is_master=port == 0,
+                         timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
-def _init_group(rank: int, devices: list[torch.device], port: int, timeout_s: float) -> None:
+def _init_group(rank: int, devices: list[torch.device], store: dist.TCPStore, timeout_s: float) -> None:
     backend = "nccl" if devices[0].type == "cuda" else "gloo"
     if devices[rank].type == "cuda":
         torch.cuda.set_device(devices[rank])
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(devices),
+    dist.init_process_group(backend, store=store, rank=rank, world_size=len(devices),
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 
@@ -76,7 +76,7 @@ def _worker_main(rank: int, devices: list[torch.device], port: int, timeout_s: f
         os.environ.clear()
         os.environ.update(environ)
     device = devices[rank]
-    _init_group(rank, devices, port, timeout_s)
+    _init_group(rank, devices, rendezvous(port, len(devices), timeout_s), timeout_s)
     model = build(device, dist.group.WORLD)
     _release_workspace(name, device, "load", rank=rank)  # as rank 0's model instance does after its setup
     conn.send("ready")
@@ -121,17 +121,17 @@ class WorkerGroup:
     def _start(self) -> WorkerGroup:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(list(WORKER_PRELOAD))  # read when the server starts: at the first group
-        port = _free_port()
+        store = rendezvous(0, len(self.devices), self.timeout_s)
         for rank in range(1, len(self.devices)):
             ours, theirs = ctx.Pipe()
             worker = ctx.Process(target=_worker_main, name=f"{self.name}-rank{rank}",
-                                 args=(rank, self.devices, port, self.timeout_s, self.build, theirs, self.name,
+                                 args=(rank, self.devices, store.port, self.timeout_s, self.build, theirs, self.name,
                                        dict(os.environ)))
             worker.start()
             theirs.close()
             self.workers.append(worker)
             self.pipes.append(ours)
-        _init_group(0, self.devices, port, self.timeout_s)
+        _init_group(0, self.devices, store, self.timeout_s)
         self.model = self.build(self.devices[0], dist.group.WORLD)
         for rank, pipe in enumerate(self.pipes, start=1):
             self._wait_ready(rank, pipe)
