@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onnx_cache
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components.common import CacheEntry, ComponentSpec, Dim
 from wan22_triton.components.vae_decoder import vae_decoder_frame_specs
@@ -131,9 +132,20 @@ def _check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
 
 def export_module(module: nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
                   sizes: Mapping[str, int] | None = None) -> Path:
-    """Export `module` (positional inputs in `spec.inputs` order) to `path` + `path.data`, dims as declared."""
+    """Export `module` (positional inputs in `spec.inputs` order) to `path` + `path.data`, dims as declared; from
+    the ONNX cache (`export.onnx_cache`) when one is set and holds this graph."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    cache = onnx_cache.from_environment()
+    if cache is None:
+        _trace(module, spec, path, opset, sizes)
+    else:
+        cache.fetch_or_make(onnx_cache.key(module, spec, opset, sizes), path,
+                            lambda target: _trace(module, spec, target, opset, sizes))
+    return path
+
+
+def _trace(module: nn.Module, spec: ComponentSpec, path: Path, opset: int, sizes: Mapping[str, int] | None) -> None:
     sample = spec.sample_inputs(export_sizes(spec, sizes))
     args = tuple(torch.from_numpy(sample[name]) for name in spec.input_names)
     module = module.eval()
@@ -158,7 +170,6 @@ def export_module(module: nn.Module, spec: ComponentSpec, path: str | Path, opse
     locations = external_data_files(path)
     if locations - {path.name + ".data"}:
         raise RuntimeError(f"{path}: weights spread over {sorted(locations)}")
-    return path
 
 
 def external_data_files(path: str | Path) -> set[str]:

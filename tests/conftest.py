@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pytest
 
+from export.onnx_cache import ONNX_CACHE_ENV
 from export.options import ExportOptions
 from export.repository import export_repository
 from perf.gpu_benchmark.quality import psnr  # noqa: F401 (the tests import it from here)
@@ -119,6 +120,16 @@ class ServerPool:
             del self._holders[key]
         with ThreadPoolExecutor(max(len(stopping), 1)) as pool:
             list(pool.map(Server.stop, stopping))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """One ONNX cache for the whole run (every pytest-xdist worker's): a graph is traced once, whichever test or
+    server export asks first."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "onnx-cache"
+    os.environ[ONNX_CACHE_ENV] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

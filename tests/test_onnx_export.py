@@ -274,3 +274,60 @@ def test_export_sizes_avoid_specialisation(tiny: SimpleNamespace) -> None:
     first_spec, _ = vae_decoder_frame_specs(tiny.info, discover_cache_layout(tiny.vae))
     assert first_spec.sample_sizes["batch"] == 1
     assert onnx_export.export_sizes(first_spec)["batch"] == 2
+
+
+# --------------------------------------------------------------------------------------------- the ONNX cache
+
+
+def _linear_graph(path: Path, weight: np.ndarray) -> None:
+    """y = x @ weight, the weight in external data beside the graph (as every exported graph keeps it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight.shape[1]])],
+        [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, location=path.name + ".data",
+              size_threshold=0)
+
+
+def test_the_onnx_cache_gives_back_the_stored_graph_under_any_name(tmp_path: Path) -> None:
+    from export.onnx_cache import OnnxCache
+
+    cache, weight = OnnxCache(tmp_path / "cache"), np.arange(6, dtype=np.float32).reshape(2, 3)
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        made.append(path)
+        _linear_graph(path, weight)
+
+    first, second = tmp_path / "a" / "first.onnx", tmp_path / "b" / "second.onnx"
+    for path in (first, second):
+        path.parent.mkdir()
+    assert cache.fetch_or_make("k", first, make) is False and made == [first]
+    assert cache.fetch_or_make("k", second, make) is True and made == [first]  # not made again
+    assert onnx_export.external_data_files(second) == {"second.onnx.data"}  # its own data file, beside it
+    x = np.ones((1, 2), dtype=np.float32)
+    for path in (first, second):
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(out, x @ weight)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_the_onnx_cache_key_follows_weights_declaration_and_opset(tiny: SimpleNamespace) -> None:
+    from export.onnx_cache import key
+
+    spec = transformer_spec(tiny.info, TRANSFORMER_HIGH_NOISE)
+    model = copy.deepcopy(tiny.transformer)
+    base = key(model, spec, 18, None)
+    assert key(copy.deepcopy(model), spec, 18, None) == base  # equal inputs, equal address
+    assert key(model, spec, 19, None) != base
+    assert key(model, transformer_spec(tiny.info, "other"), 18, None) != base
+    assert key(model, spec, 18, {"batch": 3}) != base
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6  # one weight, by the least amount
+    assert key(model, spec, 18, None) != base
+    moved = copy.deepcopy(tiny.transformer)
+    moved.register_to_config(_name_or_path="/elsewhere")  # where the weights were read from is not an input
+    assert key(moved, spec, 18, None) == key(tiny.transformer, spec, 18, None)
