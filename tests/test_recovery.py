@@ -37,13 +37,16 @@ RESTART_BOUND_S = 60.0  # death to serving again; measured 4-7 s with the tiny c
 # < 30 ms); the bound leaves room for a loaded machine.
 NOT_READY_BOUND_S = 2.0
 LIMITS = replace(TEST_LIMITS, max_inference_steps=100)  # the mid-request kill's long request
+RETRY_S = 2.0  # the server's period between tries of a failed reload
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint):
     repo = tmp_path_factory.mktemp("recovery") / "repo"
     export_repository(tiny_checkpoint, repo, ExportOptions(limits=LIMITS), log=lambda _: None)
-    server = Server(repo, extra_args=RECOVERY_FLAGS).start()  # its own: a stub of it is killed
+    # Its own: a stub of it is killed. A short exit timeout: the stop waits for it after the mid-request kill (below).
+    server = Server(repo, extra_args=RECOVERY_FLAGS, exit_timeout_s=2,
+                    env={watchdog.RETRY_ENV: str(RETRY_S)}).start()
     server.reference = grpc_client.generate(server.grpc_url, REQUEST)["video"]  # before anything dies
     yield server
     # No crash at the stop. 1: Triton's exit timeout, which the expert killed mid-request causes (Triton 2.51 never
@@ -218,7 +221,7 @@ def test_a_reload_that_fails_is_tried_again_until_the_repository_is_fixed(server
         finally:
             hidden.rename(weights)
         restarted = wait_for_event(server, since, "component_restarted", EXPERT,
-                                   timeout_s=watchdog.RETRY_SECONDS + RESTART_BOUND_S)
+                                   timeout_s=RETRY_S + RESTART_BOUND_S)
         readiness.wait_back(killed_at)
     assert restarted["time"] > failed["time"]
     assert np.array_equal(grpc_client.generate(server.grpc_url, REQUEST)["video"], server.reference)

@@ -52,7 +52,10 @@ NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a compone
              "--model-control-mode=explicit --load-model=*)")
 RESCAN_SECONDS = 1.0  # how often new stubs (startup, reloads) are picked up; a known stub's death is seen at once
 TOGETHER_S = 1.0  # deaths this close (a kill of several, the OOM killer) are one fault: all unloaded, then reloaded
-RETRY_SECONDS = 15.0  # a load that failed (a file broken in the repository) is tried again this often, until it works
+# A load that failed (a file broken in the repository) is tried again this often, until it works; the server's
+# environment may set another period
+RETRY_ENV = "WAN22_RELOAD_RETRY_SECONDS"
+RETRY_SECONDS = float(os.environ.get(RETRY_ENV, 15.0))
 
 
 @dataclass(frozen=True)
