@@ -4,7 +4,7 @@ and the VAE after each call, an expert after the call the orchestrator marks as 
 the decode, and after its first call at each input shape (a warm-up sample, a compile, a new size).
 
 The option's path export -> manifest -> model is checked without a server, and which steps are marked; then two
-real tritonservers on the CPU (released, kept) serve two requests: in the second, one `workspace_released` event
+real tritonservers on the CPU (released: the session's, kept) serve two requests: in the second, one `workspace_released` event
 per encode, per decode and per expert's run of steps, in that order (nothing freed on a CPU, but the release ran),
 none when kept, and the same video; in the first, each expert's first call at the size releases too. A sequence-parallel worker releases when rank 0 tells it.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,8 @@ from .conftest import TEST_LIMITS, Server
 COMPONENTS = ("text_encoder", "transformer_high_noise", "transformer_low_noise", "vae_decoder")
 EXPERTS = COMPONENTS[1:3]
 ORCHESTRATORS = ("wan22_t2v", "wan22_t2v_stream")
-REQUEST = dict(prompt="a kite over a beach", num_frames=5, height=32, width=48, num_inference_steps=4, seed=5)
+# A size no other test asks of the session's server: its first request at that size is this module's
+REQUEST = dict(prompt="a kite over a beach", num_frames=5, height=48, width=80, num_inference_steps=4, seed=5)
 
 
 def _export(checkpoint: Path, repo: Path, **options) -> Path:
@@ -145,24 +145,13 @@ def test_sequence_parallel_worker_releases_when_rank_0_does(tiny_checkpoint, tmp
 
 
 # -- served -------------------------------------------------------------------------------------------------------
-def _server(checkpoint: Path, repo: Path, **options) -> Server:
-    return Server(_export(checkpoint, repo, engine="torch", **options))
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory, tiny_checkpoint):
-    """(released, kept): the default export and `--keep-workspace`, started and stopped side by side; servers of
-    their own, whose first request at a size is the test's."""
-    made = [_server(tiny_checkpoint, tmp_path_factory.mktemp(name), **options)
-            for name, options in (("repo-release", {}), ("repo-keep", {"keep_workspace": True}))]
-    try:
-        with ThreadPoolExecutor(len(made)) as pool:
-            for future in [pool.submit(server.start) for server in made]:
-                future.result()
-        yield made
-    finally:  # every server, started or not (stop is a no-op for one that never ran)
-        with ThreadPoolExecutor(len(made)) as pool:
-            list(pool.map(lambda server: server.stop(), made))
+def servers(torch_server, tmp_path_factory, tiny_checkpoint):
+    """(released, kept): the session's server (the default: released) and one exported with `--keep-workspace`."""
+    repo = _export(tiny_checkpoint, tmp_path_factory.mktemp("repo-keep"), engine="torch", keep_workspace=True)
+    kept = Server(repo).start()
+    yield torch_server, kept
+    kept.stop()
 
 
 def _events(server, offset: int = 0) -> list[dict]:
@@ -183,6 +172,10 @@ def test_loaded_models_release_once(servers):
         assert _released(_events(server), "load") == {model: 1 for model in COMPONENTS}
 
 
+def _first_calls(found: list[dict]) -> set[tuple[str, tuple[int, ...]]]:
+    return {(e["model"], tuple(e["shape"])) for e in found if e["event"] == "first_call"}
+
+
 def _forwards(found: list[dict]) -> dict[str, int]:
     return {model: sum(1 for e in found if e["event"] == "expert_forward" and e["model"] == model) for model in EXPERTS}
 
@@ -193,8 +186,10 @@ def test_one_release_per_idle_model_and_the_same_video(servers):
     # The first request at a size: each expert also releases after its first call at the new shape (what a
     # warm-up sample leaves behind is not kept), which is its last step too when it has one step only.
     offset = events.end_offset(released.events_file)
+    before = _first_calls(_events(released))
     first = grpc_client.generate(released.grpc_url, REQUEST)["video"]
     found = _events(released, offset)
+    assert _first_calls(found) and not _first_calls(found) & before  # a size the shared server had not served
     steps = _forwards(found)
     assert _released(found, "call") == {"text_encoder": 1, "vae_decoder": 1,
                                         **{model: 1 if steps[model] == 1 else 2 for model in EXPERTS}}
