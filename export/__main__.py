@@ -77,7 +77,8 @@ def _pick(options: type, args: argparse.Namespace):
     return options(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, random_weights_seed: int | None = None) -> None:
+    """`random_weights_seed`: the benchmarks' seam (perf.random_export), never a flag."""
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="Wan2.2 T2V diffusers checkpoint directory")
     parser.add_argument("--repository", default="model_repository", help="model repository to write")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         _add_flags(parser, options)
     args = parser.parse_args(argv)
     opts = dataclasses.replace(_pick(ExportOptions, args), limits=_pick(Limits, args), speed=_pick(SpeedOptions, args),
-                               parallel=_pick(ParallelPlan, args))
+                               parallel=_pick(ParallelPlan, args), random_weights_seed=random_weights_seed)
     if not (Path(args.checkpoint) / "model_index.json").is_file():
         _exit(f"--checkpoint {args.checkpoint} is not a diffusers checkpoint (no model_index.json); give {WEIGHTS}")
     start = time.perf_counter()
