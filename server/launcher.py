@@ -119,9 +119,16 @@ def serve(
             except StartupFault as found:
                 fault = found
                 break
+    bound = exit_timeout_s + STOP_GRACE_S
+    if stop_asked.is_set():
+        print(f"[server.launcher] stopping: requests in flight get {exit_timeout_s} s, the server is killed "
+              f"{STOP_GRACE_S} s later if it still runs", file=sys.stderr, flush=True)
     server.terminate()  # at once: Triton stops taking requests while the guard lets its in-flight ones finish
     front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
-    code = server.stop(exit_timeout_s + STOP_GRACE_S)
+    code = server.stop(bound)
+    if code == -signal.SIGKILL:
+        print(f"[server.launcher] stopped: tritonserver still ran {bound} s after SIGTERM (a request still "
+              "executing), so it was killed with its model processes", file=sys.stderr, flush=True)
     if fault is not None:
         raise TritonLaunchError(f"{fault}: start the server again")
     return code if code >= 0 else 128 - code

@@ -255,6 +255,9 @@ def test_sigterm_stop_is_bounded_with_a_request_in_flight_and_a_connection_open(
             assert time.monotonic() - t0 < bound
             in_flight.join(timeout=30)
             assert errors, "the request in flight should end with an error"
+            said = log.read_text()  # the stop, said: begun, then how it ended (the slow model outlasts the bound)
+            assert f"[server.launcher] stopping: requests in flight get {EXIT_TIMEOUT_S} s" in said
+            assert "it was killed with its model processes" in said and proc.returncode == 128 + signal.SIGKILL
             keep_alive.close()
             assert not Path(f"/proc/{server_pid}").exists()
             assert not list(SHM.glob(f"{shm_regions.server_region_prefix(server_pid)}*"))
