@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from wan22_triton.operations.procfs import read_stat
+
 SHM_DIR = Path("/dev/shm")
 SERVER_REGION_PREFIX = "wan22_server_"  # + "<tritonserver's pid>_": the Python backend's regions of one server
 
@@ -30,12 +32,8 @@ def sets_region_prefix(args: Sequence[str]) -> bool:
 
 def _is_live_tritonserver(pid: int) -> bool:
     """Whether ``pid`` is a running tritonserver (not gone, not a zombie, not a new process that reuses the id)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-    return name == "tritonserver" and state != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.name == "tritonserver" and stat.live
 
 
 def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[Path]:

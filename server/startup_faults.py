@@ -14,6 +14,8 @@ import signal
 import time
 from pathlib import Path
 
+from wan22_triton.operations.procfs import read_stat
+
 ABORT_MESSAGE = "boost::interprocess::lock_exception"
 # tritonserver waits on a stub's exit only after it ended it or it failed to start, and that stub exits at once
 HANG_AFTER_S = 10.0
@@ -28,11 +30,8 @@ def aborted(returncode: int | None, output_tail: str) -> bool:
 
 
 def _live(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.live
 
 
 def waited_stubs(server_pid: int) -> set[int]:

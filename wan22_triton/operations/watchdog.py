@@ -45,6 +45,7 @@ from typing import Callable
 
 from wan22_triton.operations import events
 from wan22_triton.operations.locks import InterProcessLock, private_dir, repository_key
+from wan22_triton.operations.procfs import read_stat
 
 STUB_EXECUTABLE = "triton_python_backend_stub"
 NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a component process that dies cannot be "
@@ -118,14 +119,10 @@ def claim(name: str) -> InterProcessLock | None:
 def death_status(pid: int) -> int | None:
     """waitpid's status of `pid` if it is a zombie that was killed or failed; None if it is alive, was reaped, or
     exited 0."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    stat = read_stat(pid)
+    if stat is None or stat.live or not stat.exit_code:
         return None
-    # fields[0] is stat's field 3 (state), fields[49] its field 52 (exit_code, Linux >= 3.5)
-    if fields[0] != "Z" or len(fields) < 50 or int(fields[49]) == 0:
-        return None
-    return int(fields[49])
+    return stat.exit_code
 
 
 class ComponentWatchdog:
