@@ -85,12 +85,12 @@ class OnnxCache:
         True when the graph came from the store."""
         entry = self.folder / address
         with self._claimed(address):
-            hit = entry.is_dir()
-            if not hit:
+            if not entry.is_dir():
                 make(path)
                 self._store(path, entry)
+                return False
         self._copy_out(entry, path)
-        return hit
+        return True
 
     def _store(self, path: Path, entry: Path) -> None:
         staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{entry.name}-"))
