@@ -126,7 +126,7 @@ def serve(
     server.terminate()  # at once: Triton stops taking requests while the guard lets its in-flight ones finish
     front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
     code = server.stop(bound)
-    if code == -signal.SIGKILL:
+    if server.killed:
         print(f"[server.launcher] stopped: tritonserver still ran {bound} s after SIGTERM (a request still "
               "executing), so it was killed with its model processes", file=sys.stderr, flush=True)
     if fault is not None:

@@ -129,6 +129,7 @@ class ServerProcess:
     def __init__(self, command: Sequence[str], env: Mapping[str, str], stdout=None, die_with_parent: bool = False):
         self.command, self.shm_prefix = list(command), None
         self._terminated = False
+        self.killed = False  # by stop(), past its timeout
         argv = self.command
         if not sets_region_prefix(command):
             script = f'exec "$@" "{region_prefix_arg(server_region_prefix("$$"))}"'
@@ -162,6 +163,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 # Not reaped yet, so the group id is still this server's.
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.killed = True
         code = self.proc.wait()
         try:  # what a crashed server leaves: its stubs (the group outlives its leader while they run)
             os.killpg(self.proc.pid, signal.SIGKILL)
