@@ -23,7 +23,7 @@ from clients import grpc_client
 from export.options import ExportOptions
 from export.repository import export_repository
 from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
-from wan22_triton.operations import events, locks, watchdog
+from wan22_triton.operations import events, locks, procfs, watchdog
 
 from .conftest import ROOT, TEST_LIMITS, Server
 from .observed import delta, scrape, wait_for_outcome
@@ -227,26 +227,57 @@ def test_a_reload_that_fails_is_tried_again_until_the_repository_is_fixed(server
     assert np.array_equal(grpc_client.generate(server.grpc_url, REQUEST)["video"], server.reference)
 
 
-def test_death_status_tells_a_killed_process_from_one_that_ended():
-    def wait_for_zombie(pid: int) -> None:
-        deadline = time.monotonic() + 10
-        while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
-            time.sleep(0.01)
+def _wait_for_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while procfs.read_stat(pid).live and time.monotonic() < deadline:
+        time.sleep(0.01)
 
+
+def test_death_status_tells_a_killed_process_from_one_that_ended():
     killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         assert watchdog.death_status(killed.pid) is None  # alive
         killed.kill()
-        wait_for_zombie(killed.pid)
+        _wait_for_zombie(killed.pid)
         assert watchdog.death_status(killed.pid) == signal.SIGKILL  # a zombie until its parent waits for it
-        wait_for_zombie(ended.pid)
+        _wait_for_zombie(ended.pid)
         assert watchdog.death_status(ended.pid) is None  # exited 0: ended, not died
     finally:
         killed.kill()
         killed.wait()
         ended.wait()
     assert watchdog.death_status(killed.pid) is None  # reaped: whoever ended it has dealt with it
+
+
+def test_models_that_died_together_are_loaded_together(tmp_path, monkeypatch):
+    """Each unloaded at once, then all loads under way before any ends: Triton's readiness leaves out an unloaded
+    model, so a load that waited for another's end would let the server say ready in between."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # this test's own claims
+    calls: list[tuple[str, str]] = []
+
+    def load(model: str) -> None:
+        calls.append(("load", model))
+        time.sleep(0.5)
+        calls.append(("loaded", model))
+
+    control = watchdog.ModelControl(unload=lambda model: calls.append(("unload", model)), load=load)
+    dog = watchdog.ComponentWatchdog("text_encoder", str(tmp_path), control, log_info=lambda _: None,
+                                     log_error=lambda _: None, server_pid=os.getpid())
+    dog.can_reload = True  # this process was not started with explicit model control
+    stubs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    try:
+        for stub in stubs:
+            stub.kill()
+            _wait_for_zombie(stub.pid)
+        dog._recover([watchdog.Stub(stub.pid, model, f"{model}_0_0")
+                      for stub, model in zip(stubs, (ORCHESTRATOR, ORCHESTRATOR_STREAM))])
+    finally:
+        for stub in stubs:
+            stub.wait()
+    assert sorted(calls[:2]) == [("unload", ORCHESTRATOR), ("unload", ORCHESTRATOR_STREAM)]
+    assert sorted(calls[2:4]) == [("load", ORCHESTRATOR), ("load", ORCHESTRATOR_STREAM)], calls
+    assert sorted(calls[4:]) == [("loaded", ORCHESTRATOR), ("loaded", ORCHESTRATOR_STREAM)]
 
 
 def test_a_claim_is_held_by_one_holder_until_released_or_its_process_ends():

@@ -24,7 +24,8 @@ One watcher per model (a claim: when its process dies another instance of the mo
 every model but its own (its own reload would end the watcher in the middle): every death is seen as long as one
 model of the server lives, two at once included (both orchestrators: the components reload them). A claim per model
 and one per death let one watcher handle each death; the deaths it sees together are all unloaded before any model
-loads again, so the server does not say ready while one of them is still dead. Claims are locks on files in this
+loads again, then loaded together, so the server does not say ready while one of them is still dead (Triton's
+readiness leaves out an unloaded model). Claims are locks on files in this
 user's private folder (operations.locks): the kernel drops them with their process, and no other user can take or
 block them.
 
@@ -39,6 +40,7 @@ import os
 import select
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -226,7 +228,7 @@ class ComponentWatchdog:
     def _recover(self, exited: list[Stub]) -> None:
         """Reloads the models of the stubs that died (not those Triton ended) and that no other watcher handles:
         each unloaded at once, and so are those that die within TOGETHER_S after (one fault: a big process takes a
-        while to die), before any loads again."""
+        while to die), before they all load again, together."""
         held: dict[str, InterProcessLock] = {}  # model -> its claim: the model's reload is this watcher's
         deaths: dict[str, list[tuple[Stub, int]]] = {}
         started = time.monotonic()
@@ -234,8 +236,10 @@ class ComponentWatchdog:
             unloaded = self._unload(self._take(exited, held), deaths)
             while not self._stop.is_set() and (more := self._wait_for_exits(TOGETHER_S)):
                 unloaded += self._unload(self._take(more, held), deaths)
-            for model in unloaded:
-                self._load(model, deaths[model], started)
+            # All at once: Triton's readiness leaves out an unloaded model, so loads one after another would let the
+            # server say ready between them, while the next is still unloaded
+            with ThreadPoolExecutor(max(len(unloaded), 1)) as pool:
+                list(pool.map(lambda model: self._load(model, deaths[model], started), unloaded))
         finally:
             for reloading in held.values():
                 reloading.release()
