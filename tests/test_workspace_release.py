@@ -4,9 +4,10 @@ and the VAE after each call, an expert after the call the orchestrator marks as 
 the decode, and after its first call at each input shape (a warm-up sample, a compile, a new size).
 
 The option's path export -> manifest -> model is checked without a server, and which steps are marked; then two
-real tritonservers on the CPU (released: the session's, kept) serve two requests: in the second, one `workspace_released` event
-per encode, per decode and per expert's run of steps, in that order (nothing freed on a CPU, but the release ran),
-none when kept, and the same video; in the first, each expert's first call at the size releases too. A sequence-parallel worker releases when rank 0 tells it.
+real tritonservers on the CPU (released: the session's, kept) serve two requests: in the second, one
+`workspace_released` event per encode, per decode and per expert's run of steps, in that order (nothing freed on a
+CPU, but the release ran), none when kept, and the same video; in the first, each expert's first call at the size
+releases too. A sequence-parallel worker releases when rank 0 tells it.
 """
 
 from __future__ import annotations
