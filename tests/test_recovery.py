@@ -250,34 +250,65 @@ def test_death_status_tells_a_killed_process_from_one_that_ended():
     assert watchdog.death_status(killed.pid) is None  # reaped: whoever ended it has dealt with it
 
 
-def test_models_that_died_together_are_loaded_together(tmp_path, monkeypatch):
-    """Each unloaded at once, then all loads under way before any ends: Triton's readiness leaves out an unloaded
-    model, so a load that waited for another's end would let the server say ready in between."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # this test's own claims
-    calls: list[tuple[str, str]] = []
+def _recorded_watchers(names: tuple[str, ...], tmp_path, calls: list[tuple[str, str, str]]) -> list:
+    """Watchdogs of this process (as if its stubs were a server's) whose model control records what it is asked,
+    a load taking 0.5 s."""
+    def control(name: str) -> watchdog.ModelControl:
+        def load(model: str) -> None:
+            calls.append(("load", model, name))
+            time.sleep(0.5)
+            calls.append(("loaded", model, name))
 
-    def load(model: str) -> None:
-        calls.append(("load", model))
-        time.sleep(0.5)
-        calls.append(("loaded", model))
+        return watchdog.ModelControl(unload=lambda model: calls.append(("unload", model, name)), load=load)
 
-    control = watchdog.ModelControl(unload=lambda model: calls.append(("unload", model)), load=load)
-    dog = watchdog.ComponentWatchdog("text_encoder", str(tmp_path), control, log_info=lambda _: None,
-                                     log_error=lambda _: None, server_pid=os.getpid())
-    dog.can_reload = True  # this process was not started with explicit model control
+    dogs = [watchdog.ComponentWatchdog(name, str(tmp_path), control(name), log_info=lambda _: None,
+                                       log_error=lambda _: None, server_pid=os.getpid()) for name in names]
+    for dog in dogs:
+        dog.can_reload = True  # this process was not started with explicit model control
+    return dogs
+
+
+def _both_orchestrators_dead(recover) -> None:
+    """`recover(stubs)` with two stub-like processes killed (zombies until then), one per orchestrator."""
     stubs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
     try:
         for stub in stubs:
             stub.kill()
             _wait_for_zombie(stub.pid)
-        dog._recover([watchdog.Stub(stub.pid, model, f"{model}_0_0")
-                      for stub, model in zip(stubs, (ORCHESTRATOR, ORCHESTRATOR_STREAM))])
+        recover([watchdog.Stub(stub.pid, model, f"{model}_0_0")
+                 for stub, model in zip(stubs, (ORCHESTRATOR, ORCHESTRATOR_STREAM))])
     finally:
         for stub in stubs:
             stub.wait()
-    assert sorted(calls[:2]) == [("unload", ORCHESTRATOR), ("unload", ORCHESTRATOR_STREAM)]
-    assert sorted(calls[2:4]) == [("load", ORCHESTRATOR), ("load", ORCHESTRATOR_STREAM)], calls
-    assert sorted(calls[4:]) == [("loaded", ORCHESTRATOR), ("loaded", ORCHESTRATOR_STREAM)]
+
+
+def test_the_models_of_one_fault_load_side_by_side_in_several_watchers(tmp_path, monkeypatch):
+    """One model per watcher: a stub's loads run one at a time, and the server would say ready between two loads
+    of one watcher (Triton's readiness leaves out an unloaded model)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # this test's own claims
+    calls: list[tuple[str, str, str]] = []
+    dogs = _recorded_watchers(("text_encoder", "vae_decoder"), tmp_path, calls)
+
+    def recover(stubs: list) -> None:
+        threads = [threading.Thread(target=dog._recover, args=(stubs,)) for dog in dogs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    _both_orchestrators_dead(recover)
+    loads = [(model, name) for kind, model, name in calls if kind == "load"]
+    assert sorted(model for model, _ in loads) == sorted([ORCHESTRATOR, ORCHESTRATOR_STREAM]), calls  # once each
+    assert len({name for _, name in loads}) == 2, calls  # by two watchers
+    assert [kind for kind, _, _ in calls if kind != "unload"] == ["load", "load", "loaded", "loaded"], calls
+
+
+def test_a_watcher_alone_reloads_every_model_of_a_fault(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    calls: list[tuple[str, str, str]] = []
+    (dog,) = _recorded_watchers(("text_encoder",), tmp_path, calls)
+    _both_orchestrators_dead(dog._recover)
+    assert sorted(model for kind, model, _ in calls if kind == "loaded") == sorted([ORCHESTRATOR, ORCHESTRATOR_STREAM])
 
 
 def test_a_claim_is_held_by_one_holder_until_released_or_its_process_ends():

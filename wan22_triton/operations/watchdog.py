@@ -23,9 +23,9 @@ the server's shutdown crashed tritonserver 2.51).
 One watcher per model (a claim: when its process dies another instance of the model takes over), and each watches
 every model but its own (its own reload would end the watcher in the middle): every death is seen as long as one
 model of the server lives, two at once included (both orchestrators: the components reload them). A claim per model
-and one per death let one watcher handle each death; the deaths it sees together are all unloaded before any model
-loads again, then loaded together, so the server does not say ready while one of them is still dead (Triton's
-readiness leaves out an unloaded model). Claims are locks on files in this
+and one per death let one watcher handle each death, and a watcher takes one model per fault: the models of a fault
+are unloaded at once and load side by side in several processes, so the server does not say ready while one of them
+is still dead (Triton's readiness leaves out an unloaded model, and one stub's loads run one after another). Claims are locks on files in this
 user's private folder (operations.locks): the kernel drops them with their process, and no other user can take or
 block them.
 
@@ -40,7 +40,6 @@ import os
 import select
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,7 +53,7 @@ NO_RELOAD = ("tritonserver runs without --model-control-mode=explicit: a compone
              "reloaded and its model fails every request until the server restarts (start it with "
              "--model-control-mode=explicit --load-model=*)")
 RESCAN_SECONDS = 1.0  # how often new stubs (startup, reloads) are picked up; a known stub's death is seen at once
-# Deaths this close (a kill of several, the OOM killer) are one fault: all unloaded, then loaded together. Shorter
+# Deaths this close (a kill of several, the OOM killer) are one fault: unloaded at once, loaded after this. Shorter
 # than a Triton unload (its stub takes ~1.0 s to go, measured): a load asked after the old version has gone leaves the
 # model absent, and the server ready, in between (seen when this was 1.0 s); one asked together with the unload
 # replaces the version without ever saying not ready (seen at 0.25 s after a death during a request)
@@ -230,30 +229,38 @@ class ComponentWatchdog:
         return exited
 
     def _recover(self, exited: list[Stub]) -> None:
-        """Reloads the models of the stubs that died (not those Triton ended) and that no other watcher handles:
-        each unloaded at once, and so are those that die within TOGETHER_S after (one fault: a big process takes a
-        while to die), before they all load again, together."""
+        """Reloads the model of stubs that died (not those Triton ended) that no other watcher handles: one model per
+        watcher and fault, so that the models of one fault load side by side in several processes (a stub's loads run
+        one at a time, and Triton's readiness leaves out an unloaded model: loads one after another would let the
+        server say ready between them). Its deaths are unloaded at once, and so are its deaths within TOGETHER_S
+        after (a big process takes a while to die), then it loads again. The deaths of other models that no other
+        watcher took (none was free) are this watcher's next."""
         held: dict[str, InterProcessLock] = {}  # model -> its claim: the model's reload is this watcher's
         deaths: dict[str, list[tuple[Stub, int]]] = {}
+        left: list[Stub] = []  # deaths of other models, left to other watchers
         started = time.monotonic()
         try:
-            unloaded = self._unload(self._take(exited, held), deaths)
+            unloaded = self._unload(self._take(exited, held, left), deaths)
             while not self._stop.is_set() and (more := self._wait_for_exits(TOGETHER_S)):
-                unloaded += self._unload(self._take(more, held), deaths)
-            # All at once: Triton's readiness leaves out an unloaded model, so loads one after another would let the
-            # server say ready between them, while the next is still unloaded
-            with ThreadPoolExecutor(max(len(unloaded), 1)) as pool:
-                list(pool.map(lambda model: self._load(model, deaths[model], started), unloaded))
+                unloaded += self._unload(self._take(more, held, left), deaths)
+            for model in unloaded:
+                self._load(model, deaths[model], started)
         finally:
             for reloading in held.values():
                 reloading.release()
+        if left and not self._stop.is_set():
+            self._recover(left)
 
-    def _take(self, exited: list[Stub], held: dict[str, InterProcessLock]) -> dict[str, list[tuple[Stub, int]]]:
+    def _take(self, exited: list[Stub], held: dict[str, InterProcessLock],
+              left: list[Stub]) -> dict[str, list[tuple[Stub, int]]]:
         """Of `exited`, the deaths this watcher handles, by model: a model whose claim another watcher holds is that
-        watcher's (it watches every stub, so it also sees the deaths that follow); a death, once claimed, is never
-        handled twice."""
+        watcher's (it watches every stub, so it also sees the deaths that follow); while this one holds a model,
+        other models' deaths go to `left`; a death, once claimed, is never handled twice."""
         taken: dict[str, list[tuple[Stub, int]]] = {}
         for model in sorted({stub.model for stub in exited if death_status(stub.pid) is not None}):
+            if held and model not in held:
+                left.extend(s for s in exited if s.model == model)
+                continue
             if model not in held and (reloading := self._model_claim(model)) is not None:
                 held[model] = reloading
             if model not in held:
