@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -35,6 +36,7 @@ def from_environment() -> "OnnxCache | None":
     return OnnxCache(Path(folder)) if folder else None
 
 
+@functools.cache  # once per process: an export asks for a key per graph
 def _code_digest() -> str:
     digest = hashlib.sha256()
     for package in _CODE:

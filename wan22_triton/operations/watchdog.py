@@ -25,9 +25,9 @@ every model but its own (its own reload would end the watcher in the middle): ev
 model of the server lives, two at once included (both orchestrators: the components reload them). A claim per model
 and one per death let one watcher handle each death, and a watcher takes one model per fault: the models of a fault
 are unloaded at once and load side by side in several processes, so the server does not say ready while one of them
-is still dead (Triton's readiness leaves out an unloaded model, and one stub's loads run one after another). Claims are locks on files in this
-user's private folder (operations.locks): the kernel drops them with their process, and no other user can take or
-block them.
+is still dead (Triton's readiness leaves out an unloaded model, and one stub's loads run one after another). Claims
+are locks on files in this user's private folder (operations.locks): the kernel drops them with their process, and
+no other user can take or block them.
 
 Events (wan22_triton.operations.events): ``component_died`` (model, instance, stub_pid, exit_status: waitpid's), then
 ``component_restarted`` (model, instance, seconds, stub_pids: the model's new stubs) or ``component_restart_failed``
