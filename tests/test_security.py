@@ -36,6 +36,7 @@ from server.triton_server import TritonServer
 from server.tritonserver_install import TritonLaunchError
 
 from wan22_triton.components.orchestrator import ORCHESTRATOR
+from wan22_triton.operations import ipc_region
 
 from .conftest import Server
 from .observed import scrape, steps_run, wait_for_outcome
@@ -126,6 +127,43 @@ def test_backend_region_cannot_be_registered_without_the_key(server, protocol):
         assert "stolen" not in str(status)
     finally:
         client.close()
+
+
+def _model_regions(server: TritonServer) -> dict[str, str]:
+    """The IPC region of each Python-backend process of the server (argv[2] of the stub) -> its model."""
+    stubs = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+    argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in stubs]
+    return {argv[2]: Path(argv[1]).parts[-3] for argv in argvs if Path(argv[0]).name == ipc_region.STUB}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_model_regions_cannot_be_registered_even_with_the_key(torch_server, protocol):
+    """The key holder's attack: register a model process's IPC region, then have an inference write into it. Once
+    the models run, their regions have no name left in /dev/shm, so Triton cannot open one."""
+    regions = _model_regions(torch_server)
+    assert set(regions.values()) == {c.parent.name for c in Path(torch_server.model_repository).glob("*/config.pbtxt")}
+    assert all(r.startswith(torch_server.shm_prefix) and not (SHM / r).exists() for r in regions)
+    client, headers = _client(torch_server, protocol), torch_server.admin_headers(protocol)
+    try:
+        for region in regions:
+            with pytest.raises(InferenceServerException, match="Unable to open shared memory region"):
+                client.register_system_shared_memory("stolen", "/" + region, 64, headers=headers)
+        assert "stolen" not in str(client.get_system_shared_memory_status(headers=headers))
+        assert client.is_server_ready()
+    finally:
+        client.close()
+
+
+def test_a_region_name_is_removed_only_inside_a_model_process(tmp_path):
+    region = tmp_path / "wan22_server_1_region"
+    region.write_bytes(b"\0" * 16)
+    cmdline = tmp_path / "cmdline"
+    for argv, removed in (([sys.executable, "-m", "pytest", region.name], None),  # a test or a tool importing it
+                          ([f"/opt/{ipc_region.STUB}", "/repo/m/1/model.py", region.name, "1048576"], region.name),
+                          ([f"/opt/{ipc_region.STUB}", "/repo/m/1/model.py", region.name, "1048576"], None)):  # gone
+        cmdline.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        assert ipc_region.unlink_own_region(cmdline, tmp_path) == removed
+        assert region.exists() == (argv[0] == sys.executable)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -78,16 +78,17 @@ left=$(pgrep -c -f 'tritonserver|triton_python_backend_stub' || true)
 
 video_bytes=$(stat -c %s "$res/panda.mp4" 2>/dev/null || echo 0)
 card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -1)
-cat > "$res/results.json" <<EOF
-{
-  "card": "$card",
-  "date_utc": "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)",
-  "commit": "${WAN22_COMMIT:-$(git describe --always --dirty --abbrev=10 2>/dev/null)}",
-  "export_flags": "${flags[*]}", "client_args": "${CLIENT_ARGS:-none: the checkpoint's default video and steps}",
-  "seconds": {"checkpoint_configs": $checkpoint_s, "export": $export_s, "start_to_ready": $ready_s,
-              "request": $request_s, "stop": $stop_s},
-  "client_exit": $client_exit, "launcher_exit": $launcher_exit, "video_bytes": $video_bytes,
-  "processes_left_after_stop": $left
-}
+commit=${WAN22_COMMIT:-$(git describe --always --dirty --abbrev=10 2>/dev/null)}
+python3 - "$res/results.json" "$card" "$commit" "${flags[*]}" "${CLIENT_ARGS:-}" <<EOF
+import json, sys, time
+path, card, commit, flags, client_args = sys.argv[1:]
+json.dump({
+    "card": card, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "commit": commit,
+    "export_flags": flags, "client_args": client_args or "none: the checkpoint's default video and steps",
+    "seconds": {"checkpoint_configs": $checkpoint_s, "export": $export_s, "start_to_ready": $ready_s,
+                "request": $request_s, "stop": $stop_s},
+    "client_exit": $client_exit, "launcher_exit": $launcher_exit, "video_bytes": $video_bytes,
+    "processes_left_after_stop": $left,
+}, open(path, "w"), indent=2)
 EOF
 cat "$res/results.json"
