@@ -38,9 +38,9 @@ from server.triton_server import TritonServer
 from server.tritonserver_install import TritonLaunchError
 
 from wan22_triton.components.orchestrator import ORCHESTRATOR
-from wan22_triton.operations import ipc_region
+from wan22_triton.operations import events, ipc_region
 
-from .conftest import Server
+from .conftest import TORCH, Server
 from .observed import scrape, steps_run, wait_for_outcome
 from .test_server_launcher import CONFIG, MODEL, _infer, launcher_cli, write_repository
 
@@ -422,3 +422,17 @@ def test_shared_memory_client_needs_the_admin_key_and_is_quiet(torch_server, tmp
     served = _run("clients.grpc_client", *request, env={ADMIN_KEY_ENV: torch_server.admin_key})
     assert served.returncode == 0, served.stderr
     assert "pkg_resources" not in served.stderr and "wrote" in served.stdout
+
+
+def test_a_full_disk_under_the_events_file_fails_no_request(served, tmp_path):
+    """ENOSPC on every event write (the events file on /dev/full) from the first: the server starts, says ready,
+    serves, and each model process says once that its events are dropped."""
+    srv = served(TORCH, env={events.EVENTS_FILE_ENV: "/dev/full"})
+    video = tmp_path / "v.mp4"
+    served_ok = _run("clients.grpc_client", "--url", srv.grpc_url, "--prompt", "a kite", "--num-frames", "5",
+                     "--height", "32", "--width", "32", "--num-inference-steps", "2", "--output", str(video))
+    assert served_ok.returncode == 0, served_ok.stderr
+    assert video.stat().st_size > 0
+    with grpcclient.InferenceServerClient(srv.grpc_url) as client:
+        assert client.is_server_ready()
+    assert "events are dropped until it can" in srv.log_file.read_text()
