@@ -395,8 +395,9 @@ def test_clients_say_in_one_line_that_the_port_speaks_the_other_protocol(torch_s
 def test_ctrl_c_on_a_client_is_one_line_and_the_generation_stops(torch_server, module, tmp_path):
     url = torch_server.grpc_url if module == "clients.grpc_client" else torch_server.http_url
     before = scrape(torch_server.metrics_url)
+    # the largest size the test servers take: a CI run saw a 128x128 generation end before its Ctrl-C was sent
     client = subprocess.Popen([sys.executable, "-m", module, "--url", url, "--prompt", "a long one", "--num-frames",
-                               "33", "--height", "128", "--width", "128", "--num-inference-steps", "50", "--output",
+                               "33", "--height", "256", "--width", "256", "--num-inference-steps", "50", "--output",
                                str(tmp_path / "v.mp4")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not steps_run(before, scrape(torch_server.metrics_url), ORCHESTRATOR):
