@@ -1,4 +1,5 @@
-"""Write a tiny, random-weight stand-in for ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``.
+"""Write a tiny, random-weight stand-in for ``Wan-AI/Wan2.2-T2V-A14B-Diffusers`` (or ``--family wan2.2-ti2v-5b``:
+``Wan-AI/Wan2.2-TI2V-5B-Diffusers``).
 
 The real checkpoint is ~120 GB and needs a large GPU; tests, CI and local development of the Triton serving stack
 need something that exercises exactly the same code paths offline, on CPU, in seconds. This module writes a
@@ -7,9 +8,12 @@ checkpoint with the *same* diffusers layout (``model_index.json`` + ``transforme
 one (two MoE experts switched at ``boundary_ratio`` 0.875, UMT5 text encoder and tokenizer conventions, Wan2.1 VAE
 with 4x temporal / 8x spatial compression and the real latent statistics, the real UniPC flow scheduler config),
 only shrunk to a few MB. Weights are random from fixed seeds, saved as safetensors only, and byte-identical
-across runs. Nothing is downloaded: the tokenizer vocabulary is generated in code.
+across runs. Nothing is downloaded: the tokenizer vocabulary is generated in code. The TI2V-5B stand-in has that
+release's layout: one transformer on 48 latent channels, per-token timesteps (`expand_timesteps`), the Wan2.2 VAE
+(residual, 2x2 patchified frames, 4x temporal / 16x spatial compression; seeded latent statistics) and its flow shift.
 
     python -m devtools.tiny_checkpoint --out checkpoints/tiny-wan2.2-t2v-a14b
+    python -m devtools.tiny_checkpoint --family wan2.2-ti2v-5b --out checkpoints/tiny-wan2.2-ti2v-5b
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from wan22_triton.checkpoint import Family
 
 # Real Wan2.1/2.2-A14B VAE latent statistics (per latent channel).
 LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -73,13 +79,13 @@ def build_text_encoder(vocab_size: int, seed: int = 1):
     return UMT5EncoderModel(config).eval()
 
 
-def build_transformer(seed: int):
+def build_transformer(seed: int, channels: int = 16):
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel  # top-level name: a stub to mypy
 
     torch.manual_seed(seed)
     # 8 heads: sequence parallelism (Ulysses) splits heads, and the CPU tests run it over 2, 4 and 8 ranks
     model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=16, out_channels=16,
+        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=channels, out_channels=channels,
         text_dim=TEXT_DIM, freq_dim=256, ffn_dim=48, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
     )
@@ -103,31 +109,57 @@ def build_vae(seed: int = 4):
     )
 
 
-def build_scheduler():
+def build_wan22_vae(seed: int = 5):
+    """The Wan2.2 VAE's layout (TI2V-5B): 48 latent channels, residual blocks, frames patchified 2x2 into 12
+    channels, 16x spatial compression."""
+    from diffusers import AutoencoderKLWan
+
+    z_dim = 48
+    stats = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8, decoder_base_dim=16, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[False, True, True], dropout=0.0, is_residual=True, in_channels=12, out_channels=12,
+        patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+        latents_mean=[round(v, 4) for v in (torch.randn(z_dim, generator=stats) * 0.5).tolist()],
+        latents_std=[round(v, 4) for v in (torch.rand(z_dim, generator=stats) + 0.5).tolist()],
+    )
+
+
+def build_scheduler(flow_shift: float = 3.0):
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2,
         prediction_type="flow_prediction", predict_x0=True, solver_type="bh2", lower_order_final=True,
-        use_flow_sigmas=True, flow_shift=3.0, timestep_spacing="linspace", final_sigmas_type="zero",
+        use_flow_sigmas=True, flow_shift=flow_shift, timestep_spacing="linspace", final_sigmas_type="zero",
     )
 
 
-def build_pipeline():
+def build_pipeline(family: Family = Family.T2V_A14B):
     from diffusers import WanPipeline
 
     tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(len(tokenizer))
+    if family == Family.TI2V_5B:
+        return WanPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=build_wan22_vae(), scheduler=build_scheduler(5.0),
+            transformer=build_transformer(seed=6, channels=48), transformer_2=None, boundary_ratio=None,
+            expand_timesteps=True,
+        )
+    if family != Family.T2V_A14B:
+        raise ValueError(f"no tiny checkpoint of family {family}; choose {Family.T2V_A14B} or {Family.TI2V_5B}")
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=build_text_encoder(len(tokenizer)), vae=build_vae(),
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=build_vae(),
         scheduler=build_scheduler(), transformer=build_transformer(seed=2), transformer_2=build_transformer(seed=3),
         boundary_ratio=BOUNDARY_RATIO, expand_timesteps=False,
     )
 
 
-def write_checkpoint(out: str | Path) -> Path:
-    """Build the tiny pipeline and save it in the diffusers layout of Wan-AI/Wan2.2-T2V-A14B-Diffusers."""
+def write_checkpoint(out: str | Path, family: Family = Family.T2V_A14B) -> Path:
+    """Build the tiny pipeline of `family` and save it in the diffusers layout of its release."""
     out = Path(out)
-    build_pipeline().save_pretrained(out, safe_serialization=True)
+    build_pipeline(family).save_pretrained(out, safe_serialization=True)
     # transformers 5 saves the tokenizer class as "T5Tokenizer"; the real checkpoint (and transformers 4, where
     # T5Tokenizer needs a sentencepiece model) uses "T5TokenizerFast", which transformers 5 aliases. Keep the real name.
     index_path = out / "model_index.json"
@@ -142,7 +174,9 @@ def write_checkpoint(out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="checkpoints/tiny-wan2.2-t2v-a14b", help="output directory")
-    out = write_checkpoint(parser.parse_args(argv).out)
+    parser.add_argument("--family", type=Family, choices=[Family.T2V_A14B, Family.TI2V_5B], default=Family.T2V_A14B)
+    args = parser.parse_args(argv)
+    out = write_checkpoint(args.out, args.family)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wan22_triton.checkpoint import CheckpointInfo, Family
 from wan22_triton.manifest import Limits
 from wan22_triton.options import Device, Engine, Precision, SpeedOptions, check_choices
 from wan22_triton.parallel.plan import ParallelPlan
@@ -73,3 +74,15 @@ class ExportOptions:
             if not torch.cuda.is_available():
                 raise ValueError("--compile-artifacts with --device gpu compiles on this machine's GPU, which must be "
                                  "of the serving kind (same GPU, torch, CUDA, Triton); no CUDA GPU is visible")
+
+    def check_checkpoint(self, info: CheckpointInfo) -> None:
+        """ValueError naming a choice this checkpoint's family cannot be served with (yet), and what to choose."""
+        self.parallel.check(info)
+        if info.family == Family.TI2V_5B and self.engine != Engine.TORCH:
+            raise ValueError(f"--engine {self.engine}: the ONNX and TensorRT engines' VAE frame graphs do not cover the "
+                             "Wan2.2 VAE of TI2V-5B yet; export it with --engine torch")
+        if info.family == Family.TI2V_5B and self.lora:
+            raise ValueError("--lora: LoRA adapters for TI2V-5B are not served yet; export it without --lora")
+        if info.expand_timesteps and self.parallel.ulysses > 1:
+            raise ValueError(f"--ulysses {self.parallel.ulysses}: sequence parallelism does not split per-token "
+                             "timesteps (TI2V-5B) yet; use --cfg-parallel or --replicas")

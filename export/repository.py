@@ -80,7 +80,7 @@ def export_repository(
             raise ValueError("ENGINE=tensorrt needs TensorRT's Python builder (`import tensorrt` failed here): build "
                              "in the export image (make docker-export), or export with --engine torch")
     info = read_checkpoint(checkpoint)
-    opts.parallel.check(info)
+    opts.check_checkpoint(info)
     repo = Path(repository)
     instance_kind = "KIND_GPU" if opts.device == Device.GPU else "KIND_CPU"
     log(f"export {info.path} -> {repo} (engine {opts.engine}, {opts.device}, {opts.precision}"

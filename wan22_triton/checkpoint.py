@@ -1,9 +1,11 @@
-"""What the serving stack needs to know about a Wan2.2 T2V diffusers checkpoint, read from its own configs.
+"""What the serving stack needs to know about a Wan diffusers checkpoint, read from its own configs.
 
-Nothing here is hard-coded to one checkpoint: channels, patch size, scale factors, text length, boundary and
-the VAE's latent statistics all come from the files under the checkpoint directory. The only values a diffusers
-checkpoint does not carry are the generation defaults the Wan authors publish per model family (guidance scales,
-steps, fps); those live in `GENERATION_DEFAULTS`, keyed by family (`read_checkpoint` can override them).
+Nothing here is hard-coded to one checkpoint: channels, patch size, scale factors, text length, boundary, per-token
+timesteps and the VAE's latent statistics all come from the files under the checkpoint directory, and so does the
+family (`Family`, told from model_index.json and the configs, never from the folder's name). The only values a
+diffusers checkpoint does not carry are the generation defaults the Wan authors publish per family (guidance scales,
+steps, fps: `GENERATION_DEFAULTS`, which `read_checkpoint` can override) and the video size where it is not
+WanPipeline's (`VIDEO_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,21 @@ import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 # The request fields are WanPipeline.__call__'s argument names: diffusers' defaults are read under the same names.
 from wan22_triton.request.contract import (FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NUM_FRAMES,
                                            NUM_INFERENCE_STEPS, WIDTH)
+
+
+class Family(StrEnum):
+    """A checkpoint's model family, as its configs tell it (`family_of`)."""
+
+    T2V_A14B = "wan2.2-t2v-a14b"  # two experts switched at the index's boundary_ratio
+    TI2V_5B = "wan2.2-ti2v-5b"  # one transformer, per-token timesteps (the index's expand_timesteps), Wan2.2 VAE
+    WAN21_T2V = "wan2.1-t2v"  # one transformer
 
 
 @dataclass(frozen=True)
@@ -30,12 +41,15 @@ class GenerationDefaults:
     fps: int
 
 
-# Published sampling defaults of the Wan2.2 families (Wan-Video/Wan2.2 `wan/configs`), picked by the family the
+# Published sampling defaults of the Wan families (Wan-Video/Wan2.2 `wan/configs`), picked by the family the
 # checkpoint's configs identify.
-GENERATION_DEFAULTS: dict[str, GenerationDefaults] = {
-    "wan2.2-t2v-a14b": GenerationDefaults(num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, fps=16),
-    "wan2.1-t2v": GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=16),
+GENERATION_DEFAULTS: dict[Family, GenerationDefaults] = {
+    Family.T2V_A14B: GenerationDefaults(num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, fps=16),
+    Family.TI2V_5B: GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=24),
+    Family.WAN21_T2V: GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=16),
 }
+# The published video size (num_frames, height, width) where it is not WanPipeline's default (81x480x832).
+VIDEO_DEFAULTS: dict[Family, tuple[int, int, int]] = {Family.TI2V_5B: (121, 704, 1280)}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -70,7 +84,7 @@ class CheckpointInfo:
     # Where the export read it. Not in a manifest: a served model loads its own version folder, and a config must
     # not depend on the machine that exported it.
     path: str = field(default="", kw_only=True)
-    family: str
+    family: Family
     expert_folders: tuple[str, ...]  # diffusers sub-folders, high-noise first: ("transformer", "transformer_2")
     boundary_ratio: float | None
     num_train_timesteps: int
@@ -90,6 +104,8 @@ class CheckpointInfo:
     default_num_frames: int
     generation: GenerationDefaults
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # the checkpoint's scheduler_config.json
+    # model_index.json's expand_timesteps: a timestep per latent token (batch, tokens), not one per batch item
+    expand_timesteps: bool = False
 
     @property
     def spatial_multiple(self) -> int:
@@ -116,6 +132,11 @@ class CheckpointInfo:
             FLOW_SHIFT: float(self.scheduler_config.get(FLOW_SHIFT, 1.0)),  # the scheduler's own config key
         }
 
+    def tokens(self, latent_frames: int, latent_height: int, latent_width: int) -> int:
+        """The transformer's sequence length for a latent size (its patch embedding's output positions)."""
+        return latent_frames // self.patch_size[0] * (latent_height // self.patch_size[1]) * (
+            latent_width // self.patch_size[2])
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(channels, latent frames, latent height, latent width) for a video size, as diffusers computes it."""
         return (
@@ -127,7 +148,7 @@ class CheckpointInfo:
 
 
 def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
-    """Read a Wan2.2 T2V diffusers checkpoint directory (the tiny embedded one or a real local one); `generation`
+    """Read a WanPipeline diffusers checkpoint directory (the tiny embedded ones or a real local one); `generation`
     overrides the family's published defaults (GenerationDefaults fields)."""
     root = Path(path)
     index_path = root / "model_index.json"
@@ -136,16 +157,15 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
     index = _read_json(index_path)
     if index.get("_class_name") != "WanPipeline":
         raise ValueError(f"{root}: expected a WanPipeline checkpoint, model_index.json names {index.get('_class_name')}")
-    if index.get("expand_timesteps"):
-        raise ValueError(f"{root}: expand_timesteps (Wan2.2 TI2V) checkpoints are not supported, only T2V")
-
     expert_folders = tuple(name for name in ("transformer", "transformer_2") if index.get(name, [None])[0] is not None)
     transformer = _read_json(root / expert_folders[0] / "config.json")
     vae = _read_json(root / "vae" / "config.json")
     text_encoder = _read_json(root / "text_encoder" / "config.json")
     scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
 
-    family = "wan2.2-t2v-a14b" if len(expert_folders) == 2 else "wan2.1-t2v"
+    family = family_of(index, expert_folders)
+    num_frames, height, width = VIDEO_DEFAULTS.get(family) or (
+        _pipeline_call_default(NUM_FRAMES), _pipeline_call_default(HEIGHT), _pipeline_call_default(WIDTH))
     return CheckpointInfo(
         path=str(root.resolve()),
         family=family,
@@ -163,9 +183,18 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
         vae_scale_factor_spatial=int(_vae_config_value(vae, "scale_factor_spatial")),
         latents_mean=tuple(float(v) for v in vae["latents_mean"]),
         latents_std=tuple(float(v) for v in vae["latents_std"]),
-        default_height=int(_pipeline_call_default(HEIGHT)),
-        default_width=int(_pipeline_call_default(WIDTH)),
-        default_num_frames=int(_pipeline_call_default(NUM_FRAMES)),
+        default_height=int(height),
+        default_width=int(width),
+        default_num_frames=int(num_frames),
         generation=dataclasses.replace(GENERATION_DEFAULTS[family], **generation),
         scheduler_config=scheduler,
+        expand_timesteps=bool(index.get("expand_timesteps")),
     )
+
+
+def family_of(index: dict[str, Any], expert_folders: tuple[str, ...]) -> Family:
+    """The family a WanPipeline index describes: two experts, or one transformer with or without per-token
+    timesteps."""
+    if len(expert_folders) == 2:
+        return Family.T2V_A14B
+    return Family.TI2V_5B if index.get("expand_timesteps") else Family.WAN21_T2V

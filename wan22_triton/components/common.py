@@ -77,7 +77,8 @@ class CompilePoint:
     def sizes(self, info: CheckpointInfo) -> dict[str, int]:
         """The symbols' values the expert's tensors have at this point."""
         _, frames, height, width = info.latent_shape(self.num_frames, self.height, self.width)
-        return {"batch": self.batch, "latent_frames": frames, "latent_height": height, "latent_width": width}
+        return {"batch": self.batch, "latent_frames": frames, "latent_height": height, "latent_width": width,
+                TOKENS.symbol: info.tokens(frames, height, width)}
 
     @property
     def label(self) -> str:
@@ -109,11 +110,13 @@ class ShapeSpec:
             values = [s[axis] for s in shapes]
             return (min(values), first[axis], max(values))
 
+        tokens = [info.tokens(*s[1:]) for s in shapes]
         return {
             "batch": (1, self.max_batch, self.max_batch),
             "latent_frames": rng(1),
             "latent_height": rng(2),
             "latent_width": rng(3),
+            TOKENS.symbol: (min(tokens), info.tokens(*first[1:]), max(tokens)),
             "video_frames": (min(self.num_frames), self.num_frames[0], max(self.num_frames)),
         }
 
@@ -176,6 +179,7 @@ def with_inputs(spec: ComponentSpec, *extra: TensorSpec) -> ComponentSpec:
 
 BATCH = Dim("batch")
 LATENT = (Dim("latent_frames"), Dim("latent_height"), Dim("latent_width"))
+TOKENS = Dim("tokens")  # the transformer's sequence length at a latent size (CheckpointInfo.tokens)
 SCALAR = (1,)  # a non-batched model's one-value input
 
 

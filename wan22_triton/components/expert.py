@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wan22_triton.components.common import BATCH, LATENT, Component, ComponentSpec, TensorSpec, with_inputs
+from wan22_triton.components.common import BATCH, LATENT, TOKENS, Component, ComponentSpec, TensorSpec, with_inputs
 from wan22_triton.options import Engine
 
 if TYPE_CHECKING:
@@ -52,17 +52,20 @@ def expert_models(info: CheckpointInfo) -> tuple[str, ...]:
 
 
 def transformer_spec(info: CheckpointInfo, name: str) -> ComponentSpec:
-    """The contract both experts share; batch 2 carries cond and uncond together."""
+    """The contract both experts share; batch 2 carries cond and uncond together. `timestep`: one per batch item,
+    or one per latent token where the checkpoint expands timesteps (TI2V-5B)."""
+    latent = {"latent_frames": 3, "latent_height": 4, "latent_width": 6}
     return ComponentSpec(
         name=name,
         inputs=(
             TensorSpec(HIDDEN_STATES, "float32", (BATCH, info.in_channels, *LATENT)),
-            TensorSpec(TIMESTEP, "float32", (BATCH,), sample_range=(0, info.num_train_timesteps - 1)),
+            TensorSpec(TIMESTEP, "float32", (BATCH, TOKENS) if info.expand_timesteps else (BATCH,),
+                       sample_range=(0, info.num_train_timesteps - 1)),
             TensorSpec(ENCODER_HIDDEN_STATES, "float32", (BATCH, info.text_len, info.text_dim)),
         ),
         outputs=(TensorSpec(NOISE_PRED, "float32", (BATCH, info.out_channels, *LATENT)),),
         max_batch_size=2,
-        sample_sizes={"batch": 2, "latent_frames": 3, "latent_height": 4, "latent_width": 6},
+        sample_sizes={"batch": 2, **latent, TOKENS.symbol: info.tokens(*latent.values())},
     )
 
 

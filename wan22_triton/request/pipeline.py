@@ -265,7 +265,7 @@ class Wan22T2VPipeline:
         `release_workspace`: the expert's last call for now (it hands its PyTorch cache back after it)."""
         batch = 1 if guidance_scale is None else 2
         model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
-        timestep = torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
+        timestep = self.expert_timestep(latents, t, batch)
         # optional arguments only when set: callables that know neither keep working for the base model
         options: dict[str, Any] = {} if lora is None else dict(lora=lora)
         if release_workspace:
@@ -275,6 +275,13 @@ class Wan22T2VPipeline:
             return noise
         noise_cond, noise_uncond = noise[0:1], noise[1:2]
         return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+    def expert_timestep(self, latents: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """`t` for each batch item, or, where the checkpoint expands timesteps (TI2V-5B), for each latent token of
+        each item (WanPipeline's `expand_timesteps`; every token denoises at `t` without a conditioning frame)."""
+        info = self.manifest.checkpoint
+        shape = (batch, info.tokens(*latents.shape[2:])) if info.expand_timesteps else (batch,)
+        return torch.full(shape, float(t), dtype=torch.float32, device=self.device)
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's latent space from the normalised one the experts work in (diffusers' operations)."""

@@ -48,8 +48,9 @@ def bls_text_encoder(prompts: list[str], version: int = -1) -> np.ndarray:
 
 def bls_expert(model: str, latents, timestep, embeds, output_device: str = "cpu", lora: LoraChoice | None = None,
                release_workspace: bool = False, version: int = -1):
-    # timestep travels as [B, 1]; the config's reshape hands the model the declared [B]
-    inputs = {HIDDEN_STATES: latents, TIMESTEP: timestep.reshape(-1, 1), ENCODER_HIDDEN_STATES: embeds}
+    # a timestep per item travels as [B, 1] (the config's reshape hands the model the declared [B]); per token, as is
+    inputs = {HIDDEN_STATES: latents, TIMESTEP: timestep.reshape(-1, 1) if timestep.ndim == 1 else timestep,
+              ENCODER_HIDDEN_STATES: embeds}
     rows = latents.shape[0]
     if lora is not None:  # the expert selects this adapter for this call only (wan22_triton.request.lora)
         inputs[LORA] = np.array([[lora[0].encode("utf-8")]] * rows, dtype=object)
