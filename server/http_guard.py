@@ -5,8 +5,8 @@ Triton 2.51 has no option that bounds what a JSON inference input may declare, a
 does with each request). The guard listens where clients connect; Triton's HTTP port stays on loopback behind it:
 
     python -m server.http_guard --listen 0.0.0.0:8000 --upstream 127.0.0.1:18000 [--max-body-bytes N]
-        [--max-json-bytes N] [--max-elements N] [--body-idle-seconds S] [--abandon-dir DIR] [--admin-key KEY]
-        [--exit-with-pid PID] [--log-level INFO]
+        [--max-json-bytes N] [--max-elements N] [--body-idle-seconds S] [--abandon-dir DIR] [--exit-with-pid PID]
+        [--log-level INFO]
 
 `HttpGuard` runs it on a thread of the calling process (process.HttpFront, which the launcher and TritonServer use);
 the CLI runs it in the foreground in front of a tritonserver started some other way, `--exit-with-pid` tying its life
@@ -28,7 +28,6 @@ from typing import Sequence
 
 from aiohttp import web
 
-from clients.admin import admin_key_from_env
 from wan22_triton.operations import abandonment
 
 from .inference_request import InferenceLimits
@@ -194,9 +193,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--abandon-dir", default=None,
                         help="tell models when an HTTP client goes away: markers here "
                              "(wan22_triton/operations/abandonment.py)")
-    parser.add_argument("--admin-key", default=admin_key_from_env(),
-                        help="Triton's admin key (default $WAN22_ADMIN_KEY): readiness then also needs every model of "
-                             "the repository READY")
     parser.add_argument("--exit-with-pid", type=int, default=None, help="stop when this process is gone")
     parser.add_argument("--log-level", default="WARNING",
                         help="INFO: every request (access log), refusal and abandoned request too")
@@ -207,7 +203,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         inference=InferenceLimits(max_elements=args.max_elements, max_json_bytes=args.max_json_bytes),
         body_idle_s=args.body_idle_seconds,
         abandon_dir=args.abandon_dir,
-        admin_key=args.admin_key,
     )
     asyncio.run(_serve_until_signalled(listening_socket(args.listen), args.upstream, settings, args.exit_with_pid))
 

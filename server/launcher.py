@@ -86,7 +86,7 @@ def serve(
     if taken := ports_in_use(listen_address, ports):
         raise TritonLaunchError(f"port {', '.join(taken)} on {listen_address} is in use: stop what listens there "
                                 f"or pass --{{http,grpc,metrics}}-port (or $HTTP_PORT, $GRPC_PORT, $METRICS_PORT)")
-    front = HttpFront(listen_address, ports["http"], key, taken=(ports["grpc"], ports["metrics"]))
+    front = HttpFront(listen_address, ports["http"], taken=(ports["grpc"], ports["metrics"]))
     cmd = front.command(install, model_repository, extra_args, grpc_port=ports["grpc"], metrics_port=ports["metrics"],
                         admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,
                         log_verbose=log_verbose)

@@ -80,17 +80,16 @@ class HttpFront:
     """The public HTTP port: the HTTP guard there, Triton's own HTTP on a free loopback port behind it.
 
     The guard marks requests whose client went away in ``abandon_dir``; the models find it through their
-    environment (``env``) and the token header Triton forwards to them (``command``). With the admin key it answers
-    readiness only when every model of the repository is READY (readiness.py).
+    environment (``env``) and the token header Triton forwards to them (``command``).
     """
 
-    def __init__(self, listen_address: str, public_port: int, admin_key: str, taken: Iterable[int] = ()):
+    def __init__(self, listen_address: str, public_port: int, taken: Iterable[int] = ()):
         # none of the server's other ports either: those were picked free and released, so the kernel may hand
         # one out again
         self.triton_port = free_port_except({public_port, *taken})
         self.abandon_dir = tempfile.mkdtemp(prefix="wan22-abandoned-")
         self.guard = HttpGuard(f"{listen_address}:{public_port}", f"{LOOPBACK}:{self.triton_port}",
-                               GuardSettings(abandon_dir=self.abandon_dir, admin_key=admin_key))
+                               GuardSettings(abandon_dir=self.abandon_dir))
 
     @property
     def env(self) -> dict[str, str]:

@@ -34,7 +34,6 @@ from yarl import URL
 from wan22_triton.operations import abandonment
 
 from .inference_request import InferenceLimits, Rejected, bad_request, check_inference_request, parse_json
-from .readiness import READY_PATH, repository_not_ready
 
 log = logging.getLogger("server.http_guard")
 
@@ -68,7 +67,6 @@ class GuardSettings:
     connect_timeout_s: float = 30.0
     body_idle_s: float = 30.0  # a client that sends no byte of its body for this long: 408
     abandon_dir: str | None = None  # set: clients that go away are told to the model (abandonment.py)
-    admin_key: str | None = None  # set: readiness also needs every model of the repository READY (readiness.py)
 
 
 def error_response(exc: Rejected) -> web.Response:
@@ -220,19 +218,11 @@ class HttpGuardApp:
                 raise Rejected(403, "the generate extension is off behind the HTTP guard (its inputs are not "
                                     "checked and a client that leaves does not cancel it); POST to .../infer instead")
             body = await self._read_body(request, inference)
-            if request.path == READY_PATH and self.settings.admin_key is not None:
-                await self._check_models_ready()
         except Rejected as exc:
             log.info("refused %s %s: %s", request.method, request.raw_path, exc)
             return error_response(exc)
         watched = inference and self.settings.abandon_dir is not None
         return await self._forward(request, body, abandonment.new_token() if watched else None)
-
-    async def _check_models_ready(self) -> None:
-        assert self.session is not None and self.settings.admin_key is not None
-        missing = await repository_not_ready(self.session, self.upstream, self.settings.admin_key)
-        if missing:
-            raise Rejected(400, "not ready: " + "; ".join(missing))
 
     async def _read_body(self, request: web.BaseRequest, inference: bool) -> BoundedBody | None:
         limit = self.settings.max_body_bytes

@@ -156,8 +156,7 @@ class TritonServer:
 
     def _start(self, append_log: bool) -> "TritonServer":
         install = find_tritonserver(self.tritonserver)
-        front = self._front = HttpFront(self.listen_address, self.http_port, self.admin_key,
-                                        taken=(self.grpc_port, self.metrics_port))
+        front = self._front = HttpFront(self.listen_address, self.http_port, taken=(self.grpc_port, self.metrics_port))
         env = {**install.env, **front.env, **self.env}
         prepend_path("PATH", self.path_first, env)
         self.install = replace(install, env=env)

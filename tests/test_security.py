@@ -20,8 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -208,30 +206,6 @@ def test_inference_health_and_metadata_need_no_key(server, protocol):
         client.get_model_config(MODEL)
     finally:
         client.close()
-
-
-@pytest.mark.server
-def test_readiness_through_the_guard_needs_every_model_of_the_repository(tmp_path):
-    """Triton's strict readiness leaves an unloaded model out (a watcher unloads a dead model's process before it
-    loads it again); the guard's readiness names it until it is READY again."""
-    with Server(write_repository(tmp_path / "repo")) as srv:
-        guard, triton = (httpclient.InferenceServerClient(url) for url in (srv.http_url, srv.triton_http_url))
-        headers = srv.admin_headers("http")
-        assert guard.is_server_ready() and triton.is_server_ready()
-        guard.unload_model(MODEL, headers=headers)  # returns while the model is UNLOADING (not ready either way)
-        deadline = time.monotonic() + 30
-        while guard.get_model_repository_index(headers=headers)[0].get("state") != "UNAVAILABLE":
-            assert time.monotonic() < deadline, "the model did not unload"
-            time.sleep(0.1)
-        assert triton.is_server_ready()  # Triton's own answer once it is unloaded: ready without the model
-        with pytest.raises(urllib.error.HTTPError) as answer:
-            urllib.request.urlopen(f"http://{srv.http_url}/v2/health/ready", timeout=10)
-        assert answer.value.code == 400
-        assert f"not ready: {MODEL} UNAVAILABLE (unloaded)" in answer.value.read().decode()
-        guard.load_model(MODEL, headers=headers)
-        assert guard.is_server_ready()
-        np.testing.assert_array_equal(_infer(httpclient, srv.http_url, np.ones(4, np.float32), np.ones(4, np.float32))[0],
-                                      2 * np.ones(4, np.float32))
 
 
 def test_admin_key_comes_from_the_environment_and_is_checked(tmp_path, monkeypatch):

@@ -356,7 +356,7 @@ def test_tritons_own_http_port_is_none_of_the_servers_other_ports(monkeypatch):
     may offer one of them again: that one is skipped (else HTTP and gRPC could get one port, and no server starts)."""
     offered = iter([[5001], [5002], [5003]])
     monkeypatch.setattr(process, "free_ports", lambda count: next(offered))
-    front = process.HttpFront("127.0.0.1", 5000, "k" * 24, taken=(5001, 5002))
+    front = process.HttpFront("127.0.0.1", 5000, taken=(5001, 5002))
     assert front.triton_port == 5003
 
 
