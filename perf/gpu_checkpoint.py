@@ -1,4 +1,5 @@
-"""A configs-only diffusers checkpoint of Wan2.2-T2V-A14B: the real architecture, no weight files.
+"""A configs-only diffusers checkpoint of Wan2.2-T2V-A14B (or `--preset ti2v-5b`: TI2V-5B): the real architecture,
+no weight files.
 
 The GPU benchmark builds every component from these configs with random weights (`wan22_triton.engines.random_weights`, the
 export's `random_weights_seed`), on the GPU, identically in the diffusers baseline and in each Triton model process.
@@ -10,7 +11,7 @@ z_dim 16, dim_mult 1,2,4,4, 2 res blocks, temporal downsampling F,T,T) with the 
 scheduler (shift 3), boundary_ratio 0.875. The tokenizer is the tiny checkpoint's (generated in code, ids < 1100,
 all valid for the 256384-entry embedding).
 
-    python -m perf.gpu_checkpoint --out /tmp/wan22-a14b-configs [--preset tiny] [--layers N]
+    python -m perf.gpu_checkpoint --out /tmp/wan22-a14b-configs [--preset tiny|ti2v-5b] [--layers N]
 """
 
 from __future__ import annotations
@@ -84,6 +85,23 @@ UMT5_XXL: dict[str, Any] = {
     "use_cache": True,
     "vocab_size": 256384,
 }
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers: one transformer (dim 3072 = 24 heads x 128, FFN 14336, 30 layers, 48 in/out
+# channels; the A14B's other settings), the Wan2.2 VAE, per-token timesteps, flow shift 5, no boundary.
+TI2V_5B_TRANSFORMER: dict[str, Any] = {**A14B_TRANSFORMER, "in_channels": 48, "out_channels": 48, "num_layers": 30,
+                                       "num_attention_heads": 24, "attention_head_dim": 128, "ffn_dim": 14336}
+WAN22_VAE: dict[str, Any] = {
+    **A14B_VAE, "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "in_channels": 12, "out_channels": 12,
+    "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4, "is_residual": True,
+    "latents_mean": [-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+                     0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+                     -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+                     -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+                     0.3573, -0.0548, -0.1681, -0.0667],
+    "latents_std": [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+                    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+                    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+                    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
+}
 MODEL_INDEX: dict[str, Any] = {
     "_class_name": "WanPipeline",
     "_diffusers_version": "0.35.0.dev0",
@@ -112,31 +130,39 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=list) + "\n")
 
 
+PRESETS = ("a14b", "ti2v-5b", "tiny")
+
+
 def write_configs_checkpoint(out: str | Path, preset: str = "a14b", layers: int | None = None) -> Path:
     """Write model_index.json + every component's config (no weights), tokenizer and scheduler files."""
     out = Path(out)
+    index, folders, flow_shift = dict(MODEL_INDEX), ("transformer", "transformer_2"), 3.0
     if preset == "a14b":
         transformer, vae, text = dict(A14B_TRANSFORMER), dict(A14B_VAE), dict(UMT5_XXL)
+    elif preset == "ti2v-5b":
+        transformer, vae, text = dict(TI2V_5B_TRANSFORMER), dict(WAN22_VAE), dict(UMT5_XXL)
+        index.update(boundary_ratio=None, expand_timesteps=True, transformer_2=[None, None])
+        folders, flow_shift = ("transformer",), 5.0
     elif preset == "tiny":
         transformer, vae, text = _tiny_configs()
     else:
-        raise ValueError(f"preset must be a14b or tiny, got {preset!r}")
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if layers:
         transformer["num_layers"] = int(layers)
-    _write_json(out / "model_index.json", MODEL_INDEX)
-    for folder in ("transformer", "transformer_2"):
+    _write_json(out / "model_index.json", index)
+    for folder in folders:
         _write_json(out / folder / "config.json", transformer)
     _write_json(out / "vae" / "config.json", vae)
     _write_json(out / "text_encoder" / "config.json", text)
     tiny.build_tokenizer().save_pretrained(out / "tokenizer")
-    tiny.build_scheduler().save_pretrained(out / "scheduler")
+    tiny.build_scheduler(flow_shift).save_pretrained(out / "scheduler")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--preset", choices=("a14b", "tiny"), default="a14b")
+    parser.add_argument("--preset", choices=PRESETS, default="a14b")
     parser.add_argument("--layers", type=int, default=None, help="override the experts' num_layers (smoke tests)")
     args = parser.parse_args(argv)
     print(write_configs_checkpoint(args.out, args.preset, args.layers))

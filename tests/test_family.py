@@ -99,3 +99,23 @@ def test_export_refuses_what_ti2v_is_not_served_with_yet(ti2v_checkpoint, tmp_pa
     with pytest.raises(ValueError, match=message):
         export_repository(ti2v_checkpoint, tmp_path / "repo", options, log=lambda _: None)
     assert not (tmp_path / "repo").exists()  # refused before anything is written
+
+
+def test_the_gpu_preset_is_the_ti2v_5b_release(tmp_path):
+    """perf.gpu_checkpoint's configs-only TI2V-5B (the GPU benchmarks' random-weight architecture): read as the
+    family, and its transformer counts the release's ~5B parameters."""
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from perf.gpu_checkpoint import write_configs_checkpoint
+
+    checkpoint = write_configs_checkpoint(tmp_path / "ti2v-5b", "ti2v-5b")
+    info = read_checkpoint(checkpoint)
+    assert info.family == Family.TI2V_5B and info.expert_folders == ("transformer",)
+    assert (info.z_dim, info.in_channels, info.spatial_multiple, info.num_attention_heads) == (48, 48, 32, 24)
+    assert info.request_defaults["flow_shift"] == 5.0
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(checkpoint / "transformer"))
+        vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(checkpoint / "vae"))
+    assert 4.9e9 < sum(p.numel() for p in transformer.parameters()) < 5.1e9
+    assert len(vae.config.latents_mean) == len(vae.config.latents_std) == 48
