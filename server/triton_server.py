@@ -33,6 +33,13 @@ _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")  # i
 STARTUP_ATTEMPTS = 2
 
 
+PORT_TAKEN = "already in use"  # tritonserver's line when a port it was given is bound by another process
+
+
+class PortTaken(StartupFault):
+    """A picked port taken meanwhile: the next attempt picks new ones."""
+
+
 class TritonServer:
     """tritonserver as a subprocess, for tests and demos.
 
@@ -78,10 +85,8 @@ class TritonServer:
         path_first: Sequence[str] = (),
     ) -> None:
         self.model_repository = Path(model_repository)
-        picked = iter(free_ports(3))
-        self.http_port = http_port or next(picked)
-        self.grpc_port = grpc_port or next(picked)
-        self.metrics_port = metrics_port or next(picked)
+        self._given_ports = (http_port, grpc_port, metrics_port)
+        self._pick_ports()
         self.log_verbose = log_verbose
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = list(extra_args)
@@ -102,6 +107,11 @@ class TritonServer:
         self.startup_faults: list[str] = []  # starts lost to the Python backend's startup faults (start())
         self._server: ServerProcess | None = None
         self._front: HttpFront | None = None
+
+    def _pick_ports(self) -> None:
+        """Free ports for those not given (picked and released: another process may bind one before Triton does)."""
+        picked = iter(free_ports(3))
+        self.http_port, self.grpc_port, self.metrics_port = (port or next(picked) for port in self._given_ports)
 
     @property
     def http_url(self) -> str:
@@ -149,6 +159,8 @@ class TritonServer:
             except StartupFault as fault:
                 if attempt == STARTUP_ATTEMPTS:
                     raise TritonLaunchError(f"{fault}, {STARTUP_ATTEMPTS} times; log {self.log_file}") from None
+                if isinstance(fault, PortTaken):
+                    self._pick_ports()
                 self.startup_faults.append(str(fault))
                 print(f"{fault}; starting it again (attempt {attempt + 1} of {STARTUP_ATTEMPTS}); log {self.log_file}",
                       file=sys.stderr)
@@ -194,8 +206,12 @@ class TritonServer:
         while True:
             code = proc.poll()
             if code is not None:
-                if aborted(code, self.log_tail(400)):
+                tail = self.log_tail(400)
+                if aborted(code, tail):
                     raise StartupFault(f"tritonserver aborted during startup (code {code}, a Python-backend fault)")
+                if PORT_TAKEN in tail and None in self._given_ports:
+                    raise PortTaken("a port picked for tritonserver was bound by another process before tritonserver "
+                                    "bound it")
                 raise TritonLaunchError(
                     f"tritonserver exited with code {code} during startup; log {self.log_file}:\n{self.log_tail()}"
                 )

@@ -396,3 +396,22 @@ def test_a_killed_owner_takes_its_servers_along(tmp_path):
             time.sleep(0.2)
     finally:
         owner.kill()
+
+
+@pytest.mark.server
+def test_a_picked_port_taken_before_tritonserver_binds_it_is_picked_again(tmp_path):
+    """Ports are picked free and released before tritonserver binds them; another process may bind one meanwhile
+    (a CI run lost a whole worker's tests to that): the start is tried again on new ports, and said."""
+    srv = Server(write_repository(tmp_path / "repo"))
+    taken = srv.grpc_port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        try:
+            srv.start()
+            assert srv.grpc_port != taken and srv.is_running()
+            assert len(srv.startup_faults) == 1 and "bound by another process" in srv.startup_faults[0]
+            out0, _ = _infer(tritonclient_grpc, srv.grpc_url, np.ones(4, np.float32), np.ones(4, np.float32))
+            np.testing.assert_array_equal(out0, 2 * np.ones(4, np.float32))
+        finally:
+            srv.stop()
