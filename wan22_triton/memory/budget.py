@@ -112,9 +112,7 @@ class MemoryModel:
     def need(self, info: CheckpointInfo, size: tuple[int, int, int], cal: Calibration = CALIBRATION) -> Need:
         """The peak at (num_frames, height, width)."""
         frames, height, width = size
-        _, latent_frames, latent_h, latent_w = info.latent_shape(frames, height, width)
-        _, patch_h, patch_w = info.patch_size
-        tokens = math.ceil(latent_frames * (latent_h // patch_h) * (latent_w // patch_w) / self.ulysses)
+        tokens = math.ceil(info.tokens(*info.latent_shape(frames, height, width)[1:]) / self.ulysses)
         step_work = int(tokens * self.cfg_batch * self.ffn_dim * FFN_ELEMENT_BYTES * self.row_factor)
         pixels = height * width
         decode_work = int(pixels * self.vae_channels * 4 * cal.vae_pixel + frames * 3 * pixels * 4)
