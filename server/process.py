@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,8 +33,8 @@ STOP_GRACE_S = 5
 
 
 def is_ready(url: str, timeout: float = 1.0) -> bool:
-    """Whether `url` (a /v2/health/ready) answers 200; not listening yet, or not ready (an HTTP error is an OSError
-    too): False."""
+    """Whether `url` (/v2/health/ready, /metrics) answers 200; not listening yet, or not ready (an HTTP error is an
+    OSError too): False."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
@@ -55,18 +56,33 @@ def ports_in_use(address: str, ports: Mapping[str, int]) -> list[str]:
     return taken
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free now (the kernel may hand them out again once released)."""
-    socks = []
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FIRST_UNPRIVILEGED_PORT = 1024
+
+
+def _pickable_ports() -> range:
+    """Ports below the kernel's ephemeral range: a picked port is released until tritonserver binds it (after its
+    models load), and every outgoing connection takes an ephemeral port, so one from that range can be gone by then."""
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768  # Linux's default
+    return range(FIRST_UNPRIVILEGED_PORT, first_ephemeral)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now, picked at random below the ephemeral range (_pickable_ports)."""
+    pickable, picked = _pickable_ports(), []
+    while len(picked) < count:
+        port = random.choice(pickable)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        if port not in picked:
+            picked.append(port)
+    return picked
 
 
 def free_port_except(taken: set[int]) -> int:

@@ -31,8 +31,7 @@ from .tritonserver_install import TritonInstall, TritonLaunchError, find_tritons
 
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")  # its thread lives as long as the process
 STARTUP_ATTEMPTS = 2
-
-
+METRICS_OFF = "--allow-metrics=false"  # an extra argument that leaves the metrics port closed
 PORT_TAKEN = "already in use"  # tritonserver's line when a port it was given is bound by another process
 
 
@@ -201,7 +200,11 @@ class TritonServer:
         return self
 
     def _wait_ready(self, proc: subprocess.Popen, t0: float) -> None:
-        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        # Triton opens its metrics port last, after READY: a start is done once that answers too (a port lost there
+        # ends tritonserver after READY)
+        urls = [f"http://{self.host}:{self.http_port}/v2/health/ready"]
+        if METRICS_OFF not in self.extra_args:
+            urls.append(self.metrics_url)
         hang = HangWatch(proc.pid)
         while True:
             code = proc.poll()
@@ -215,7 +218,7 @@ class TritonServer:
                 raise TritonLaunchError(
                     f"tritonserver exited with code {code} during startup; log {self.log_file}:\n{self.log_tail()}"
                 )
-            if is_ready(url, timeout=2):
+            if all(is_ready(url, timeout=2) for url in urls):
                 return
             hang.check()
             if time.monotonic() - t0 > self.startup_timeout:

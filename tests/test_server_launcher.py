@@ -398,18 +398,31 @@ def test_a_killed_owner_takes_its_servers_along(tmp_path):
         owner.kill()
 
 
+def test_picked_ports_are_free_distinct_and_below_the_ephemeral_range():
+    """An outgoing connection takes a port from the ephemeral range: one picked there can be gone by the time
+    tritonserver binds it."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = process.free_ports(8)
+    assert len(set(ports)) == 8 and all(1024 <= port < first_ephemeral for port in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
 @pytest.mark.server
-def test_a_picked_port_taken_before_tritonserver_binds_it_is_picked_again(tmp_path):
-    """Ports are picked free and released before tritonserver binds them; another process may bind one meanwhile
-    (a CI run lost a whole worker's tests to that): the start is tried again on new ports, and said."""
+@pytest.mark.parametrize("kind", ["grpc", "metrics"])
+def test_a_picked_port_taken_before_tritonserver_binds_it_is_picked_again(tmp_path, kind):
+    """Ports are picked free and released before tritonserver binds them; another process may bind one meanwhile:
+    the start is tried again on new ports, and said. Triton opens the metrics port after READY and then ends: a
+    start is done only once that answers."""
     srv = Server(write_repository(tmp_path / "repo"))
-    taken = srv.grpc_port
+    taken = getattr(srv, f"{kind}_port")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", taken))
         holder.listen()
         try:
             srv.start()
-            assert srv.grpc_port != taken and srv.is_running()
+            assert getattr(srv, f"{kind}_port") != taken and srv.is_running()
             assert len(srv.startup_faults) == 1 and "bound by another process" in srv.startup_faults[0]
             out0, _ = _infer(tritonclient_grpc, srv.grpc_url, np.ones(4, np.float32), np.ones(4, np.float32))
             np.testing.assert_array_equal(out0, 2 * np.ones(4, np.float32))
