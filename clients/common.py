@@ -16,7 +16,8 @@ import numpy as np
 
 from wan22_triton.checkpoint import CheckpointInfo, GenerationDefaults
 from wan22_triton.components.common import MANIFEST_PARAMETER
-from wan22_triton.components.orchestrator import ORCHESTRATOR, SEED_USED, STAGE_SECONDS, VIDEO, VIDEO_MP4
+from wan22_triton.components.orchestrator import (ORCHESTRATOR, ORCHESTRATOR_MODELS, SEED_USED, STAGE_SECONDS, VIDEO,
+                                                  VIDEO_MP4)
 from wan22_triton.request.contract import FIELDS, OUTPUT_FORMAT, SEED, Default, OutputFormat, RequestField
 
 from .admin import ADMIN_KEY_ENV, admin_key_from_env
@@ -42,7 +43,9 @@ def flag_help(field: RequestField) -> str:
 def parse_args(default_url: str, description: str, streaming: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, epilog=RULES_EPILOG)
     parser.add_argument("--url", default=default_url, help="server address (host:port)")
-    parser.add_argument("--model", default=MODEL)
+    families = " or ".join(sorted(set(ORCHESTRATOR_MODELS.values())))
+    parser.add_argument("--model", default=MODEL,
+                        help=f"the model to call, named by the checkpoint's family: {families} (default {MODEL})")
     parser.add_argument("--output", default="outputs/video.mp4", help="MP4 file to write")
     parser.add_argument("--fps", type=float, default=None, help="default: the checkpoint's, from the model's manifest")
     parser.add_argument("--timeout", type=float, default=None, help="client-side timeout in seconds")
@@ -50,7 +53,8 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
                         help=f"the server's admin key, sent with every call (default ${ADMIN_KEY_ENV}); "
                              "needed for --shared-memory")
     if streaming:
-        parser.add_argument("--stream", action="store_true", help="per-step progress bar (wan22_t2v_stream)")
+        parser.add_argument("--stream", action="store_true",
+                            help="per-step progress bar (the model's streaming twin, <model>_stream)")
         parser.add_argument("--shared-memory", action="store_true",
                             help="frames through system shared memory (client on the server's host; unary only)")
     for field in FIELDS:

@@ -21,7 +21,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from .admin import admin_headers
-from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM, PROGRESS, VIDEO
+from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM, PROGRESS, VIDEO, stream_model
 from wan22_triton.request.contract import HEIGHT, NUM_FRAMES, OUTPUT_FORMAT, WIDTH, OutputFormat
 
 from .common import (MODEL, model_fps, one_line_errors, output_names, parse_args, request_arrays, request_values, save,
@@ -211,7 +211,8 @@ def main() -> None:
                     bar.set_postfix(expert=p["expert"].replace("transformer_", ""), t=int(p["timestep"]))
                     bar.update(p["step"] - bar.n)
 
-                out = generate_stream(args.url, values, on_progress, timeout=args.timeout, admin_key=args.admin_key)
+                out = generate_stream(args.url, values, on_progress, stream_model(args.model), args.timeout,
+                                      admin_key=args.admin_key)
         save(out, args.output, fps, time.perf_counter() - started)
 
 

@@ -45,7 +45,7 @@ from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
 from wan22_triton.components.common import ComponentSpec
 from wan22_triton.components.expert import (TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, expert_models,
                                             transformer_spec)
-from wan22_triton.components.orchestrator import ORCHESTRATOR
+from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_MODELS
 from wan22_triton.components.text_encoder import TEXT, TEXT_ENCODER, text_encoder_spec
 from wan22_triton.components.vae_decoder import VAE_DECODER, vae_decoder_spec
 from wan22_triton.request.contract import (GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NEGATIVE_PROMPT, NUM_FRAMES,
@@ -297,22 +297,22 @@ def throughput_ratio(results: dict[str, Any], other: dict[str, Any]) -> dict[str
 
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
-    served = [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
-    models = [m.strip() for m in args.models.split(",")] if args.models else [ORCHESTRATOR, *served]
-    unknown = set(models) - {ORCHESTRATOR, *served}
+    orchestrator, served = orchestrator_MODELS[info.family], [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
+    models = [m.strip() for m in args.models.split(",")] if args.models else [orchestrator, *served]
+    unknown = set(models) - {orchestrator, *served}
     if unknown:
-        raise SystemExit(f"unknown models {sorted(unknown)}; this checkpoint serves {[ORCHESTRATOR, *served]}")
+        raise SystemExit(f"unknown models {sorted(unknown)}; this checkpoint serves {[orchestrator, *served]}")
     started = dt.datetime.now(dt.timezone.utc)
     results = {}
     for name in models:
-        data = orchestrator_data(args, prompts) if name == ORCHESTRATOR else component_data(name, info, args, prompts)
+        data = orchestrator_data(args, prompts) if name == orchestrator else component_data(name, info, args, prompts)
         data_file = out / f"{name}.json"
         data_file.write_text(json.dumps({"data": data}))
         # Not with a version per replica: perf_analyzer 2.50 reads one version's statistics, then aborts on them
         # ("Server side statistics compute counts must be the same"; checked on the CPU).
-        composing = served if name == ORCHESTRATOR and args.replicas == 1 else []
+        composing = served if name == orchestrator and args.replicas == 1 else []
         # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
-        batch = 1 if name == ORCHESTRATOR else component_spec(name, info).max_batch_size
+        batch = 1 if name == orchestrator else component_spec(name, info).max_batch_size
         results[name] = run_model(name, url, args, data_file, batch, out, composing, admin_key)
     summary = {
         "date": started.isoformat(timespec="seconds"),

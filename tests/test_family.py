@@ -18,7 +18,7 @@ from export.repository import export_repository
 from wan22_triton.checkpoint import Family, read_checkpoint
 from wan22_triton.components.common import CompilePoint
 from wan22_triton.components.expert import TIMESTEP, expert_models, transformer_spec
-from wan22_triton.components.orchestrator import ORCHESTRATOR, STEP_EXPERTS
+from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STEP_EXPERTS, stream_model
 from wan22_triton.options import Engine
 from wan22_triton.parallel.plan import ParallelPlan
 
@@ -29,6 +29,7 @@ from .conftest import TEST_LIMITS, psnr, run_diffusers
 REQUEST = dict(prompt="a red panda in the snow", negative_prompt="blurry", num_frames=9, height=32, width=64,
                num_inference_steps=4, guidance_scale=6.0, seed=7)
 PARITY_DB = 60.0
+TI2V = ORCHESTRATOR_MODELS[Family.TI2V_5B]
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +78,25 @@ def test_served_ti2v_text_to_video_is_diffusers(ti2v_server, ti2v_checkpoint):
     pipe = WanPipeline.from_pretrained(ti2v_checkpoint)
     pipe.set_progress_bar_config(disable=True)
     expected = run_diffusers(pipe, REQUEST)
-    served = grpc_client.generate(ti2v_server.grpc_url, REQUEST)
+    served = grpc_client.generate(ti2v_server.grpc_url, REQUEST, TI2V)
     assert served["video"].shape == (9, 32, 64, 3)
     assert psnr(served["video"], expected) >= PARITY_DB
-    wrong = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "guidance_scale": 5.0})["video"]
+    wrong = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "guidance_scale": 5.0}, TI2V)["video"]
     assert psnr(wrong, expected) < PARITY_DB  # the threshold tells a different request apart
     [expert] = expert_models(read_checkpoint(ti2v_checkpoint))
     with grpcclient.InferenceServerClient(ti2v_server.grpc_url) as client:
-        result = client.infer(ORCHESTRATOR, grpc_client.infer_inputs(REQUEST),
+        result = client.infer(TI2V, grpc_client.infer_inputs(REQUEST),
                               outputs=[grpcclient.InferRequestedOutput(STEP_EXPERTS)])
+        index = client.get_model_repository_index(headers=ti2v_server.admin_headers("grpc"))
+    served_models = {m.name for m in index.models}
     assert [e.decode() for e in result.as_numpy(STEP_EXPERTS)] == [expert] * REQUEST["num_inference_steps"]
-    assert grpc_client.fps_of(ti2v_server.grpc_url) == 24  # the family's, in the served manifest
+    assert grpc_client.fps_of(ti2v_server.grpc_url, TI2V) == 24  # the family's, in the served manifest
+    # Named by what they do: no T2V orchestrator, no "high noise" expert
+    assert served_models == {"wan22_ti2v", "wan22_ti2v_stream", "text_encoder", "transformer", "vae_decoder"}
+    steps = []
+    streamed = grpc_client.generate_stream(ti2v_server.grpc_url, REQUEST, steps.append, stream_model(TI2V))
+    assert [p["expert"] for p in steps] == [expert] * REQUEST["num_inference_steps"]
+    assert (streamed["video"] == served["video"]).all()
 
 
 @pytest.mark.parametrize("options, message", [

@@ -42,6 +42,10 @@ OTHER_MEANINGS = (
      {"wan22_triton/checkpoint.py", "wan22_triton/engines/random_weights.py",
       "wan22_triton/triton_models/text_encoder.py", "perf/gpu_baseline.py", "perf/gpu_checkpoint.py",
       "perf/gpu_benchmark/measure.py"}),
+    ("transformer", "diffusers' sub-folder and pipeline attribute of the (first) transformer, and its module",
+     {"wan22_triton/checkpoint.py", "wan22_triton/engines/loading.py", "wan22_triton/engines/random_weights.py",
+      "wan22_triton/triton_models/transformer.py", "devtools/tiny_lora.py", "perf/gpu_baseline.py",
+      "perf/gpu_benchmark/__main__.py", "perf/gpu_checkpoint.py", "perf/lora_benchmark.py", "perf/memory_check.py"}),
 )
 
 
@@ -57,11 +61,12 @@ def declared(info) -> dict[str, set[str]]:
         text_encoder: _names(text_encoder.text_encoder_spec(info)) | {text_encoder.TEXT_ENCODER},
         expert: _names(expert.transformer_offload_spec(info, expert.TRANSFORMER_HIGH_NOISE))
         | {t.name for t in (*expert.LORA_INPUTS, expert.WORKSPACE_INPUT, expert.WARMUP_INPUT)}
-        | set(expert.EXPERT_MODELS.values()),
+        | {*expert.EXPERT_MODELS.values(), expert.TRANSFORMER},
         vae_decoder: _names(vae_decoder.vae_decoder_spec(info), *frame_specs)
         | {vae_decoder.VAE_DECODER, *vae_decoder.VAE_DECODER_FRAME_MODELS},
         orchestrator: _names(orchestrator.orchestrator_spec(stream=True), inputs=False)
-        | {orchestrator.ORCHESTRATOR, orchestrator.ORCHESTRATOR_STREAM},
+        | {name for model in orchestrator.ORCHESTRATOR_MODELS.values()
+           for name in (model, orchestrator.stream_model(model))},
         contract: _names(orchestrator.orchestrator_spec(), outputs=False),
     }
     out: dict[str, set[str]] = {}
@@ -99,7 +104,7 @@ def test_no_served_name_is_a_literal_outside_its_declaration(served):
 
 def test_the_declarations_cover_every_served_model_and_the_frame_graphs(served):
     assert {"hidden_states", "noise_pred", "release", "warmup", "latent_frame", "cache_in_1", "progress",
-            "prompt", "preset", "wan22_t2v_stream", "vae_decoder_step"} <= set(served)
+            "prompt", "preset", "wan22_t2v_stream", "wan22_ti2v", "transformer", "vae_decoder_step"} <= set(served)
     assert served["lora"] == {"wan22_triton/components/expert.py", "wan22_triton/request/contract.py"}
 
 

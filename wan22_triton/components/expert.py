@@ -1,4 +1,5 @@
-"""`transformer_high_noise` / `transformer_low_noise`: the two experts, one contract.
+"""`transformer_high_noise` / `transformer_low_noise`: the two experts (T2V-A14B), or `transformer`, a checkpoint's one
+transformer (TI2V-5B); one contract.
 
 The ONNX/TensorRT contract is `transformer_spec`; the config.pbtxt of the torch engine may add optional inputs (LoRA,
 workspace release, warm-up marker, or the low-memory mode's `release`) that never reach a graph.
@@ -17,9 +18,11 @@ if TYPE_CHECKING:
 
 TRANSFORMER_HIGH_NOISE = "transformer_high_noise"
 TRANSFORMER_LOW_NOISE = "transformer_low_noise"
-# Served expert name per diffusers sub-folder: `transformer` denoises high-noise steps, `transformer_2` low-noise.
+# Served expert name per diffusers sub-folder where there are two: `transformer` denoises high-noise steps,
+# `transformer_2` low-noise.
 EXPERT_MODELS = {"transformer": TRANSFORMER_HIGH_NOISE, "transformer_2": TRANSFORMER_LOW_NOISE}
-ENTRY = "transformer"  # wan22_triton.triton_models.transformer serves both
+TRANSFORMER = "transformer"  # a checkpoint's one transformer, every step
+ENTRY = "transformer"  # wan22_triton.triton_models.transformer serves each
 WEIGHTS_FOLDER = "transformer"  # in the version folder, whichever checkpoint sub-folder it came from
 
 # The contract; the names are diffusers' WanTransformer3DModel.forward arguments and its output.
@@ -47,7 +50,9 @@ RELEASE_INPUT = TensorSpec("release", "bool", (BATCH, 1))
 
 
 def expert_models(info: CheckpointInfo) -> tuple[str, ...]:
-    """The served expert models of a checkpoint, high-noise first."""
+    """The served expert models of a checkpoint, high-noise first; `transformer` where it has one."""
+    if len(info.expert_folders) == 1:
+        return (TRANSFORMER,)
     return tuple(EXPERT_MODELS[folder] for folder in info.expert_folders)
 
 

@@ -1,4 +1,5 @@
-"""`wan22_t2v` / `wan22_t2v_stream`: the BLS orchestrator users call (wan22_triton.triton_models.orchestrator).
+"""`wan22_t2v` / `wan22_t2v_stream` (`wan22_ti2v`... per family): the BLS orchestrator users call
+(wan22_triton.triton_models.orchestrator).
 
 Non-batched: its inputs are the request contract (wan22_triton.request.contract), every one of shape [1]; its
 outputs the video and what produced it. The streaming variant takes the same inputs and adds `progress` (JSON
@@ -9,14 +10,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from wan22_triton.checkpoint import Family
 from wan22_triton.components.common import SCALAR, Component, ComponentSpec, Dim, QueuePolicy, TensorSpec
 from wan22_triton.request.contract import HEIGHT, OPTIONAL_REQUEST_INPUTS, REQUEST_INPUTS, WIDTH
 
 if TYPE_CHECKING:
     from export.registry import ExportPlan
 
-ORCHESTRATOR = "wan22_t2v"
-ORCHESTRATOR_STREAM = "wan22_t2v_stream"  # decoupled: per-step progress, then the video
+# The model users call, named by what the checkpoint does; its streaming twin (decoupled: per-step progress, then
+# the video) adds STREAM_SUFFIX.
+ORCHESTRATOR_MODELS: dict[Family, str] = {
+    Family.T2V_A14B: "wan22_t2v", Family.TI2V_5B: "wan22_ti2v", Family.WAN21_T2V: "wan22_t2v"}
+STREAM_SUFFIX = "_stream"
+
+
+def stream_model(model: str) -> str:
+    return model + STREAM_SUFFIX
+
+
+ORCHESTRATOR = ORCHESTRATOR_MODELS[Family.T2V_A14B]  # the default checkpoint's, for clients and tools
+ORCHESTRATOR_STREAM = stream_model(ORCHESTRATOR)
 ENTRY = "orchestrator"  # wan22_triton.triton_models.orchestrator serves both
 
 PROGRESS = "progress"  # stream only: JSON {step, total, timestep, expert, elapsed_s} after each step
@@ -28,11 +41,12 @@ STEP_EXPERTS = "step_experts"  # the served expert of each step
 STAGE_SECONDS = "stage_seconds"  # JSON {stage: seconds}
 
 
-def orchestrator_spec(stream: bool = False) -> ComponentSpec:
-    """The model users call; the same for every checkpoint."""
+def orchestrator_spec(family: Family = Family.T2V_A14B, stream: bool = False) -> ComponentSpec:
+    """The model users call; its tensors the same for every checkpoint, its name the family's."""
     progress = (TensorSpec(PROGRESS, "object", SCALAR),) if stream else ()
+    model = ORCHESTRATOR_MODELS[family]
     return ComponentSpec(
-        name=ORCHESTRATOR_STREAM if stream else ORCHESTRATOR,
+        name=stream_model(model) if stream else model,
         inputs=REQUEST_INPUTS,
         outputs=(
             *progress,
@@ -56,7 +70,7 @@ def export_components(plan: ExportPlan) -> list[Component]:
     opts = plan.opts
     out = []
     for stream in (False, True):
-        spec = orchestrator_spec(stream)
+        spec = orchestrator_spec(plan.info.family, stream)
         out.append(Component(
             spec.name, ENTRY, lambda s=spec: s,
             plan.manifest(spec.name, video_sizes=plan.video_sizes, loras=plan.loras, presets=PRESETS),

@@ -13,7 +13,7 @@ import torch
 from wan22_triton.operations import events, locks
 
 from wan22_triton.triton_models import heap_settled, triton_io
-from wan22_triton.components.expert import EXPERT_MODELS
+from wan22_triton.components.expert import expert_models
 from wan22_triton.engines.loading import load_component, release_workspace, torch_dtype
 from wan22_triton.engines.runners import Runner
 from wan22_triton.manifest import Manifest
@@ -42,7 +42,7 @@ class ComponentModel:
         self.name = self.manifest.model
         self.version = int(args["model_version"])
         self.root = Path(args["model_repository"]) / args["model_version"]
-        plan, expert = self.manifest.parallel, self.name in EXPERT_MODELS.values()
+        plan, expert = self.manifest.parallel, self.name in expert_models(self.manifest.checkpoint)
         self.device = triton_io.torch_device(args, lambda version: plan.replica_devices(version - 1, expert))
         self.manifest.check(Device.GPU if torch.device(self.device).type == "cuda" else Device.CPU)
         self.dtype = torch_dtype(self.manifest.precision)
