@@ -32,6 +32,14 @@ RULES_EPILOG = ("<name> in a rule: the server's value (its limits, the checkpoin
 SHOWN_DEFAULTS = {Default.CHECKPOINT: "the checkpoint's", Default.RANDOM: "random", None: "none", "": '""'}
 
 
+def _file_bytes(path: str) -> bytes:
+    """A binary input's flag: the file's bytes."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
+
+
 def flag_help(field: RequestField) -> str:
     """What a request flag is, its rule and its default, from the contract."""
     default = field.default
@@ -58,7 +66,8 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
         parser.add_argument("--shared-memory", action="store_true",
                             help="frames through system shared memory (client on the server's host; unary only)")
     for field in FIELDS:
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=field.kind, default=None,
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=_file_bytes if field.binary else field.kind,
+                            metavar="FILE" if field.binary else None, default=None,
                             required=field.default is Default.REQUIRED, help=flag_help(field))
     args = parser.parse_args()
     if Path(args.output).suffix.lower() != MP4_SUFFIX:  # before the request: no minutes of work for a file not written
@@ -123,7 +132,7 @@ def request_arrays(values: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
         if name not in REQUEST_INPUTS:
             raise ValueError(f"unknown request input {name!r}; known: {sorted(REQUEST_INPUTS)}")
         triton_dtype, dtype = REQUEST_INPUTS[name]
-        data = value.encode("utf-8") if dtype is np.object_ else value
+        data = value.encode("utf-8") if isinstance(value, str) else value
         out[name] = (triton_dtype, np.array([data], dtype=dtype))
     return out
 

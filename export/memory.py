@@ -75,9 +75,10 @@ def memory_model(info: CheckpointInfo, opts: ExportOptions) -> MemoryModel | Non
         row = CALIBRATION.eager_fp8_row if speed.compile == Compile.NONE else CALIBRATION.compiled_fp8_row
     else:
         row = CALIBRATION.lora_row if opts.lora else CALIBRATION.eager_row
-    components = 2 + len(experts)  # text encoder, VAE, experts
+    vae_models = 2 if info.takes_image else 1  # the encoder holds its own copy of the VAE (one frame's workspace)
+    components = 1 + vae_models + len(experts)  # text encoder, VAE models, experts
     return MemoryModel(
-        text_encoder=text_encoder, experts=tuple(experts), expert_loads=tuple(loads), vae=_bytes(vae),
+        text_encoder=text_encoder, experts=tuple(experts), expert_loads=tuple(loads), vae=vae_models * _bytes(vae),
         ffn_dim=ffn_dim, vae_channels=int(vae.config.base_dim * max(vae.config.dim_mult)),
         processes=1 + components + 2 * opts.orchestrator_instances,  # tritonserver, models, both orchestrators
         row_factor=row, cfg_batch=2 // plan.cfg_parallel, ulysses=plan.ulysses,

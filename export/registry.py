@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wan22_triton.checkpoint import CheckpointInfo
-from wan22_triton.components import expert, orchestrator, text_encoder, vae_decoder
+from wan22_triton.components import expert, orchestrator, text_encoder, vae_decoder, vae_encoder
 from wan22_triton.components.common import ArtifactWriter, CacheEntry, CompilePoint, Component, ComponentSpec
 from wan22_triton.engines.onnx_runner import ONNX_GRAPH
 from wan22_triton.engines.random_weights import component_seed
@@ -28,7 +28,7 @@ from .loras import expert_lora_writer
 from .memory import memory_model
 from .options import ExportOptions
 
-COMPONENT_MODULES = (text_encoder, expert, vae_decoder, orchestrator)  # in the order they must be written
+COMPONENT_MODULES = (text_encoder, expert, vae_encoder, vae_decoder, orchestrator)  # in the order they must be written
 
 
 def repository_components(info: CheckpointInfo, opts: ExportOptions, repository: Path,

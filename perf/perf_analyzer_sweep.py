@@ -297,7 +297,7 @@ def throughput_ratio(results: dict[str, Any], other: dict[str, Any]) -> dict[str
 
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
-    orchestrator, served = orchestrator_MODELS[info.family], [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
+    orchestrator, served = ORCHESTRATOR_MODELS[info.family], [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
     models = [m.strip() for m in args.models.split(",")] if args.models else [orchestrator, *served]
     unknown = set(models) - {orchestrator, *served}
     if unknown:

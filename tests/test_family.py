@@ -1,15 +1,22 @@
-"""The Wan2.2 family beyond T2V-A14B: TI2V-5B's text-to-video from its diffusers layout (the tiny stand-in), told
-from its configs, exported and served by a real tritonserver against diffusers' WanPipeline (`expand_timesteps`:
-a timestep per latent token), and the modes it is not served with yet refused at export.
+"""The Wan2.2 family beyond T2V-A14B: TI2V-5B from its diffusers layout (the tiny stand-in), told from its configs,
+exported and served by a real tritonserver against diffusers (`expand_timesteps`: a timestep per latent token):
+text to video against WanPipeline, image to video against WanImageToVideoPipeline; bad images refused on the served
+model while it keeps serving; the modes it is not served with yet refused at export.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from clients import grpc_client
 from export.loras import LoraSource
@@ -18,7 +25,10 @@ from export.repository import export_repository
 from wan22_triton.checkpoint import Family, read_checkpoint
 from wan22_triton.components.common import CompilePoint
 from wan22_triton.components.expert import TIMESTEP, expert_models, transformer_spec
-from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STEP_EXPERTS, stream_model
+from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STAGE_SECONDS, STEP_EXPERTS, stream_model
+from wan22_triton.components.vae_encoder import VAE_ENCODER
+from wan22_triton.errors import RequestError
+from wan22_triton.request.image import decode_image
 from wan22_triton.options import Engine
 from wan22_triton.parallel.plan import ParallelPlan
 
@@ -30,6 +40,18 @@ REQUEST = dict(prompt="a red panda in the snow", negative_prompt="blurry", num_f
                num_inference_steps=4, guidance_scale=6.0, seed=7)
 PARITY_DB = 60.0
 TI2V = ORCHESTRATOR_MODELS[Family.TI2V_5B]
+# Small image bounds, so that the refusals are cheap to provoke
+LIMITS = replace(TEST_LIMITS, max_image_bytes=200_000, max_image_pixels=256 * 256)
+
+
+def picture(width: int = 80, height: int = 48, kind: str = "PNG", inverted: bool = False) -> bytes:
+    """A deterministic RGB picture, another size than the video (the server resizes it as diffusers does)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
+    rgb = 255 - rgb if inverted else rgb
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, kind)
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +63,7 @@ def ti2v_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ti2v_server(served, ti2v_checkpoint):
-    options = ExportOptions(limits=TEST_LIMITS)
+    options = ExportOptions(limits=LIMITS)
     return served(repository=lambda folder: export_repository(ti2v_checkpoint, folder, options, log=lambda _: None))
 
 
@@ -92,11 +114,81 @@ def test_served_ti2v_text_to_video_is_diffusers(ti2v_server, ti2v_checkpoint):
     assert [e.decode() for e in result.as_numpy(STEP_EXPERTS)] == [expert] * REQUEST["num_inference_steps"]
     assert grpc_client.fps_of(ti2v_server.grpc_url, TI2V) == 24  # the family's, in the served manifest
     # Named by what they do: no T2V orchestrator, no "high noise" expert
-    assert served_models == {"wan22_ti2v", "wan22_ti2v_stream", "text_encoder", "transformer", "vae_decoder"}
+    assert served_models == {"wan22_ti2v", "wan22_ti2v_stream", "text_encoder", "transformer", "vae_encoder",
+                             "vae_decoder"}
     steps = []
     streamed = grpc_client.generate_stream(ti2v_server.grpc_url, REQUEST, steps.append, stream_model(TI2V))
     assert [p["expert"] for p in steps] == [expert] * REQUEST["num_inference_steps"]
     assert (streamed["video"] == served["video"]).all()
+
+
+def test_served_ti2v_image_to_video_is_diffusers(ti2v_server, ti2v_checkpoint):
+    """With an image: WanImageToVideoPipeline's expand_timesteps path (the image's latents as the first frame, its
+    tokens at timestep 0), on the unary and the streaming model."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    base = WanPipeline.from_pretrained(ti2v_checkpoint)
+    pipe = WanImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                                   scheduler=base.scheduler, transformer=base.transformer, expand_timesteps=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = picture()
+    expected = run_diffusers(pipe, {**REQUEST, "image": Image.open(io.BytesIO(image)).convert("RGB")})
+    served = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": image}, TI2V)
+    assert served["video"].shape == (9, 32, 64, 3)
+    assert psnr(served["video"], expected) >= PARITY_DB
+    assert VAE_ENCODER in served["stage_seconds"]
+    text_only = grpc_client.generate(ti2v_server.grpc_url, REQUEST, TI2V)["video"]
+    assert psnr(text_only, expected) < PARITY_DB  # the image made the difference
+    other = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": picture(inverted=True)}, TI2V)["video"]
+    assert psnr(other, expected) < PARITY_DB  # and which image it was
+    jpeg = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": picture(kind="JPEG")}, TI2V)["video"]
+    assert psnr(jpeg, expected) > 40  # the same picture, with JPEG's losses
+    steps = []
+    streamed = grpc_client.generate_stream(ti2v_server.grpc_url, {**REQUEST, "image": image}, steps.append,
+                                           stream_model(TI2V))
+    assert len(steps) == REQUEST["num_inference_steps"] and (streamed["video"] == served["video"]).all()
+
+
+def _bomb() -> bytes:
+    """A PNG that decodes to 4096x4096 pixels from a few kB."""
+    out = io.BytesIO()
+    Image.new("RGB", (4096, 4096)).save(out, "PNG")
+    return out.getvalue()
+
+
+BAD_IMAGES = {
+    "not-an-image": (b"GIF89a not really", "must be a PNG, JPEG or WEBP image"),
+    "unsupported-format": (picture(kind="GIF"), "must be a PNG, JPEG or WEBP image"),
+    "too-many-pixels": (_bomb(), "is 4096x4096 pixels; the limit is 65536 pixels"),
+    "too-many-bytes": (np.random.default_rng(0).bytes(300_000), "is 300000 bytes; the limit is 200000 bytes"),
+    "truncated": (picture(200, 120)[:400], "could not be decoded"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_bad_images_are_invalid_arg_and_the_server_keeps_serving(ti2v_server, name):
+    data, message = BAD_IMAGES[name]
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "num_inference_steps": 1, "image": data}, TI2V)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and message in err.value.message(), err.value.message()
+    good = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "num_inference_steps": 1, "image": picture()}, TI2V)
+    assert good["video"].shape == (9, 32, 64, 3)
+
+
+def test_an_image_to_a_text_only_model_is_invalid_arg(torch_server):
+    request = dict(prompt="a cat", num_frames=5, height=32, width=32, num_inference_steps=1, seed=1)
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.generate(torch_server.grpc_url, {**request, "image": picture()})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'image' is not taken by wan22_t2v" in err.value.message()
+    assert grpc_client.generate(torch_server.grpc_url, request)["video"].shape == (5, 32, 32, 3)
+
+
+def test_the_pixel_bound_is_read_from_the_header_before_any_decoding(monkeypatch):
+    """The bomb is refused by its header: decoding is never reached."""
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(RequestError, match="4096x4096 pixels"):
+        decode_image(BAD_IMAGES["too-many-pixels"][0], LIMITS)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wan22_triton.components import expert, orchestrator, text_encoder, vae_decoder
+from wan22_triton.components import expert, orchestrator, text_encoder, vae_decoder, vae_encoder
 from wan22_triton.components.common import CacheEntry, ComponentSpec
 from wan22_triton.request import contract
 
@@ -42,6 +42,7 @@ OTHER_MEANINGS = (
      {"wan22_triton/checkpoint.py", "wan22_triton/engines/random_weights.py",
       "wan22_triton/triton_models/text_encoder.py", "perf/gpu_baseline.py", "perf/gpu_checkpoint.py",
       "perf/gpu_benchmark/measure.py"}),
+    ("image", "a Kubernetes container's image", {"docker/kubernetes/wan22_k8s/workload.py"}),
     ("transformer", "diffusers' sub-folder and pipeline attribute of the (first) transformer, and its module",
      {"wan22_triton/checkpoint.py", "wan22_triton/engines/loading.py", "wan22_triton/engines/random_weights.py",
       "wan22_triton/triton_models/transformer.py", "devtools/tiny_lora.py", "perf/gpu_baseline.py",
@@ -62,6 +63,7 @@ def declared(info) -> dict[str, set[str]]:
         expert: _names(expert.transformer_offload_spec(info, expert.TRANSFORMER_HIGH_NOISE))
         | {t.name for t in (*expert.LORA_INPUTS, expert.WORKSPACE_INPUT, expert.WARMUP_INPUT)}
         | {*expert.EXPERT_MODELS.values(), expert.TRANSFORMER},
+        vae_encoder: _names(vae_encoder.vae_encoder_spec(info), outputs=False) | {vae_encoder.VAE_ENCODER},
         vae_decoder: _names(vae_decoder.vae_decoder_spec(info), *frame_specs)
         | {vae_decoder.VAE_DECODER, *vae_decoder.VAE_DECODER_FRAME_MODELS},
         orchestrator: _names(orchestrator.orchestrator_spec(stream=True), inputs=False)

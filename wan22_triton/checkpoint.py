@@ -50,6 +50,8 @@ GENERATION_DEFAULTS: dict[Family, GenerationDefaults] = {
 }
 # The published video size (num_frames, height, width) where it is not WanPipeline's default (81x480x832).
 VIDEO_DEFAULTS: dict[Family, tuple[int, int, int]] = {Family.TI2V_5B: (121, 704, 1280)}
+# Families that take an image as the first frame (optional for TI2V-5B: text or image to video).
+IMAGE_FAMILIES = frozenset({Family.TI2V_5B})
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -106,6 +108,11 @@ class CheckpointInfo:
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # the checkpoint's scheduler_config.json
     # model_index.json's expand_timesteps: a timestep per latent token (batch, tokens), not one per batch item
     expand_timesteps: bool = False
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether requests may bring a first frame (the `image` input; a VAE encoder is served for it)."""
+        return self.family in IMAGE_FAMILIES
 
     @property
     def spatial_multiple(self) -> int:

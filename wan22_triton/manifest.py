@@ -35,6 +35,8 @@ class Limits:
     max_request_seconds: int = 3600  # generation stops between steps once exceeded (0: no limit)
     max_prompt_bytes: int = 16384  # UTF-8 per prompt; the text encoder reads 512 tokens of it at most
     max_lora_scale: float = 4.0  # |lora_scale|: past a few, an adapter's delta swamps the weights it adapts
+    max_image_bytes: int = 20 << 20  # an encoded `image`, refused before decoding
+    max_image_pixels: int = 4096 * 4096  # its width x height, read from its header before decoding (no bombs)
 
 
 VideoSize = tuple[int, int, int]  # (num_frames, height, width)

@@ -88,7 +88,7 @@ class MemoryModel:
     text_encoder: int  # weights as served
     experts: tuple[int, ...]  # each expert's weights as served (FP8 quantized, adapters included)
     expert_loads: tuple[int, ...]  # each expert's weights at its loading peak
-    vae: int
+    vae: int  # the VAE models' weights (decoder, and encoder where images are taken)
     ffn_dim: int  # the experts' FFN width
     vae_channels: int  # the decoder's widest channel count
     processes: int  # processes with a CUDA context on the GPU, experts included (tritonserver, orchestrators...)

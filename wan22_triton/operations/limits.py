@@ -13,6 +13,7 @@ from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.components.common import LATENT
 from wan22_triton.errors import RequestError
 from wan22_triton.manifest import Limits
+from wan22_triton.request.contract import HEIGHT, NUM_FRAMES, WIDTH
 
 
 def check_prompt_bytes(name: str, size: int, limits: Limits, info: CheckpointInfo) -> None:
@@ -37,3 +38,14 @@ def check_latents(name: str, shape: Sequence[int], info: CheckpointInfo, limits:
         if not 1 <= size <= largest or size % multiple:
             raise RequestError(f"'{name}' {axis.symbol} must be within [1, {largest}] and a multiple of {multiple}, "
                                f"got {size} (shape {list(shape)})")
+
+
+def check_pixels(name: str, shape: Sequence[int], info: CheckpointInfo, limits: Limits) -> None:
+    """[batch, rgb, frames, height, width] within the limits, height and width multiples of the VAE's factor."""
+    dims = [int(d) for d in shape[-3:]]
+    largest = (limits.max_num_frames, limits.max_size, limits.max_size)
+    multiples = (1, info.vae_scale_factor_spatial, info.vae_scale_factor_spatial)
+    for axis, size, top, multiple in zip((NUM_FRAMES, HEIGHT, WIDTH), dims, largest, multiples):
+        if not 1 <= size <= top or size % multiple:
+            raise RequestError(f"'{name}' {axis} must be within [1, {top}] and a multiple of {multiple}, got {size} "
+                               f"(shape {list(shape)})")

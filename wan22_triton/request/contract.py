@@ -34,6 +34,7 @@ OUTPUT_FORMAT = "output_format"
 LORA = "lora"
 LORA_SCALE = "lora_scale"
 PRESET = "preset"
+IMAGE = "image"
 
 
 class OutputFormat(StrEnum):
@@ -60,11 +61,14 @@ class RequestField:
     default: Any  # a value, or a `Default`; None: absent (for lora and preset, "" means absent too)
     rule: str  # what a value must be; {placeholders}: the server's bounds
     help: str
-    # None: checked by validation.py with a message of its own (text sizes, LoRA names)
+    # None: checked by validation.py with a message of its own (text sizes, LoRA names, images)
     check: Check | None = None
+    binary: bool = False  # "object" holding bytes, not text (an encoded image)
 
     @property
     def kind(self) -> type:
+        if self.binary:
+            return bytes
         return {"object": str, "int32": int, "int64": int, "float32": float}[self.dtype]
 
     @property
@@ -127,6 +131,10 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField(PRESET, "object", None, "one of {presets}",
                  "named sampler settings and LoRA (request inputs still win)",
                  lambda v, b: v in b["presets"]),
+    RequestField(IMAGE, "object", None,
+                 "a PNG, JPEG or WebP of at most {max_image_bytes} bytes and {max_image_pixels} pixels, to a model "
+                 "that takes one", "the first frame (image to video), resized to the video's size as diffusers does",
+                 binary=True),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 

@@ -1,8 +1,9 @@
-"""The Wan2.2 T2V request path as plain Python, testable without a server.
+"""The Wan2.2 request path as plain Python, testable without a server.
 
 `Wan22T2VPipeline` follows diffusers' `WanPipeline.__call__` step by step (same scheduler, expert switch, CFG rule,
-latent de-normalisation); its `__call__` reads as the numbered steps 1. encode prompts, 2. timesteps, 3. initial
-noise, 4. denoise, 5. de-normalise and decode, each a method of its own. It calls its three components through
+latent de-normalisation), and with an image `WanImageToVideoPipeline`'s `expand_timesteps` path (TI2V-5B); its
+`__call__` reads as the numbered steps 1. encode prompts, 2. timesteps, 3. initial noise (and the image's first
+frame), 4. denoise, 5. de-normalise and decode, each a method of its own. It calls its components through
 injected callables: the Triton orchestrator passes BLS calls, tests/test_pipeline_diffusers.py passes the
 diffusers modules. It takes a validated `GenerationRequest` (request/validation.py turns Triton's view of a request,
 a dict of numpy arrays, into one).
@@ -23,6 +24,7 @@ import torch
 from wan22_triton.components.expert import expert_models
 from wan22_triton.components.text_encoder import TEXT_ENCODER
 from wan22_triton.components.vae_decoder import VAE_DECODER
+from wan22_triton.components.vae_encoder import VAE_ENCODER
 from wan22_triton.errors import Cancelled
 from wan22_triton.manifest import Manifest
 from wan22_triton.request.contract import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, GenerationRequest
@@ -53,12 +55,26 @@ class GenerationResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class FirstFrame:
+    """An image as the first frame where the checkpoint expands timesteps (TI2V-5B): its latents replace the first
+    latent frame before every expert call and at the end, and that frame's tokens denoise at timestep 0
+    (WanImageToVideoPipeline's `expand_timesteps`)."""
+
+    latents: torch.Tensor  # normalised, [1, z, 1, h, w]
+    mask: torch.Tensor  # [1, 1, f, h, w]: 0 on the first latent frame, 1 elsewhere
+
+    def apply(self, latents: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mask) * self.latents + self.mask * latents
+
+
 # Components take torch tensors (on the pipeline's device) and may answer with numpy arrays or torch tensors.
 Array = np.ndarray | torch.Tensor
 TextEncoderFn = Callable[[list[str]], Array]  # prompts -> [B, text_len, text_dim]
 # (model, latents, t, embeds) -> noise; a request with a LoRA adds the keyword `lora=(name, scale)`
 ExpertFn = Callable[..., Array]
 VaeDecoderFn = Callable[[torch.Tensor], Array]  # latents [1, z, f, h, w] -> uint8 frames [1, F, H, W, 3]
+VaeEncoderFn = Callable[[torch.Tensor], Array]  # pixels [1, 3, 1, H, W] in [-1, 1] -> latents [1, z, 1, h, w]
 
 
 def expert_for_timestep(t: float, manifest: Manifest) -> tuple[str, str]:
@@ -137,11 +153,13 @@ class Wan22T2VPipeline:
         expert: ExpertFn,
         vae_decoder: VaeDecoderFn,
         device: str | torch.device = "cpu",
+        vae_encoder: VaeEncoderFn | None = None,
     ):
         self.manifest = manifest
         self.text_encoder = text_encoder
         self.expert = expert
         self.vae_decoder = vae_decoder
+        self.vae_encoder = vae_encoder  # checkpoints that take an image
         self.device = torch.device(device)
 
     def __call__(
@@ -161,12 +179,18 @@ class Wan22T2VPipeline:
         # 2. Timesteps from the checkpoint's scheduler.
         scheduler = self.prepare_scheduler(req)
 
-        # 3. Initial noise, drawn as diffusers draws it.
+        # 3. Initial noise, drawn as diffusers draws it; with an image, its latents as the first frame.
         latents = self.prepare_latents(req)
+        first_frame = None
+        if req.image is not None:
+            first_frame = self.encode_image(req, latents)
+            timer.lap(VAE_ENCODER)
 
         # 4. Denoise: each step on the expert of its timestep, with that expert's guidance scale.
-        latents = self.denoise(req, scheduler, latents, embeds, result, timer,
+        latents = self.denoise(req, scheduler, latents, embeds, result, timer, first_frame,
                                on_step=on_step, is_cancelled=is_cancelled, expert_switch=expert_switch)
+        if first_frame is not None:
+            latents = first_frame.apply(latents)
         timer.lap("denoise")
 
         # 5. Undo the VAE's latent normalisation and decode to uint8 frames.
@@ -212,6 +236,19 @@ class Wan22T2VPipeline:
         generator = torch.Generator("cpu").manual_seed(req.seed)
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(self.device)
 
+    def encode_image(self, req: GenerationRequest, latents: torch.Tensor) -> FirstFrame:
+        """The request's image resized to the video's size and scaled to [-1, 1] by diffusers' VideoProcessor (as
+        its pipelines do), encoded by the VAE, normalised like the latents; the mask from the latents' shape."""
+        from diffusers.video_processor import VideoProcessor
+
+        processor = VideoProcessor(vae_scale_factor=self.manifest.checkpoint.vae_scale_factor_spatial)
+        pixels = processor.preprocess(req.image, height=req.height, width=req.width).unsqueeze(2)
+        encoded = self._on_device(self.vae_encoder(pixels.to(self.device, torch.float32)))
+        mean, inv_std = self._latent_statistics()
+        mask = torch.ones(1, 1, *latents.shape[2:], device=self.device)
+        mask[:, :, 0] = 0
+        return FirstFrame((encoded - mean) * inv_std, mask)
+
     def denoise(
         self,
         req: GenerationRequest,
@@ -220,6 +257,7 @@ class Wan22T2VPipeline:
         embeds: torch.Tensor,
         result: GenerationResult,
         timer: StageTimer,
+        first_frame: FirstFrame | None = None,
         *,
         on_step: Callable[[StepInfo], None] | None,
         is_cancelled: Callable[[], bool] | None,
@@ -238,7 +276,8 @@ class Wan22T2VPipeline:
                 expert_switch.before_step(expert, i)
             guidance_scale = getattr(req, guidance_field) if uses_cfg(req) else None
             noise = self.predict_noise(expert, latents, t, embeds, guidance_scale, req.adapter,
-                                       release_workspace=self.last_of_expert(timesteps, i, expert))
+                                       release_workspace=self.last_of_expert(timesteps, i, expert),
+                                       first_frame=first_frame)
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             result.timesteps.append(float(t))
             result.experts.append(expert)
@@ -259,13 +298,15 @@ class Wan22T2VPipeline:
 
     def predict_noise(self, expert: str, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
                       guidance_scale: float | None, lora: LoraChoice | None = None,
-                      release_workspace: bool = False) -> torch.Tensor:
+                      release_workspace: bool = False, first_frame: FirstFrame | None = None) -> torch.Tensor:
         """One expert call on [cond, uncond] as one batch, combined by CFG with `guidance_scale` (None: CFG off,
         a batch of one); `lora`: the adapter the expert applies to this call (None: the base model);
-        `release_workspace`: the expert's last call for now (it hands its PyTorch cache back after it)."""
+        `release_workspace`: the expert's last call for now (it hands its PyTorch cache back after it);
+        `first_frame`: the image's latents in place of the first frame, whose tokens get timestep 0."""
         batch = 1 if guidance_scale is None else 2
-        model_input = latents.expand(batch, *latents.shape[1:]).contiguous()
-        timestep = self.expert_timestep(latents, t, batch)
+        conditioned = latents if first_frame is None else first_frame.apply(latents)
+        model_input = conditioned.expand(batch, *latents.shape[1:]).contiguous()
+        timestep = self.expert_timestep(latents, t, batch, first_frame)
         # optional arguments only when set: callables that know neither keep working for the base model
         options: dict[str, Any] = {} if lora is None else dict(lora=lora)
         if release_workspace:
@@ -276,19 +317,32 @@ class Wan22T2VPipeline:
         noise_cond, noise_uncond = noise[0:1], noise[1:2]
         return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
 
-    def expert_timestep(self, latents: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
+    def expert_timestep(self, latents: torch.Tensor, t: torch.Tensor, batch: int,
+                        first_frame: FirstFrame | None = None) -> torch.Tensor:
         """`t` for each batch item, or, where the checkpoint expands timesteps (TI2V-5B), for each latent token of
-        each item (WanPipeline's `expand_timesteps`; every token denoises at `t` without a conditioning frame)."""
+        each item (WanPipeline's `expand_timesteps`): `t` everywhere, or 0 on the first frame's tokens with an image
+        (the mask at each patch's first position, in the transformer's token order)."""
         info = self.manifest.checkpoint
-        shape = (batch, info.tokens(*latents.shape[2:])) if info.expand_timesteps else (batch,)
-        return torch.full(shape, float(t), dtype=torch.float32, device=self.device)
+        if not info.expand_timesteps:
+            return torch.full((batch,), float(t), dtype=torch.float32, device=self.device)
+        if first_frame is None:
+            return torch.full((batch, info.tokens(*latents.shape[2:])), float(t), dtype=torch.float32,
+                              device=self.device)
+        pt, ph, pw = info.patch_size
+        per_token = (first_frame.mask[0, 0, ::pt, ::ph, ::pw] * float(t)).flatten().to(torch.float32)
+        return per_token.unsqueeze(0).expand(batch, -1).contiguous()
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's latent space from the normalised one the experts work in (diffusers' operations)."""
+        mean, inv_std = self._latent_statistics()
+        return latents / inv_std + mean
+
+    def _latent_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's latent mean and 1/std, shaped to broadcast over [1, z, f, h, w] (diffusers' operations)."""
         info = self.manifest.checkpoint
         mean = torch.tensor(info.latents_mean, device=self.device).view(1, -1, 1, 1, 1)
         inv_std = 1.0 / torch.tensor(info.latents_std, device=self.device).view(1, -1, 1, 1, 1)
-        return latents / inv_std + mean
+        return mean, inv_std
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """uint8 [F, H, W, 3] on the host (the decoder model converts to uint8 where it runs: frames_to_uint8)."""

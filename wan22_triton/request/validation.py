@@ -12,8 +12,10 @@ import numpy as np
 
 from wan22_triton.errors import RequestError, shown
 from wan22_triton.operations.limits import check_prompt_bytes
-from wan22_triton.request.contract import (FIELDS, HEIGHT, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES, PRESET,
-                                           PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest, RequestField)
+from wan22_triton.request.contract import (FIELDS, HEIGHT, IMAGE, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES,
+                                           PRESET, PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest,
+                                           RequestField)
+from wan22_triton.request.image import decode_image
 from wan22_triton.request.lora import name_problem
 from wan22_triton.request.presets import DEFAULT_SAMPLER, find_preset
 
@@ -37,6 +39,9 @@ def _scalar(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
     if value.size != 1:
         raise RequestError(f"'{field.name}' must hold exactly one value, got shape {list(value.shape)}")
     item = value.reshape(-1)[0]
+    if field.binary:
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        return data or None
     if field.kind is not str:
         return field.kind(item)
     try:
@@ -74,7 +79,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest,
     _check_size(req, manifest)
     _check_memory(req, manifest, card_bytes)
     _check_lora(req, manifest)
-    return req
+    return _with_image(req, manifest)  # last: decoding is the costliest check
 
 
 def _check_size(req: GenerationRequest, manifest: Manifest) -> None:
@@ -95,6 +100,16 @@ def _check_memory(req: GenerationRequest, manifest: Manifest, card_bytes: int | 
     if problem:
         raise RequestError(f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {problem}: ask for fewer frames or a smaller "
                            "size")
+
+
+def _with_image(req: GenerationRequest, manifest: Manifest) -> GenerationRequest:
+    """The request with its `image` decoded (a PIL RGB image), where the checkpoint takes one."""
+    if req.image is None:
+        return req
+    if not manifest.checkpoint.takes_image:
+        raise RequestError(f"'{IMAGE}' is not taken by {manifest.model}: {manifest.checkpoint.family} generates video "
+                           "from text only; leave it out")
+    return dataclasses.replace(req, image=decode_image(req.image, manifest.limits))
 
 
 def _check_lora(req: GenerationRequest, manifest: Manifest) -> None:

@@ -29,6 +29,7 @@ from wan22_triton.components.orchestrator import (PROGRESS, SEED_USED, STAGE_SEC
                                                   VIDEO, VIDEO_MP4)
 from wan22_triton.components.text_encoder import PROMPT_EMBEDS, TEXT, TEXT_ENCODER
 from wan22_triton.components.vae_decoder import FRAMES, LATENTS, VAE_DECODER
+from wan22_triton.components.vae_encoder import PIXELS, VAE_ENCODER
 from wan22_triton.errors import Cancelled
 from wan22_triton.request.contract import OutputFormat
 from wan22_triton.request.lora import LoraChoice
@@ -70,6 +71,10 @@ def bls_vae_decoder(latents, version: int = -1):
     return triton_io.bls_infer(VAE_DECODER, {LATENTS: latents}, [FRAMES], model_version=version)[FRAMES]
 
 
+def bls_vae_encoder(pixels, version: int = -1):
+    return triton_io.bls_infer(VAE_ENCODER, {PIXELS: pixels}, [LATENTS], model_version=version)[LATENTS]
+
+
 class Route:
     """The component version this process's generation in progress calls: its replica's (-1: the only one)."""
 
@@ -104,8 +109,12 @@ class TritonPythonModel:
             self.cfg_pool = ThreadPoolExecutor(2, thread_name_prefix="cfg")
             expert = split_cfg(expert, self.cfg_pool)
         expert = self.metrics.timed_expert(expert)
+        encoder = None
+        if self.manifest.checkpoint.takes_image:
+            encoder = lambda pixels: bls_vae_encoder(pixels, route.version)  # noqa: E731
         self.pipeline = Wan22T2VPipeline(self.manifest, lambda prompts: bls_text_encoder(prompts, route.version),
-                                         expert, lambda latents: bls_vae_decoder(latents, route.version), device)
+                                         expert, lambda latents: bls_vae_decoder(latents, route.version), device,
+                                         vae_encoder=encoder)
         warm_s = self.pipeline.warm_up()  # the schedulers' imports and first steps, before READY
         self.generation_lock = (
             locks.InterProcessLock(locks.lock_path(args["model_repository"], "generation"))
