@@ -1,5 +1,5 @@
 """Write a tiny, random-weight stand-in for ``Wan-AI/Wan2.2-T2V-A14B-Diffusers`` (or ``--family wan2.2-ti2v-5b``:
-``Wan-AI/Wan2.2-TI2V-5B-Diffusers``).
+``Wan-AI/Wan2.2-TI2V-5B-Diffusers``; ``--family wan2.2-i2v-a14b``: ``Wan-AI/Wan2.2-I2V-A14B-Diffusers``).
 
 The real checkpoint is ~120 GB and needs a large GPU; tests, CI and local development of the Triton serving stack
 need something that exercises exactly the same code paths offline, on CPU, in seconds. This module writes a
@@ -11,9 +11,12 @@ only shrunk to a few MB. Weights are random from fixed seeds, saved as safetenso
 across runs. Nothing is downloaded: the tokenizer vocabulary is generated in code. The TI2V-5B stand-in has that
 release's layout: one transformer on 48 latent channels, per-token timesteps (`expand_timesteps`), the Wan2.2 VAE
 (residual, 2x2 patchified frames, 4x temporal / 16x spatial compression; seeded latent statistics) and its flow shift.
+The I2V-A14B stand-in is a WanImageToVideoPipeline: two experts taking 36 channels (the latents, the first-frame
+mask's 4 and the condition's 16) and giving 16, switched at that release's boundary 0.9, no image encoder, shift 5.
 
     python -m devtools.tiny_checkpoint --out checkpoints/tiny-wan2.2-t2v-a14b
     python -m devtools.tiny_checkpoint --family wan2.2-ti2v-5b --out checkpoints/tiny-wan2.2-ti2v-5b
+    python -m devtools.tiny_checkpoint --family wan2.2-i2v-a14b --out checkpoints/tiny-wan2.2-i2v-a14b
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5
 LATENTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916]
 BOUNDARY_RATIO = 0.875
+I2V_BOUNDARY_RATIO = 0.9  # Wan2.2-I2V-A14B's
+TINY_FAMILIES = (Family.T2V_A14B, Family.I2V_A14B, Family.TI2V_5B)
 TEXT_DIM = 32  # d_model of the tiny UMT5 encoder == text_dim of both experts
 
 _WORDS = """a an the of in on at to and with for from by is are was be it its this that as or not no
@@ -79,13 +84,13 @@ def build_text_encoder(vocab_size: int, seed: int = 1):
     return UMT5EncoderModel(config).eval()
 
 
-def build_transformer(seed: int, channels: int = 16):
+def build_transformer(seed: int, channels: int = 16, in_channels: int | None = None):
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel  # top-level name: a stub to mypy
 
     torch.manual_seed(seed)
     # 8 heads: sequence parallelism (Ulysses) splits heads, and the CPU tests run it over 2, 4 and 8 ranks
     model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=channels, out_channels=channels,
+        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=in_channels or channels, out_channels=channels,
         text_dim=TEXT_DIM, freq_dim=256, ffn_dim=48, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
     )
@@ -147,8 +152,18 @@ def build_pipeline(family: Family = Family.T2V_A14B):
             transformer=build_transformer(seed=6, channels=48), transformer_2=None, boundary_ratio=None,
             expand_timesteps=True,
         )
+    if family == Family.I2V_A14B:
+        from diffusers import WanImageToVideoPipeline
+
+        vae = build_vae()
+        in_channels = 2 * vae.config.z_dim + vae.config.scale_factor_temporal  # latents, mask, condition
+        return WanImageToVideoPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=build_scheduler(5.0),
+            transformer=build_transformer(seed=7, in_channels=in_channels),
+            transformer_2=build_transformer(seed=8, in_channels=in_channels), boundary_ratio=I2V_BOUNDARY_RATIO,
+        )
     if family != Family.T2V_A14B:
-        raise ValueError(f"no tiny checkpoint of family {family}; choose {Family.T2V_A14B} or {Family.TI2V_5B}")
+        raise ValueError(f"no tiny checkpoint of family {family}; choose one of {list(TINY_FAMILIES)}")
     return WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=build_vae(),
         scheduler=build_scheduler(), transformer=build_transformer(seed=2), transformer_2=build_transformer(seed=3),
@@ -174,7 +189,7 @@ def write_checkpoint(out: str | Path, family: Family = Family.T2V_A14B) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="checkpoints/tiny-wan2.2-t2v-a14b", help="output directory")
-    parser.add_argument("--family", type=Family, choices=[Family.T2V_A14B, Family.TI2V_5B], default=Family.T2V_A14B)
+    parser.add_argument("--family", type=Family, choices=TINY_FAMILIES, default=Family.T2V_A14B)
     args = parser.parse_args(argv)
     out = write_checkpoint(args.out, args.family)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

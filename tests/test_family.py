@@ -1,7 +1,8 @@
-"""The Wan2.2 family beyond T2V-A14B: TI2V-5B from its diffusers layout (the tiny stand-in), told from its configs,
-exported and served by a real tritonserver against diffusers (`expand_timesteps`: a timestep per latent token):
-text to video against WanPipeline, image to video against WanImageToVideoPipeline; bad images refused on the served
-model while it keeps serving; the modes it is not served with yet refused at export.
+"""The Wan2.2 family beyond T2V-A14B, from the diffusers layouts of the tiny stand-ins, told from their configs,
+exported and served by a real tritonserver against diffusers. TI2V-5B (`expand_timesteps`: a timestep per latent
+token): text to video against WanPipeline, image to video against WanImageToVideoPipeline; bad images refused while
+the server keeps serving. I2V-A14B (two experts, the first frame as extra channels) against WanImageToVideoPipeline,
+routing included; a request without its image refused. The modes they are not served with yet refused at export.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from export.repository import export_repository
 from wan22_triton.checkpoint import Family, read_checkpoint
 from wan22_triton.components.common import CompilePoint
 from wan22_triton.components.expert import TIMESTEP, expert_models, transformer_spec
-from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STAGE_SECONDS, STEP_EXPERTS, stream_model
+from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STEP_EXPERTS, VIDEO, stream_model
 from wan22_triton.components.vae_encoder import VAE_ENCODER
 from wan22_triton.errors import RequestError
 from wan22_triton.request.image import decode_image
@@ -194,7 +195,7 @@ def test_the_pixel_bound_is_read_from_the_header_before_any_decoding(monkeypatch
 @pytest.mark.parametrize("options, message", [
     (ExportOptions(engine=Engine.ONNX), "do not cover the Wan2.2 VAE of TI2V-5B yet; export it with --engine torch"),
     (ExportOptions(parallel=ParallelPlan(ulysses=2)), "does not split per-token timesteps"),
-    (ExportOptions(lora=(LoraSource("style", ("style.safetensors",)),)), "LoRA adapters for TI2V-5B are not served"),
+    (ExportOptions(lora=(LoraSource("style", ("style.safetensors",)),)), "LoRA adapters for wan2.2-ti2v-5b are not"),
 ])
 def test_export_refuses_what_ti2v_is_not_served_with_yet(ti2v_checkpoint, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
@@ -220,3 +221,77 @@ def test_the_gpu_preset_is_the_ti2v_5b_release(tmp_path):
         vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(checkpoint / "vae"))
     assert 4.9e9 < sum(p.numel() for p in transformer.parameters()) < 5.1e9
     assert len(vae.config.latents_mean) == len(vae.config.latents_std) == 48
+
+
+# ---- I2V-A14B: two experts conditioned on a first frame through extra input channels ----
+
+I2V = ORCHESTRATOR_MODELS[Family.I2V_A14B]
+I2V_REQUEST = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", num_frames=9, height=32, width=48,
+                   num_inference_steps=6, guidance_scale=4.5, guidance_scale_2=2.5, seed=5)
+
+
+@pytest.fixture(scope="module")
+def i2v_checkpoint(tmp_path_factory) -> Path:
+    from devtools.tiny_checkpoint import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("i2v") / "tiny-wan2.2-i2v-a14b", Family.I2V_A14B)
+
+
+@pytest.fixture(scope="module")
+def i2v_server(served, i2v_checkpoint):
+    options = ExportOptions(limits=LIMITS)
+    return served(repository=lambda folder: export_repository(i2v_checkpoint, folder, options, log=lambda _: None))
+
+
+def test_i2v_is_told_from_its_configs(i2v_checkpoint):
+    info = read_checkpoint(i2v_checkpoint)
+    assert info.family == Family.I2V_A14B and info.takes_image and info.requires_image
+    # the experts take the latents, the first-frame mask (one per VAE temporal step) and the condition's latents
+    assert (info.in_channels, info.out_channels, info.z_dim) == (16 + 4 + 16, 16, 16)
+    assert info.latent_shape(81, 480, 832) == (16, 21, 60, 104) and info.boundary_timestep == 900
+    assert (info.generation.num_inference_steps, info.generation.guidance_scale, info.generation.fps) == (40, 3.5, 16)
+    assert info.request_defaults["flow_shift"] == 5.0
+
+
+def test_served_i2v_is_diffusers_image_to_video(i2v_server, i2v_checkpoint):
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = WanImageToVideoPipeline.from_pretrained(i2v_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    image = picture()
+    expected = run_diffusers(pipe, {**I2V_REQUEST, "image": Image.open(io.BytesIO(image)).convert("RGB")})
+    boundary = pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+    diffusers_experts = [expert_models(read_checkpoint(i2v_checkpoint))[0 if t >= boundary else 1]
+                         for t in pipe.scheduler.timesteps]  # the timesteps of the call above
+    with grpcclient.InferenceServerClient(i2v_server.grpc_url) as client:
+        result = client.infer(I2V, grpc_client.infer_inputs({**I2V_REQUEST, "image": image}))
+        index = client.get_model_repository_index(headers=i2v_server.admin_headers("grpc"))
+    served = result.as_numpy(VIDEO)
+    assert served.shape == (9, 32, 48, 3) and psnr(served, expected) >= PARITY_DB
+    assert [e.decode() for e in result.as_numpy(STEP_EXPERTS)] == diffusers_experts
+    assert len(set(diffusers_experts)) == 2  # the request crosses the boundary
+    other = grpc_client.generate(i2v_server.grpc_url, {**I2V_REQUEST, "image": picture(inverted=True)}, I2V)["video"]
+    assert psnr(other, expected) < PARITY_DB  # the image counts
+    assert {m.name for m in index.models} == {
+        "wan22_i2v", "wan22_i2v_stream", "text_encoder", "transformer_high_noise", "transformer_low_noise",
+        "vae_encoder", "vae_decoder"}
+
+
+def test_i2v_without_an_image_is_invalid_arg_and_the_server_keeps_serving(i2v_server):
+    small = {**I2V_REQUEST, "num_inference_steps": 1}
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.generate(i2v_server.grpc_url, small, I2V)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'image' is required by wan22_i2v" in err.value.message()
+    assert grpc_client.generate(i2v_server.grpc_url, {**small, "image": picture()}, I2V)["video"].shape == (9, 32, 48, 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    (ExportOptions(engine=Engine.ONNX), "the VAE encoder an image needs is served by the torch engine only"),
+    (ExportOptions(parallel=ParallelPlan(ulysses=2)), "not tested with the image-conditioned experts"),
+    (ExportOptions(lora=(LoraSource("style", ("style.safetensors",)),)), "LoRA adapters for wan2.2-i2v-a14b are not"),
+])
+def test_export_refuses_what_i2v_is_not_served_with_yet(i2v_checkpoint, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        export_repository(i2v_checkpoint, tmp_path / "repo", options, log=lambda _: None)
+    assert not (tmp_path / "repo").exists()

@@ -27,6 +27,7 @@ class Family(StrEnum):
     """A checkpoint's model family, as its configs tell it (`family_of`)."""
 
     T2V_A14B = "wan2.2-t2v-a14b"  # two experts switched at the index's boundary_ratio
+    I2V_A14B = "wan2.2-i2v-a14b"  # the same, conditioned on a first frame (mask + its latents as extra channels)
     TI2V_5B = "wan2.2-ti2v-5b"  # one transformer, per-token timesteps (the index's expand_timesteps), Wan2.2 VAE
     WAN21_T2V = "wan2.1-t2v"  # one transformer
 
@@ -45,13 +46,17 @@ class GenerationDefaults:
 # checkpoint's configs identify.
 GENERATION_DEFAULTS: dict[Family, GenerationDefaults] = {
     Family.T2V_A14B: GenerationDefaults(num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, fps=16),
+    Family.I2V_A14B: GenerationDefaults(num_inference_steps=40, guidance_scale=3.5, guidance_scale_2=3.5, fps=16),
     Family.TI2V_5B: GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=24),
     Family.WAN21_T2V: GenerationDefaults(num_inference_steps=50, guidance_scale=5.0, guidance_scale_2=5.0, fps=16),
 }
 # The published video size (num_frames, height, width) where it is not WanPipeline's default (81x480x832).
 VIDEO_DEFAULTS: dict[Family, tuple[int, int, int]] = {Family.TI2V_5B: (121, 704, 1280)}
-# Families that take an image as the first frame (optional for TI2V-5B: text or image to video).
-IMAGE_FAMILIES = frozenset({Family.TI2V_5B})
+# Families that take an image as the first frame: I2V-A14B needs one, TI2V-5B does text or image to video.
+IMAGE_FAMILIES = frozenset({Family.I2V_A14B, Family.TI2V_5B})
+IMAGE_REQUIRED = frozenset({Family.I2V_A14B})
+# The diffusers pipelines whose checkpoints are read (model_index.json's _class_name)
+PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -115,6 +120,10 @@ class CheckpointInfo:
         return self.family in IMAGE_FAMILIES
 
     @property
+    def requires_image(self) -> bool:
+        return self.family in IMAGE_REQUIRED
+
+    @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: VAE downsampling times the transformer's patch."""
         return self.vae_scale_factor_spatial * max(self.patch_size[1], self.patch_size[2])
@@ -145,9 +154,10 @@ class CheckpointInfo:
             latent_width // self.patch_size[2])
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """(channels, latent frames, latent height, latent width) for a video size, as diffusers computes it."""
+        """(channels, latent frames, latent height, latent width) of the noise for a video size, as diffusers computes
+        it (the VAE's channels; an image-conditioned expert takes more, in_channels)."""
         return (
-            self.in_channels,
+            self.z_dim,
             (num_frames - 1) // self.vae_scale_factor_temporal + 1,
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
@@ -162,8 +172,9 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
     if not index_path.is_file():
         raise FileNotFoundError(f"{root} is not a diffusers checkpoint: model_index.json is missing")
     index = _read_json(index_path)
-    if index.get("_class_name") != "WanPipeline":
-        raise ValueError(f"{root}: expected a WanPipeline checkpoint, model_index.json names {index.get('_class_name')}")
+    if index.get("_class_name") not in PIPELINES:
+        raise ValueError(f"{root}: expected a {' or '.join(PIPELINES)} checkpoint, model_index.json names "
+                         f"{index.get('_class_name')}")
     expert_folders = tuple(name for name in ("transformer", "transformer_2") if index.get(name, [None])[0] is not None)
     transformer = _read_json(root / expert_folders[0] / "config.json")
     vae = _read_json(root / "vae" / "config.json")
@@ -200,8 +211,8 @@ def read_checkpoint(path: str | Path, **generation: Any) -> CheckpointInfo:
 
 
 def family_of(index: dict[str, Any], expert_folders: tuple[str, ...]) -> Family:
-    """The family a WanPipeline index describes: two experts, or one transformer with or without per-token
-    timesteps."""
+    """The family a diffusers index describes: two experts, for text or (WanImageToVideoPipeline) image to video, or
+    one transformer with or without per-token timesteps."""
     if len(expert_folders) == 2:
-        return Family.T2V_A14B
+        return Family.I2V_A14B if index.get("_class_name") == PIPELINES[1] else Family.T2V_A14B
     return Family.TI2V_5B if index.get("expand_timesteps") else Family.WAN21_T2V

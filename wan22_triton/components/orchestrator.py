@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 # The model users call, named by what the checkpoint does; its streaming twin (decoupled: per-step progress, then
 # the video) adds STREAM_SUFFIX.
 ORCHESTRATOR_MODELS: dict[Family, str] = {
-    Family.T2V_A14B: "wan22_t2v", Family.TI2V_5B: "wan22_ti2v", Family.WAN21_T2V: "wan22_t2v"}
+    Family.T2V_A14B: "wan22_t2v", Family.I2V_A14B: "wan22_i2v", Family.TI2V_5B: "wan22_ti2v",
+    Family.WAN21_T2V: "wan22_t2v"}
 STREAM_SUFFIX = "_stream"
 
 

@@ -57,15 +57,25 @@ class GenerationResult:
 
 @dataclass
 class FirstFrame:
-    """An image as the first frame where the checkpoint expands timesteps (TI2V-5B): its latents replace the first
-    latent frame before every expert call and at the end, and that frame's tokens denoise at timestep 0
-    (WanImageToVideoPipeline's `expand_timesteps`)."""
+    """An image as the video's first frame, in WanImageToVideoPipeline's two ways:
 
-    latents: torch.Tensor  # normalised, [1, z, 1, h, w]
-    mask: torch.Tensor  # [1, 1, f, h, w]: 0 on the first latent frame, 1 elsewhere
+    * `expand_timesteps` (TI2V-5B): its latents replace the first latent frame before every expert call and at the
+      end, and that frame's tokens denoise at timestep 0 (`mask` 0 there);
+    * extra channels (I2V-A14B, `as_channels`): the mask (1 on the given frame) and the latents of the image followed
+      by empty frames go into every expert call after the latents; the denoised latents are the video's.
+    """
 
-    def apply(self, latents: torch.Tensor) -> torch.Tensor:
+    latents: torch.Tensor  # normalised: [1, z, 1, h, w], or [1, z, f, h, w] as channels
+    mask: torch.Tensor  # [1, 1, f, h, w], or [1, temporal factor, f, h, w] as channels
+    as_channels: bool = False
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.as_channels:
+            return torch.cat([latents, self.mask, self.latents], dim=1)
         return (1 - self.mask) * self.latents + self.mask * latents
+
+    def final(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents if self.as_channels else self.model_input(latents)
 
 
 # Components take torch tensors (on the pipeline's device) and may answer with numpy arrays or torch tensors.
@@ -190,7 +200,7 @@ class Wan22T2VPipeline:
         latents = self.denoise(req, scheduler, latents, embeds, result, timer, first_frame,
                                on_step=on_step, is_cancelled=is_cancelled, expert_switch=expert_switch)
         if first_frame is not None:
-            latents = first_frame.apply(latents)
+            latents = first_frame.final(latents)
         timer.lap("denoise")
 
         # 5. Undo the VAE's latent normalisation and decode to uint8 frames.
@@ -238,16 +248,25 @@ class Wan22T2VPipeline:
 
     def encode_image(self, req: GenerationRequest, latents: torch.Tensor) -> FirstFrame:
         """The request's image resized to the video's size and scaled to [-1, 1] by diffusers' VideoProcessor (as
-        its pipelines do), encoded by the VAE, normalised like the latents; the mask from the latents' shape."""
+        its pipelines do), encoded by the VAE (alone, or followed by empty frames as a whole video for the channels
+        way), normalised like the latents; the mask from the latents' shape."""
         from diffusers.video_processor import VideoProcessor
 
-        processor = VideoProcessor(vae_scale_factor=self.manifest.checkpoint.vae_scale_factor_spatial)
-        pixels = processor.preprocess(req.image, height=req.height, width=req.width).unsqueeze(2)
-        encoded = self._on_device(self.vae_encoder(pixels.to(self.device, torch.float32)))
+        info = self.manifest.checkpoint
+        processor = VideoProcessor(vae_scale_factor=info.vae_scale_factor_spatial)
+        pixels = processor.preprocess(req.image, height=req.height, width=req.width).unsqueeze(2).to(self.device)
+        as_channels = not info.expand_timesteps
+        if as_channels:
+            pixels = torch.cat([pixels, pixels.new_zeros(1, 3, req.num_frames - 1, req.height, req.width)], dim=2)
+        encoded = self._on_device(self.vae_encoder(pixels.to(torch.float32)))
         mean, inv_std = self._latent_statistics()
-        mask = torch.ones(1, 1, *latents.shape[2:], device=self.device)
-        mask[:, :, 0] = 0
-        return FirstFrame((encoded - mean) * inv_std, mask)
+        if as_channels:  # diffusers' mask_lat_size: the given frame's temporal slots are 1, in the first latent frame
+            mask = torch.zeros(1, info.vae_scale_factor_temporal, *latents.shape[2:], device=self.device)
+            mask[:, :, 0] = 1
+        else:
+            mask = torch.ones(1, 1, *latents.shape[2:], device=self.device)
+            mask[:, :, 0] = 0
+        return FirstFrame((encoded - mean) * inv_std, mask, as_channels)
 
     def denoise(
         self,
@@ -302,10 +321,10 @@ class Wan22T2VPipeline:
         """One expert call on [cond, uncond] as one batch, combined by CFG with `guidance_scale` (None: CFG off,
         a batch of one); `lora`: the adapter the expert applies to this call (None: the base model);
         `release_workspace`: the expert's last call for now (it hands its PyTorch cache back after it);
-        `first_frame`: the image's latents in place of the first frame, whose tokens get timestep 0."""
+        `first_frame`: the image's condition (FirstFrame)."""
         batch = 1 if guidance_scale is None else 2
-        conditioned = latents if first_frame is None else first_frame.apply(latents)
-        model_input = conditioned.expand(batch, *latents.shape[1:]).contiguous()
+        conditioned = latents if first_frame is None else first_frame.model_input(latents)
+        model_input = conditioned.expand(batch, *conditioned.shape[1:]).contiguous()
         timestep = self.expert_timestep(latents, t, batch, first_frame)
         # optional arguments only when set: callables that know neither keep working for the base model
         options: dict[str, Any] = {} if lora is None else dict(lora=lora)

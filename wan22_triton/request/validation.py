@@ -105,6 +105,9 @@ def _check_memory(req: GenerationRequest, manifest: Manifest, card_bytes: int | 
 def _with_image(req: GenerationRequest, manifest: Manifest) -> GenerationRequest:
     """The request with its `image` decoded (a PIL RGB image), where the checkpoint takes one."""
     if req.image is None:
+        if manifest.checkpoint.requires_image:
+            raise RequestError(f"'{IMAGE}' is required by {manifest.model} ({manifest.checkpoint.family} makes video "
+                               "from a first frame): send the picture's PNG, JPEG or WebP bytes")
         return req
     if not manifest.checkpoint.takes_image:
         raise RequestError(f"'{IMAGE}' is not taken by {manifest.model}: {manifest.checkpoint.family} generates video "
