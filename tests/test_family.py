@@ -55,17 +55,26 @@ def picture(width: int = 80, height: int = 48, kind: str = "PNG", inverted: bool
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def ti2v_checkpoint(tmp_path_factory) -> Path:
+def tiny(tmp_path_factory, family: Family) -> Path:
     from devtools.tiny_checkpoint import write_checkpoint
 
-    return write_checkpoint(tmp_path_factory.mktemp("ti2v") / "tiny-wan2.2-ti2v-5b", Family.TI2V_5B)
+    return write_checkpoint(tmp_path_factory.mktemp(family) / f"tiny-{family}", family)
+
+
+def serve(served, checkpoint: Path):
+    """The checkpoint's default torch export (with LIMITS), on a real tritonserver."""
+    options = ExportOptions(limits=LIMITS)
+    return served(repository=lambda folder: export_repository(checkpoint, folder, options, log=lambda _: None))
+
+
+@pytest.fixture(scope="module")
+def ti2v_checkpoint(tmp_path_factory) -> Path:
+    return tiny(tmp_path_factory, Family.TI2V_5B)
 
 
 @pytest.fixture(scope="module")
 def ti2v_server(served, ti2v_checkpoint):
-    options = ExportOptions(limits=LIMITS)
-    return served(repository=lambda folder: export_repository(ti2v_checkpoint, folder, options, log=lambda _: None))
+    return serve(served, ti2v_checkpoint)
 
 
 def test_the_family_comes_from_the_configs_not_the_folder_name(ti2v_checkpoint, tiny_checkpoint, tmp_path):
@@ -232,15 +241,12 @@ I2V_REQUEST = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", num_
 
 @pytest.fixture(scope="module")
 def i2v_checkpoint(tmp_path_factory) -> Path:
-    from devtools.tiny_checkpoint import write_checkpoint
-
-    return write_checkpoint(tmp_path_factory.mktemp("i2v") / "tiny-wan2.2-i2v-a14b", Family.I2V_A14B)
+    return tiny(tmp_path_factory, Family.I2V_A14B)
 
 
 @pytest.fixture(scope="module")
 def i2v_server(served, i2v_checkpoint):
-    options = ExportOptions(limits=LIMITS)
-    return served(repository=lambda folder: export_repository(i2v_checkpoint, folder, options, log=lambda _: None))
+    return serve(served, i2v_checkpoint)
 
 
 def test_i2v_is_told_from_its_configs(i2v_checkpoint):
