@@ -1,5 +1,5 @@
-"""A configs-only diffusers checkpoint of Wan2.2-T2V-A14B (or `--preset ti2v-5b`: TI2V-5B): the real architecture,
-no weight files.
+"""A configs-only diffusers checkpoint of Wan2.2-T2V-A14B (or `--preset i2v-a14b`: I2V-A14B; `--preset ti2v-5b`:
+TI2V-5B): the real architecture, no weight files.
 
 The GPU benchmark builds every component from these configs with random weights (`wan22_triton.engines.random_weights`, the
 export's `random_weights_seed`), on the GPU, identically in the diffusers baseline and in each Triton model process.
@@ -11,7 +11,7 @@ z_dim 16, dim_mult 1,2,4,4, 2 res blocks, temporal downsampling F,T,T) with the 
 scheduler (shift 3), boundary_ratio 0.875. The tokenizer is the tiny checkpoint's (generated in code, ids < 1100,
 all valid for the 256384-entry embedding).
 
-    python -m perf.gpu_checkpoint --out /tmp/wan22-a14b-configs [--preset tiny|ti2v-5b] [--layers N]
+    python -m perf.gpu_checkpoint --out /tmp/wan22-a14b-configs [--preset tiny|i2v-a14b|ti2v-5b] [--layers N]
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ UMT5_XXL: dict[str, Any] = {
     "use_cache": True,
     "vocab_size": 256384,
 }
+# Wan-AI/Wan2.2-I2V-A14B-Diffusers: a WanImageToVideoPipeline whose two experts take 36 channels (latents, the
+# first-frame mask's 4, the condition's 16) and give 16, no image encoder, boundary 0.9, flow shift 5.
+I2V_A14B_TRANSFORMER: dict[str, Any] = {**A14B_TRANSFORMER, "in_channels": 36}
+I2V_A14B_INDEX: dict[str, Any] = {"_class_name": "WanImageToVideoPipeline", "boundary_ratio": tiny.I2V_BOUNDARY_RATIO,
+                                  "image_encoder": [None, None], "image_processor": [None, None]}
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers: one transformer (dim 3072 = 24 heads x 128, FFN 14336, 30 layers, 48 in/out
 # channels; the A14B's other settings), the Wan2.2 VAE, per-token timesteps, flow shift 5, no boundary.
 TI2V_5B_TRANSFORMER: dict[str, Any] = {**A14B_TRANSFORMER, "in_channels": 48, "out_channels": 48, "num_layers": 30,
@@ -130,7 +135,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=list) + "\n")
 
 
-PRESETS = ("a14b", "ti2v-5b", "tiny")
+PRESETS = ("a14b", "i2v-a14b", "ti2v-5b", "tiny")
 
 
 def write_configs_checkpoint(out: str | Path, preset: str = "a14b", layers: int | None = None) -> Path:
@@ -139,6 +144,10 @@ def write_configs_checkpoint(out: str | Path, preset: str = "a14b", layers: int 
     index, folders, flow_shift = dict(MODEL_INDEX), ("transformer", "transformer_2"), 3.0
     if preset == "a14b":
         transformer, vae, text = dict(A14B_TRANSFORMER), dict(A14B_VAE), dict(UMT5_XXL)
+    elif preset == "i2v-a14b":
+        transformer, vae, text = dict(I2V_A14B_TRANSFORMER), dict(A14B_VAE), dict(UMT5_XXL)
+        index.update(I2V_A14B_INDEX)
+        flow_shift = 5.0
     elif preset == "ti2v-5b":
         transformer, vae, text = dict(TI2V_5B_TRANSFORMER), dict(WAN22_VAE), dict(UMT5_XXL)
         index.update(boundary_ratio=None, expand_timesteps=True, transformer_2=[None, None])

@@ -301,3 +301,22 @@ def test_export_refuses_what_i2v_is_not_served_with_yet(i2v_checkpoint, tmp_path
     with pytest.raises(ValueError, match=message):
         export_repository(i2v_checkpoint, tmp_path / "repo", options, log=lambda _: None)
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_gpu_preset_is_the_i2v_a14b_release(tmp_path):
+    """perf.gpu_checkpoint's configs-only I2V-A14B: read as the family, each expert the A14B's ~14.3B parameters
+    with a 36-channel patch embedding."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from perf.gpu_checkpoint import write_configs_checkpoint
+
+    checkpoint = write_configs_checkpoint(tmp_path / "i2v-a14b", "i2v-a14b")
+    info = read_checkpoint(checkpoint)
+    assert info.family == Family.I2V_A14B and info.expert_folders == ("transformer", "transformer_2")
+    assert (info.in_channels, info.out_channels, info.z_dim, info.boundary_timestep) == (36, 16, 16, 900)
+    assert info.request_defaults["flow_shift"] == 5.0
+    with torch.device("meta"):
+        expert = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(checkpoint / "transformer_2"))
+    assert 14.2e9 < sum(p.numel() for p in expert.parameters()) < 14.4e9
+    assert expert.patch_embedding.in_channels == 36
