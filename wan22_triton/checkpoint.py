@@ -56,7 +56,8 @@ VIDEO_DEFAULTS: dict[Family, tuple[int, int, int]] = {Family.TI2V_5B: (121, 704,
 IMAGE_FAMILIES = frozenset({Family.I2V_A14B, Family.TI2V_5B})
 IMAGE_REQUIRED = frozenset({Family.I2V_A14B})
 # The diffusers pipelines whose checkpoints are read (model_index.json's _class_name)
-PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+IMAGE_TO_VIDEO_PIPELINE = "WanImageToVideoPipeline"
+PIPELINES = ("WanPipeline", IMAGE_TO_VIDEO_PIPELINE)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -214,5 +215,5 @@ def family_of(index: dict[str, Any], expert_folders: tuple[str, ...]) -> Family:
     """The family a diffusers index describes: two experts, for text or (WanImageToVideoPipeline) image to video, or
     one transformer with or without per-token timesteps."""
     if len(expert_folders) == 2:
-        return Family.I2V_A14B if index.get("_class_name") == PIPELINES[1] else Family.T2V_A14B
+        return Family.I2V_A14B if index.get("_class_name") == IMAGE_TO_VIDEO_PIPELINE else Family.T2V_A14B
     return Family.TI2V_5B if index.get("expand_timesteps") else Family.WAN21_T2V

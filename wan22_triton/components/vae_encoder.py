@@ -1,9 +1,9 @@
 """`vae_encoder`: a picture to the VAE's latent space, for checkpoints that take an image (`image` request input).
 
 The orchestrator preprocesses the image as diffusers' pipelines do (resize to the video's size, [-1, 1]) and sends
-it as one frame; the encoder answers the latent distribution's mode (diffusers' `retrieve_latents(...,
-sample_mode="argmax")`), de-normalised like the decoder's input. Torch engine only (the export refuses the others
-for such checkpoints).
+it as one frame (TI2V-5B) or followed by empty frames as a whole video (I2V-A14B); the encoder answers the latent
+distribution's mode (diffusers' `retrieve_latents(..., sample_mode="argmax")`) in the VAE's own latent space, like
+the decoder's input. Torch engine only (the export refuses the others for such checkpoints).
 """
 
 from __future__ import annotations
