@@ -90,8 +90,8 @@ def build_transformer(seed: int, channels: int = 16, in_channels: int | None = N
     torch.manual_seed(seed)
     # 8 heads: sequence parallelism (Ulysses) splits heads, and the CPU tests run it over 2, 4 and 8 ranks
     model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=in_channels or channels, out_channels=channels,
-        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=48, num_layers=2, cross_attn_norm=True,
+        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=12, in_channels=in_channels or channels,
+        out_channels=channels, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=48, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
     )
     # The pipeline zero-pads prompt embeddings to 512 tokens and cross-attention attends to all of them, so with

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools import tiny_checkpoint as tiny
+from wan22_triton.checkpoint import IMAGE_TO_VIDEO_PIPELINE
 
 A14B_TRANSFORMER: dict[str, Any] = {
     "_class_name": "WanTransformer3DModel",
@@ -88,7 +89,7 @@ UMT5_XXL: dict[str, Any] = {
 # Wan-AI/Wan2.2-I2V-A14B-Diffusers: a WanImageToVideoPipeline whose two experts take 36 channels (latents, the
 # first-frame mask's 4, the condition's 16) and give 16, no image encoder, boundary 0.9, flow shift 5.
 I2V_A14B_TRANSFORMER: dict[str, Any] = {**A14B_TRANSFORMER, "in_channels": 36}
-I2V_A14B_INDEX: dict[str, Any] = {"_class_name": "WanImageToVideoPipeline", "boundary_ratio": tiny.I2V_BOUNDARY_RATIO,
+I2V_A14B_INDEX: dict[str, Any] = {"_class_name": IMAGE_TO_VIDEO_PIPELINE, "boundary_ratio": tiny.I2V_BOUNDARY_RATIO,
                                   "image_encoder": [None, None], "image_processor": [None, None]}
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers: one transformer (dim 3072 = 24 heads x 128, FFN 14336, 30 layers, 48 in/out
 # channels; the A14B's other settings), the Wan2.2 VAE, per-token timesteps, flow shift 5, no boundary.

@@ -29,23 +29,25 @@ def latent_bounds(info: CheckpointInfo, limits: Limits) -> tuple[int, int, int]:
     return frames, height, width
 
 
+def _check_video_axes(name: str, shape: Sequence[int], axes: Sequence[str], largest: Sequence[int],
+                      multiples: Sequence[int]) -> None:
+    """The last three axes of `shape` within [1, largest] and multiples of `multiples`, else RequestError naming the
+    axis and the rule."""
+    for axis, size, top, multiple in zip(axes, (int(d) for d in shape[-3:]), largest, multiples):
+        if not 1 <= size <= top or size % multiple:
+            raise RequestError(f"'{name}' {axis} must be within [1, {top}] and a multiple of {multiple}, got {size} "
+                               f"(shape {list(shape)})")
+
+
 def check_latents(name: str, shape: Sequence[int], info: CheckpointInfo, limits: Limits,
                   multiples: Sequence[int] = (1, 1, 1)) -> None:
     """[batch, channels, frames, height, width] within the limits; frames/height/width multiples of `multiples`
     (the transformer's patch: a latent it does not divide would come back cropped)."""
-    dims = tuple(int(d) for d in shape[-3:])
-    for axis, size, largest, multiple in zip(LATENT, dims, latent_bounds(info, limits), multiples):
-        if not 1 <= size <= largest or size % multiple:
-            raise RequestError(f"'{name}' {axis.symbol} must be within [1, {largest}] and a multiple of {multiple}, "
-                               f"got {size} (shape {list(shape)})")
+    _check_video_axes(name, shape, [axis.symbol for axis in LATENT], latent_bounds(info, limits), multiples)
 
 
 def check_pixels(name: str, shape: Sequence[int], info: CheckpointInfo, limits: Limits) -> None:
     """[batch, rgb, frames, height, width] within the limits, height and width multiples of the VAE's factor."""
-    dims = [int(d) for d in shape[-3:]]
-    largest = (limits.max_num_frames, limits.max_size, limits.max_size)
-    multiples = (1, info.vae_scale_factor_spatial, info.vae_scale_factor_spatial)
-    for axis, size, top, multiple in zip((NUM_FRAMES, HEIGHT, WIDTH), dims, largest, multiples):
-        if not 1 <= size <= top or size % multiple:
-            raise RequestError(f"'{name}' {axis} must be within [1, {top}] and a multiple of {multiple}, got {size} "
-                               f"(shape {list(shape)})")
+    spatial = info.vae_scale_factor_spatial
+    _check_video_axes(name, shape, (NUM_FRAMES, HEIGHT, WIDTH),
+                      (limits.max_num_frames, limits.max_size, limits.max_size), (1, spatial, spatial))
