@@ -18,7 +18,7 @@ from wan22_triton.checkpoint import CheckpointInfo, GenerationDefaults
 from wan22_triton.components.common import MANIFEST_PARAMETER
 from wan22_triton.components.orchestrator import (ORCHESTRATOR, ORCHESTRATOR_MODELS, SEED_USED, STAGE_SECONDS, VIDEO,
                                                   VIDEO_MP4)
-from wan22_triton.request.contract import FIELDS, OUTPUT_FORMAT, SEED, Default, OutputFormat, RequestField
+from wan22_triton.request.contract import BY_NAME, FIELDS, OUTPUT_FORMAT, SEED, Default, OutputFormat, RequestField
 
 from .admin import ADMIN_KEY_ENV, admin_key_from_env
 
@@ -65,7 +65,7 @@ def parse_args(default_url: str, description: str, streaming: bool = False) -> a
                             help="per-step progress bar (the model's streaming twin, <model>_stream)")
         parser.add_argument("--shared-memory", action="store_true",
                             help="frames through system shared memory (client on the server's host; unary only)")
-    for field in FIELDS:
+    for field in filter(lambda f: f.scalar, FIELDS):  # arrays (decoded pixels) are for programs
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=_file_bytes if field.binary else field.kind,
                             metavar="FILE" if field.binary else None, default=None,
                             required=field.default is Default.REQUIRED, help=flag_help(field))
@@ -122,16 +122,20 @@ def _exit(message: str, status: int = 1) -> NoReturn:
 
 def request_values(args: argparse.Namespace) -> dict[str, Any]:
     """The request inputs given on the command line."""
-    return {name: getattr(args, name) for name in REQUEST_INPUTS if getattr(args, name) is not None}
+    return {name: vars(args)[name] for name in REQUEST_INPUTS if vars(args).get(name) is not None}
 
 
 def request_arrays(values: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
-    """{input name: (Triton dtype, array of shape [1])}; unknown names are an error, absent ones use defaults."""
+    """{input name: (Triton dtype, array of shape [1], or the value's own for an array field)}; unknown names are an
+    error, absent ones use defaults."""
     out = {}
     for name, value in values.items():
         if name not in REQUEST_INPUTS:
             raise ValueError(f"unknown request input {name!r}; known: {sorted(REQUEST_INPUTS)}")
         triton_dtype, dtype = REQUEST_INPUTS[name]
+        if not BY_NAME[name].scalar:
+            out[name] = (triton_dtype, np.ascontiguousarray(value, dtype=dtype))
+            continue
         data = value.encode("utf-8") if isinstance(value, str) else value
         out[name] = (triton_dtype, np.array([data], dtype=dtype))
     return out

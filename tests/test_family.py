@@ -151,6 +151,9 @@ def test_served_ti2v_image_to_video_is_diffusers(ti2v_server, ti2v_checkpoint):
     assert psnr(text_only, expected) < PARITY_DB  # the image made the difference
     other = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": picture(inverted=True)}, TI2V)["video"]
     assert psnr(other, expected) < PARITY_DB  # and which image it was
+    pixels = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    as_rgb = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image_rgb": pixels}, TI2V)["video"]
+    assert (as_rgb == served["video"]).all()  # the same picture as UINT8 [height, width, 3]
     jpeg = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": picture(kind="JPEG")}, TI2V)["video"]
     assert psnr(jpeg, expected) > 40  # the same picture, with JPEG's losses
     steps = []
@@ -167,19 +170,23 @@ def _bomb() -> bytes:
 
 
 BAD_IMAGES = {
-    "not-an-image": (b"GIF89a not really", "must be a PNG, JPEG or WEBP image"),
-    "unsupported-format": (picture(kind="GIF"), "must be a PNG, JPEG or WEBP image"),
-    "too-many-pixels": (_bomb(), "is 4096x4096 pixels; the limit is 65536 pixels"),
-    "too-many-bytes": (np.random.default_rng(0).bytes(300_000), "is 300000 bytes; the limit is 200000 bytes"),
-    "truncated": (picture(200, 120)[:400], "could not be decoded"),
+    "not-an-image": ({"image": b"GIF89a not really"}, "must be a PNG, JPEG or WEBP image"),
+    "unsupported-format": ({"image": picture(kind="GIF")}, "must be a PNG, JPEG or WEBP image"),
+    "too-many-pixels": ({"image": _bomb()}, "is 4096x4096 pixels; the limit is 65536 pixels"),
+    "too-many-bytes": ({"image": np.random.default_rng(0).bytes(300_000)}, "is 300000 bytes; the limit is 200000 bytes"),
+    "truncated": ({"image": picture(200, 120)[:400]}, "could not be decoded"),
+    "rgb-too-many-pixels": ({"image_rgb": np.zeros((300, 300, 3), np.uint8)}, "is 300x300 pixels; the limit is 65536"),
+    "rgb-empty": ({"image_rgb": np.zeros((0, 8, 3), np.uint8)}, "must be [height, width, 3], got shape [0, 8, 3]"),
+    "rgb-four-channels": ({"image_rgb": np.zeros((8, 8, 4), np.uint8)}, "unexpected shape for input 'image_rgb'"),
+    "both": ({"image": picture(), "image_rgb": np.zeros((8, 8, 3), np.uint8)}, "either 'image' or 'image_rgb', not both"),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_IMAGES))
 def test_bad_images_are_invalid_arg_and_the_server_keeps_serving(ti2v_server, name):
-    data, message = BAD_IMAGES[name]
+    inputs, message = BAD_IMAGES[name]
     with pytest.raises(InferenceServerException) as err:
-        grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "num_inference_steps": 1, "image": data}, TI2V)
+        grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "num_inference_steps": 1, **inputs}, TI2V)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and message in err.value.message(), err.value.message()
     good = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "num_inference_steps": 1, "image": picture()}, TI2V)
     assert good["video"].shape == (9, 32, 64, 3)
@@ -191,6 +198,8 @@ def test_an_image_to_a_text_only_model_is_invalid_arg(torch_server):
         grpc_client.generate(torch_server.grpc_url, {**request, "image": picture()})
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "'image' is not taken by wan22_t2v" in err.value.message()
+    with pytest.raises(InferenceServerException, match="'image_rgb' is not taken by wan22_t2v"):
+        grpc_client.generate(torch_server.grpc_url, {**request, "image_rgb": np.zeros((8, 8, 3), np.uint8)})
     assert grpc_client.generate(torch_server.grpc_url, request)["video"].shape == (5, 32, 32, 3)
 
 
@@ -198,7 +207,7 @@ def test_the_pixel_bound_is_read_from_the_header_before_any_decoding(monkeypatch
     """The bomb is refused by its header: decoding is never reached."""
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
     with pytest.raises(RequestError, match="4096x4096 pixels"):
-        decode_image(BAD_IMAGES["too-many-pixels"][0], LIMITS)
+        decode_image(BAD_IMAGES["too-many-pixels"][0]["image"], LIMITS)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -1,7 +1,7 @@
 """The request contract of `wan22_t2v` / `wan22_t2v_stream`, declared once: `FIELDS`.
 
 Each field names a request input, its dtype, its default, its rule and its help. From the table come the
-orchestrators' inputs (`REQUEST_INPUTS`, every one of shape [1]), the typed request (`GenerationRequest`), its
+orchestrators' inputs (`REQUEST_INPUTS`, each of shape [1] but an image's pixels), the typed request (`GenerationRequest`), its
 validation (request/validation.py) and the clients' flags (clients/common.py). Adding an input means adding a row
 here (and using it in the pipeline). numpy only: the clients import it.
 
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, Callable, Mapping
 
-from wan22_triton.components.common import SCALAR, TensorSpec
+import numpy as np
+
+from wan22_triton.components.common import SCALAR, Dim, TensorSpec
 
 PROMPT = "prompt"
 NEGATIVE_PROMPT = "negative_prompt"
@@ -35,6 +37,8 @@ LORA = "lora"
 LORA_SCALE = "lora_scale"
 PRESET = "preset"
 IMAGE = "image"
+IMAGE_RGB = "image_rgb"
+RGB_SHAPE = (Dim("image_height"), Dim("image_width"), 3)
 
 
 class OutputFormat(StrEnum):
@@ -64,16 +68,23 @@ class RequestField:
     # None: checked by validation.py with a message of its own (text sizes, LoRA names, images)
     check: Check | None = None
     binary: bool = False  # "object" holding bytes, not text (an encoded image)
+    shape: tuple[int | Dim, ...] = SCALAR  # other than SCALAR: an array, taken whole (no client flag)
+
+    @property
+    def scalar(self) -> bool:
+        return self.shape == SCALAR
 
     @property
     def kind(self) -> type:
+        if not self.scalar:
+            return np.ndarray
         if self.binary:
             return bytes
         return {"object": str, "int32": int, "int64": int, "float32": float}[self.dtype]
 
     @property
     def tensor(self) -> TensorSpec:
-        return TensorSpec(self.name, self.dtype, SCALAR)
+        return TensorSpec(self.name, self.dtype, self.shape)
 
     def describe(self, bounds: Mapping[str, Any] | None = None) -> str:
         """The rule, its placeholders filled from `bounds`, or shown as <name> without them."""
@@ -135,6 +146,9 @@ FIELDS: tuple[RequestField, ...] = (
                  "a PNG, JPEG or WebP of at most {max_image_bytes} bytes and {max_image_pixels} pixels, to a model "
                  "that takes one", "the first frame (image to video), resized to the video's size as diffusers does",
                  binary=True),
+    RequestField(IMAGE_RGB, "uint8", None,
+                 "an [height, width, 3] RGB array of at most {max_image_pixels} pixels, instead of '" + IMAGE + "'",
+                 f"'{IMAGE}' as decoded pixels (programs that hold the picture already)", shape=RGB_SHAPE),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 

@@ -12,10 +12,10 @@ import numpy as np
 
 from wan22_triton.errors import RequestError, shown
 from wan22_triton.operations.limits import check_prompt_bytes
-from wan22_triton.request.contract import (FIELDS, HEIGHT, IMAGE, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES,
+from wan22_triton.request.contract import (FIELDS, HEIGHT, IMAGE, IMAGE_RGB, LORA, LORA_SCALE, NEGATIVE_PROMPT, NUM_FRAMES,
                                            PRESET, PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest,
                                            RequestField)
-from wan22_triton.request.image import decode_image
+from wan22_triton.request.image import decode_image, rgb_image
 from wan22_triton.request.lora import name_problem
 from wan22_triton.request.presets import DEFAULT_SAMPLER, find_preset
 
@@ -31,11 +31,13 @@ def server_bounds(manifest: Manifest) -> dict[str, Any]:
             "presets": [p.name for p in manifest.presets]}
 
 
-def _scalar(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
-    """The field's one value as its Python type; None when absent (for lora and preset, "" too)."""
+def _given(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
+    """The field's one value as its Python type, or its array; None when absent (for lora and preset, "" too)."""
     value = inputs.get(field.name)
     if value is None:
         return None
+    if not field.scalar:
+        return value
     if value.size != 1:
         raise RequestError(f"'{field.name}' must hold exactly one value, got shape {list(value.shape)}")
     item = value.reshape(-1)[0]
@@ -55,7 +57,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest,
                      card_bytes: int | None = None) -> GenerationRequest:
     """Apply defaults (the contract's, the checkpoint's, a preset's) and check every rule; with `card_bytes` (the
     orchestrator's GPU), that the size fits the card (wan22_triton.memory.budget)."""
-    given = {f.name: _scalar(inputs, f) for f in FIELDS}
+    given = {f.name: _given(inputs, f) for f in FIELDS}
     bounds = server_bounds(manifest)
     if given[PROMPT] is None:
         raise RequestError(f"'{PROMPT}' is required")
@@ -103,15 +105,21 @@ def _check_memory(req: GenerationRequest, manifest: Manifest, card_bytes: int | 
 
 
 def _with_image(req: GenerationRequest, manifest: Manifest) -> GenerationRequest:
-    """The request with its `image` decoded (a PIL RGB image), where the checkpoint takes one."""
-    if req.image is None:
+    """The request with its picture (`image` decoded, or `image_rgb`) as a PIL RGB image in `image`, where the
+    checkpoint takes one."""
+    given = [name for name, value in ((IMAGE, req.image), (IMAGE_RGB, req.image_rgb)) if value is not None]
+    if not given:
         if manifest.checkpoint.requires_image:
             raise RequestError(f"'{IMAGE}' is required by {manifest.model} ({manifest.checkpoint.family} makes video "
-                               "from a first frame): send the picture's PNG, JPEG or WebP bytes")
+                               f"from a first frame): send the picture's PNG, JPEG or WebP bytes (or '{IMAGE_RGB}')")
         return req
     if not manifest.checkpoint.takes_image:
-        raise RequestError(f"'{IMAGE}' is not taken by {manifest.model}: {manifest.checkpoint.family} generates video "
-                           "from text only; leave it out")
+        raise RequestError(f"'{given[0]}' is not taken by {manifest.model}: {manifest.checkpoint.family} generates "
+                           "video from text only; leave it out")
+    if len(given) > 1:
+        raise RequestError(f"send either '{IMAGE}' or '{IMAGE_RGB}', not both")
+    if req.image_rgb is not None:
+        return dataclasses.replace(req, image=rgb_image(req.image_rgb, manifest.limits), image_rgb=None)
     return dataclasses.replace(req, image=decode_image(req.image, manifest.limits))
 
 
