@@ -8,9 +8,12 @@ temporary folder) and served by a tritonserver started here. perf_analyzer reads
 so it sends the admin key (`-H`): the started server's, or with `--url` `--admin-key` / $WAN22_ADMIN_KEY.
 Inputs (perf_analyzer `--input-data` JSON):
 
-* `wan22_t2v`: one request per prompt of `perf/prompts.json`, the other request inputs from the flags;
-* `text_encoder`: the same prompts; the experts and `vae_decoder`: tensors of the shapes the orchestrator sends for
-  that video size, from the checkpoint's `wan22_triton.components` specs, at the batch it sends (cond + uncond).
+* the family's orchestrator (`wan22_t2v`, `wan22_i2v`, `wan22_ti2v`): one request per prompt of
+  `perf/prompts.json`, the other request inputs from the flags; `--image FILE` as every request's picture (a model
+  that requires one, without the flag: a generated gradient at the video's size);
+* `text_encoder`: the same prompts; the experts, `vae_encoder` and `vae_decoder`: tensors of the shapes the
+  orchestrator sends for that video size, from the checkpoint's `wan22_triton.components` specs, at the batch it
+  sends (cond + uncond).
 
 Each model is measured in count windows (`--measurement-request-count` requests each, at least 3 windows per
 concurrency for the stability check), so multi-second requests need no long time windows. Written to
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import io
 import datetime as dt
 import importlib
 import importlib.metadata
@@ -42,14 +46,15 @@ from clients.admin import ADMIN_KEY_ENV, admin_headers, admin_key_from_env
 from server.triton_server import TritonServer
 from server.tritonserver_args import printable_command
 from wan22_triton.checkpoint import CheckpointInfo, read_checkpoint
-from wan22_triton.components.common import ComponentSpec
+from wan22_triton.components.common import CompilePoint, ComponentSpec
 from wan22_triton.components.expert import (TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, expert_models,
                                             transformer_spec)
 from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_MODELS
 from wan22_triton.components.text_encoder import TEXT, TEXT_ENCODER, text_encoder_spec
 from wan22_triton.components.vae_decoder import VAE_DECODER, vae_decoder_spec
-from wan22_triton.request.contract import (GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, NEGATIVE_PROMPT, NUM_FRAMES,
-                                           NUM_INFERENCE_STEPS, PROMPT, SEED, WIDTH)
+from wan22_triton.components.vae_encoder import VAE_ENCODER, vae_encoder_spec
+from wan22_triton.request.contract import (GUIDANCE_SCALE, GUIDANCE_SCALE_2, HEIGHT, IMAGE, NEGATIVE_PROMPT,
+                                           NUM_FRAMES, NUM_INFERENCE_STEPS, PROMPT, SEED, WIDTH)
 from wan22_triton.options import Device, Engine, Precision
 
 from .gpu_benchmark.measure import bundle_backend_args, stub_env_bin
@@ -58,7 +63,7 @@ from .perf_analyzer_env import perf_analyzer_command
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("concurrency", "warmup", "measurement_request_count", "stability_percentage", "max_trials", "engine",
             "device", "precision")
-MODELS = (ORCHESTRATOR, TEXT_ENCODER, TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, VAE_DECODER)
+MODELS = (ORCHESTRATOR, TEXT_ENCODER, TRANSFORMER_HIGH_NOISE, TRANSFORMER_LOW_NOISE, VAE_ENCODER, VAE_DECODER)
 # The orchestrator's request inputs this sweep has flags for (the prompts come from --prompts).
 REQUEST_FLAGS = (NEGATIVE_PROMPT, NUM_FRAMES, HEIGHT, WIDTH, NUM_INFERENCE_STEPS, SEED, GUIDANCE_SCALE,
                  GUIDANCE_SCALE_2)
@@ -92,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--guidance-scale-2", type=float)
     p.add_argument("--negative-prompt")
+    p.add_argument("--image", type=Path, help="PNG/JPEG/WebP sent with every request, to a model that takes one")
     p.add_argument("--data-entries", type=int, default=2, help="input-data entries per component model")
     p.add_argument("--warmup", type=int, default=2,
                    help="unmeasured requests per model before its sweep, times --concurrency (sent at that concurrency)")
@@ -115,25 +121,52 @@ def _tensor(array: np.ndarray) -> dict[str, Any]:
     return {"content": {"b64": base64.b64encode(data.tobytes()).decode("ascii")}, "shape": list(array.shape) or [1]}
 
 
-def orchestrator_data(args: argparse.Namespace, prompts: list[str]) -> list[dict[str, Any]]:
-    """One `wan22_t2v` request per prompt; BYTES inputs as JSON string lists, numbers as one-element lists."""
+def _bytes_tensor(data: bytes) -> dict[str, Any]:
+    """One BYTES element as perf_analyzer's b64 content: Triton's serialized form (4-byte little-endian length)."""
+    serialized = len(data).to_bytes(4, "little") + data
+    return {"content": {"b64": base64.b64encode(serialized).decode("ascii")}, "shape": [1]}
+
+
+def gradient_png(height: int, width: int) -> bytes:
+    """A picture for image-to-video sweeps without --image: a colour gradient at the video's size."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([255 * x // max(width - 1, 1), 255 * y // max(height - 1, 1), np.full_like(x, 128)], axis=-1)
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def request_image(args: argparse.Namespace, info: CheckpointInfo) -> bytes | None:
+    """The picture every orchestrator request carries: --image's, a gradient where the model requires one, else
+    none."""
+    if args.image is not None:
+        return args.image.read_bytes()
+    return gradient_png(args.height, args.width) if info.requires_image else None
+
+
+def orchestrator_data(args: argparse.Namespace, prompts: list[str], image: bytes | None = None) -> list[dict[str, Any]]:
+    """One orchestrator request per prompt; BYTES inputs as JSON string lists (the image as b64), numbers as
+    one-element lists."""
     flags = {name: getattr(args, name) for name in REQUEST_FLAGS}
     common = {name: [value] for name, value in flags.items() if value is not None}
+    if image is not None:
+        common[IMAGE] = _bytes_tensor(image)
     return [{PROMPT: [prompt], **common} for prompt in prompts]
 
 
 def component_spec(name: str, info: CheckpointInfo) -> ComponentSpec:
-    if name == TEXT_ENCODER:
-        return text_encoder_spec(info)
-    return vae_decoder_spec(info) if name == VAE_DECODER else transformer_spec(info, name)
+    specs = {TEXT_ENCODER: text_encoder_spec, VAE_ENCODER: vae_encoder_spec, VAE_DECODER: vae_decoder_spec}
+    return specs[name](info) if name in specs else transformer_spec(info, name)
 
 
 def component_data(name: str, info: CheckpointInfo, args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     """Per-batch-element inputs of a component, at the shapes the orchestrator sends for the requested video."""
     if name == TEXT_ENCODER:
         return [{TEXT: [prompt]} for prompt in prompts]
-    _, frames, height, width = info.latent_shape(args.num_frames, args.height, args.width)
-    sizes = {"batch": 1, "latent_frames": frames, "latent_height": height, "latent_width": width}
+    sizes = {**CompilePoint(args.num_frames, args.height, args.width, batch=1).sizes(info),
+             "video_frames": info.image_frames(args.num_frames)}
     # Batch-of-one samples without their batch axis; timestep [1] -> [] travels as [1] (the config's reshape).
     samples = (component_spec(name, info).sample_inputs(sizes, seed=seed) for seed in range(args.data_entries))
     return [{k: _tensor(v[0]) for k, v in sample.items()} for sample in samples]
@@ -297,7 +330,12 @@ def throughput_ratio(results: dict[str, Any], other: dict[str, Any]) -> dict[str
 
 def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, admin_key: str | None) -> dict[str, Any]:
     prompts = json.loads(args.prompts.read_text())
-    orchestrator, served = ORCHESTRATOR_MODELS[info.family], [TEXT_ENCODER, *expert_models(info), VAE_DECODER]
+    image = request_image(args, info)
+    if image is not None and not info.takes_image:
+        raise SystemExit(f"--image: {info.family} generates video from text only; leave it out")
+    encoder = [VAE_ENCODER] if info.takes_image else []
+    orchestrator = ORCHESTRATOR_MODELS[info.family]
+    served = [TEXT_ENCODER, *expert_models(info), *encoder, VAE_DECODER]
     models = [m.strip() for m in args.models.split(",")] if args.models else [orchestrator, *served]
     unknown = set(models) - {orchestrator, *served}
     if unknown:
@@ -305,12 +343,15 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
     started = dt.datetime.now(dt.timezone.utc)
     results = {}
     for name in models:
-        data = orchestrator_data(args, prompts) if name == orchestrator else component_data(name, info, args, prompts)
+        data = (orchestrator_data(args, prompts, image) if name == orchestrator
+                else component_data(name, info, args, prompts))
         data_file = out / f"{name}.json"
         data_file.write_text(json.dumps({"data": data}))
         # Not with a version per replica: perf_analyzer 2.50 reads one version's statistics, then aborts on them
         # ("Server side statistics compute counts must be the same"; checked on the CPU).
-        composing = served if name == orchestrator and args.replicas == 1 else []
+        # Only the models its requests call: a composing model without calls fails the run (COMPOSING_MISSED).
+        called = [m for m in served if m != VAE_ENCODER or image is not None]
+        composing = called if name == orchestrator and args.replicas == 1 else []
         # The batch the orchestrator sends: cond + uncond to the text encoder and the experts, one video to the VAE.
         batch = 1 if name == orchestrator else component_spec(name, info).max_batch_size
         results[name] = run_model(name, url, args, data_file, batch, out, composing, admin_key)
@@ -320,7 +361,8 @@ def sweep(args: argparse.Namespace, url: str, info: CheckpointInfo, out: Path, a
         "url": url,
         "protocol": args.protocol,
         "checkpoint": info.path,
-        "request": {k: getattr(args, k) for k in (NUM_FRAMES, HEIGHT, WIDTH, NUM_INFERENCE_STEPS, SEED)},
+        "request": {**{k: getattr(args, k) for k in (NUM_FRAMES, HEIGHT, WIDTH, NUM_INFERENCE_STEPS, SEED)},
+                    IMAGE: str(args.image) if args.image else "gradient" if image else None},
         "latent_shape": list(info.latent_shape(args.num_frames, args.height, args.width)),
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "machine": machine_info(url, args.protocol),

@@ -7,7 +7,9 @@ routing included; a request without its image refused. The modes they are not se
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from wan22_triton.checkpoint import Family, read_checkpoint
 from wan22_triton.components.common import CompilePoint
 from wan22_triton.components.expert import TIMESTEP, expert_models, transformer_spec
 from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, STEP_EXPERTS, VIDEO, stream_model
-from wan22_triton.components.vae_encoder import VAE_ENCODER
+from wan22_triton.components.vae_encoder import PIXELS, VAE_ENCODER
 from wan22_triton.errors import RequestError
 from wan22_triton.request.image import decode_image
 from wan22_triton.options import Engine
@@ -290,6 +292,27 @@ def test_served_i2v_is_diffusers_image_to_video(i2v_server, i2v_checkpoint):
     assert {m.name for m in index.models} == {
         "wan22_i2v", "wan22_i2v_stream", "text_encoder", "transformer_high_noise", "transformer_low_noise",
         "vae_encoder", "vae_decoder"}
+
+
+def test_perf_analyzer_sweeps_i2v_with_a_picture(i2v_server, i2v_checkpoint, tmp_path):
+    """The sweep sends the required image (a gradient PNG as Triton's serialized BYTES), measures the orchestrator
+    with the VAE encoder among its composing models, and the encoder at the video's frames."""
+    from perf import perf_analyzer_sweep
+
+    argv = ["--checkpoint", str(i2v_checkpoint), "--url", i2v_server.grpc_url, "--models", f"{I2V},{VAE_ENCODER}",
+            "--admin-key", i2v_server.admin_key, "--concurrency", "1", "--warmup", "1",
+            "--measurement-request-count", "2", "--data-entries", "1", "--num-frames", "5", "--num-inference-steps", "2",
+            "--results", str(tmp_path), "--label", "i2v", "--stability-percentage", "100000"]
+    assert perf_analyzer_sweep.main(argv) == 0
+    summary = json.loads((tmp_path / "i2v" / "summary.json").read_text())
+    assert summary["request"]["image"] == "gradient" and all(m["rows"] for m in summary["models"].values())
+    assert VAE_ENCODER in summary["models"][I2V]["command"]  # a composing model: its calls are in the report
+    [request, *_] = json.loads((tmp_path / "i2v" / f"{I2V}.json").read_text())["data"]
+    serialized = base64.b64decode(request["image"]["content"]["b64"])
+    assert int.from_bytes(serialized[:4], "little") == len(serialized) - 4
+    assert Image.open(io.BytesIO(serialized[4:])).size == (48, 32)
+    [encoder] = json.loads((tmp_path / "i2v" / f"{VAE_ENCODER}.json").read_text())["data"]
+    assert encoder[PIXELS]["shape"] == [3, 5, 32, 48]  # the image and empty frames, as the channels way encodes
 
 
 def test_i2v_without_an_image_is_invalid_arg_and_the_server_keeps_serving(i2v_server):

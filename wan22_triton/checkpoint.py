@@ -125,6 +125,16 @@ class CheckpointInfo:
         return self.family in IMAGE_REQUIRED
 
     @property
+    def image_as_channels(self) -> bool:
+        """How an image conditions: as extra channels of every expert call, encoded with empty frames after it as a
+        whole video (I2V-A14B), or, with `expand_timesteps` (TI2V-5B), as the first latent frame itself."""
+        return not self.expand_timesteps
+
+    def image_frames(self, num_frames: int) -> int:
+        """The frames the VAE encoder gets for a request's image."""
+        return num_frames if self.image_as_channels else 1
+
+    @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: VAE downsampling times the transformer's patch."""
         return self.vae_scale_factor_spatial * max(self.patch_size[1], self.patch_size[2])

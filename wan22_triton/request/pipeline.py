@@ -255,9 +255,9 @@ class Wan22T2VPipeline:
         info = self.manifest.checkpoint
         processor = VideoProcessor(vae_scale_factor=info.vae_scale_factor_spatial)
         pixels = processor.preprocess(req.image, height=req.height, width=req.width).unsqueeze(2).to(self.device)
-        as_channels = not info.expand_timesteps
-        if as_channels:
-            pixels = torch.cat([pixels, pixels.new_zeros(1, 3, req.num_frames - 1, req.height, req.width)], dim=2)
+        as_channels = info.image_as_channels
+        empty = info.image_frames(req.num_frames) - 1
+        pixels = torch.cat([pixels, pixels.new_zeros(1, 3, empty, req.height, req.width)], dim=2)
         encoded = self._on_device(self.vae_encoder(pixels.to(torch.float32)))
         mean, inv_std = self._latent_statistics()
         if as_channels:  # diffusers' mask_lat_size: the given frame's temporal slots are 1, in the first latent frame
