@@ -84,8 +84,6 @@ class ExportOptions:
         if info.takes_image and self.engine != Engine.TORCH:
             raise ValueError(f"--engine {self.engine}: the VAE encoder an image needs is served by the torch engine "
                              f"only; export {info.family} with --engine torch")
-        if info.family != Family.T2V_A14B and self.lora:
-            raise ValueError(f"--lora: LoRA adapters for {info.family} are not served yet; export it without --lora")
         if info.family == Family.I2V_A14B and self.parallel.ulysses > 1:
             raise ValueError(f"--ulysses {self.parallel.ulysses}: sequence parallelism is not tested with the "
                              "image-conditioned experts of I2V-A14B yet; use --cfg-parallel or --replicas")

@@ -42,6 +42,7 @@ from .conftest import TEST_LIMITS, psnr, run_diffusers
 REQUEST = dict(prompt="a red panda in the snow", negative_prompt="blurry", num_frames=9, height=32, width=64,
                num_inference_steps=4, guidance_scale=6.0, seed=7)
 PARITY_DB = 60.0
+MOTION = "motion"  # the LoRA every family's server is exported with
 TI2V = ORCHESTRATOR_MODELS[Family.TI2V_5B]
 # Small image bounds, so that the refusals are cheap to provoke
 LIMITS = replace(TEST_LIMITS, max_image_bytes=200_000, max_image_pixels=256 * 256)
@@ -63,10 +64,31 @@ def tiny(tmp_path_factory, family: Family) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp(family) / f"tiny-{family}", family)
 
 
-def serve(served, checkpoint: Path):
-    """The checkpoint's default torch export (with LIMITS), on a real tritonserver."""
-    options = ExportOptions(limits=LIMITS)
+def family_loras(checkpoint: Path, out: Path) -> tuple[LoraSource, ...]:
+    """One LoRA, `MOTION`, with a file per expert of the checkpoint (the community layout)."""
+    from devtools.tiny_lora import RANK, block_linears, lora_pairs, write_community_layout
+
+    files = tuple(str(write_community_layout(out / f"{folder}.safetensors",
+                                             lora_pairs(block_linears(checkpoint, folder), seed=30 + index), RANK))
+                  for index, folder in enumerate(read_checkpoint(checkpoint).expert_folders))
+    return (LoraSource(MOTION, files),)
+
+
+def serve(served, checkpoint: Path, tmp_path_factory):
+    """The checkpoint's default torch export (with LIMITS) and its LoRA (family_loras), on a real tritonserver."""
+    options = ExportOptions(limits=LIMITS, lora=family_loras(checkpoint, tmp_path_factory.mktemp("loras")))
     return served(repository=lambda folder: export_repository(checkpoint, folder, options, log=lambda _: None))
+
+
+def with_lora(pipe, sources: tuple[LoraSource, ...], scale: float):
+    """diffusers' pipeline with the LoRA loaded by `load_lora_weights` into each expert, at `scale`."""
+    [source] = sources
+    pipe.load_lora_weights(source.files[0], adapter_name=source.name)
+    if len(source.files) > 1:
+        pipe.load_lora_weights(source.files[1], adapter_name=source.name, load_into_transformer_2=True)
+    for transformer in filter(None, (pipe.transformer, pipe.transformer_2)):
+        transformer.set_adapters(source.name, scale)
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +97,8 @@ def ti2v_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ti2v_server(served, ti2v_checkpoint):
-    return serve(served, ti2v_checkpoint)
+def ti2v_server(served, ti2v_checkpoint, tmp_path_factory):
+    return serve(served, ti2v_checkpoint, tmp_path_factory)
 
 
 def test_the_family_comes_from_the_configs_not_the_folder_name(ti2v_checkpoint, tiny_checkpoint, tmp_path):
@@ -164,6 +186,24 @@ def test_served_ti2v_image_to_video_is_diffusers(ti2v_server, ti2v_checkpoint):
     assert len(steps) == REQUEST["num_inference_steps"] and (streamed["video"] == served["video"]).all()
 
 
+def test_served_ti2v_lora_is_diffusers_load_lora_weights(ti2v_server, ti2v_checkpoint, tmp_path):
+    """A LoRA on the one transformer: the served video with it is WanPipeline's after load_lora_weights; a pair of
+    files (one per expert) is refused for a checkpoint with one."""
+    from diffusers import WanPipeline
+
+    sources = family_loras(ti2v_checkpoint, tmp_path)
+    pipe = with_lora(WanPipeline.from_pretrained(ti2v_checkpoint), sources, 0.8)
+    pipe.set_progress_bar_config(disable=True)
+    expected = run_diffusers(pipe, REQUEST)
+    served = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "lora": MOTION, "lora_scale": 0.8}, TI2V)
+    assert psnr(served["video"], expected) >= PARITY_DB
+    base = grpc_client.generate(ti2v_server.grpc_url, REQUEST, TI2V)["video"]
+    assert psnr(base, expected) < PARITY_DB  # the adapter made the difference
+    pair = LoraSource("pair", sources[0].files * 2)
+    with pytest.raises(ValueError, match="2 files for a checkpoint with 1 expert"):
+        export_repository(ti2v_checkpoint, tmp_path / "repo", ExportOptions(lora=(pair,)), log=lambda _: None)
+
+
 def _bomb() -> bytes:
     """A PNG that decodes to 4096x4096 pixels from a few kB."""
     out = io.BytesIO()
@@ -215,7 +255,6 @@ def test_the_pixel_bound_is_read_from_the_header_before_any_decoding(monkeypatch
 @pytest.mark.parametrize("options, message", [
     (ExportOptions(engine=Engine.ONNX), "do not cover the Wan2.2 VAE of TI2V-5B yet; export it with --engine torch"),
     (ExportOptions(parallel=ParallelPlan(ulysses=2)), "does not split per-token timesteps"),
-    (ExportOptions(lora=(LoraSource("style", ("style.safetensors",)),)), "LoRA adapters for wan2.2-ti2v-5b are not"),
 ])
 def test_export_refuses_what_ti2v_is_not_served_with_yet(ti2v_checkpoint, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
@@ -256,8 +295,8 @@ def i2v_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def i2v_server(served, i2v_checkpoint):
-    return serve(served, i2v_checkpoint)
+def i2v_server(served, i2v_checkpoint, tmp_path_factory):
+    return serve(served, i2v_checkpoint, tmp_path_factory)
 
 
 def test_i2v_is_told_from_its_configs(i2v_checkpoint):
@@ -315,6 +354,22 @@ def test_perf_analyzer_sweeps_i2v_with_a_picture(i2v_server, i2v_checkpoint, tmp
     assert encoder[PIXELS]["shape"] == [3, 5, 32, 48]  # the image and empty frames, as the channels way encodes
 
 
+def test_served_i2v_lora_is_diffusers_load_lora_weights(i2v_server, i2v_checkpoint, tmp_path):
+    """An I2V LoRA, a file per expert: the served video with it and an image is WanImageToVideoPipeline's after
+    load_lora_weights into both experts."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = with_lora(WanImageToVideoPipeline.from_pretrained(i2v_checkpoint), family_loras(i2v_checkpoint, tmp_path),
+                     0.6)
+    pipe.set_progress_bar_config(disable=True)
+    image = picture()
+    expected = run_diffusers(pipe, {**I2V_REQUEST, "image": Image.open(io.BytesIO(image)).convert("RGB")})
+    request = {**I2V_REQUEST, "image": image}
+    served = grpc_client.generate(i2v_server.grpc_url, {**request, "lora": MOTION, "lora_scale": 0.6}, I2V)["video"]
+    assert psnr(served, expected) >= PARITY_DB
+    assert psnr(grpc_client.generate(i2v_server.grpc_url, request, I2V)["video"], expected) < PARITY_DB
+
+
 def test_i2v_without_an_image_is_invalid_arg_and_the_server_keeps_serving(i2v_server):
     small = {**I2V_REQUEST, "num_inference_steps": 1}
     with pytest.raises(InferenceServerException) as err:
@@ -327,7 +382,6 @@ def test_i2v_without_an_image_is_invalid_arg_and_the_server_keeps_serving(i2v_se
 @pytest.mark.parametrize("options, message", [
     (ExportOptions(engine=Engine.ONNX), "the VAE encoder an image needs is served by the torch engine only"),
     (ExportOptions(parallel=ParallelPlan(ulysses=2)), "not tested with the image-conditioned experts"),
-    (ExportOptions(lora=(LoraSource("style", ("style.safetensors",)),)), "LoRA adapters for wan2.2-i2v-a14b are not"),
 ])
 def test_export_refuses_what_i2v_is_not_served_with_yet(i2v_checkpoint, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
