@@ -8,7 +8,11 @@ SHOWN_CHARS = 80  # an error echoes at most this much of a value: a 4 MiB value 
 
 
 class RequestError(ValueError):
-    """Bad request input; served as Triton INVALID_ARG."""
+    """Bad request input; served as Triton INVALID_ARG. `param`: the request input it is about, where one is."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class DoesNotFit(RuntimeError):

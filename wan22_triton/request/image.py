@@ -30,21 +30,21 @@ def decode_image(data: bytes, limits: Limits) -> Image:
     from PIL import Image as PILImage, UnidentifiedImageError
 
     if len(data) > limits.max_image_bytes:
-        raise RequestError(f"'{IMAGE}' is {len(data)} bytes; the limit is {limits.max_image_bytes} bytes")
+        raise RequestError(f"'{IMAGE}' is {len(data)} bytes; the limit is {limits.max_image_bytes} bytes", IMAGE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             image = PILImage.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning, OSError):
         raise RequestError(f"'{IMAGE}' must be a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image; these bytes are "
-                           "not one") from None
+                           "not one", IMAGE) from None
     width, height = image.size
     if width * height > limits.max_image_pixels:
-        raise RequestError(f"'{IMAGE}' is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels")
+        raise RequestError(f"'{IMAGE}' is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels", IMAGE)
     try:
         image.load()
     except (OSError, ValueError) as e:  # truncated or corrupt pixel data
-        raise RequestError(f"'{IMAGE}' could not be decoded ({image.format}): {e}") from None
+        raise RequestError(f"'{IMAGE}' could not be decoded ({image.format}): {e}", IMAGE) from None
     return image.convert("RGB")
 
 
@@ -53,8 +53,8 @@ def rgb_image(pixels: np.ndarray, limits: Limits) -> Image:
     from PIL import Image as PILImage
 
     if pixels.ndim != 3 or pixels.shape[-1] != 3 or 0 in pixels.shape:
-        raise RequestError(f"'{IMAGE_RGB}' must be [height, width, 3], got shape {list(pixels.shape)}")
+        raise RequestError(f"'{IMAGE_RGB}' must be [height, width, 3], got shape {list(pixels.shape)}", IMAGE_RGB)
     height, width, _ = pixels.shape
     if width * height > limits.max_image_pixels:
-        raise RequestError(f"'{IMAGE_RGB}' is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels")
+        raise RequestError(f"'{IMAGE_RGB}' is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels", IMAGE_RGB)
     return PILImage.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))

@@ -39,7 +39,7 @@ def _given(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
     if not field.scalar:
         return value
     if value.size != 1:
-        raise RequestError(f"'{field.name}' must hold exactly one value, got shape {list(value.shape)}")
+        raise RequestError(f"'{field.name}' must hold exactly one value, got shape {list(value.shape)}", field.name)
     item = value.reshape(-1)[0]
     if field.binary:
         data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
@@ -49,7 +49,7 @@ def _given(inputs: Mapping[str, np.ndarray], field: RequestField) -> Any:
     try:
         text = item if isinstance(item, str) else bytes(item).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(f"'{field.name}' must be valid UTF-8 text: {e}") from None
+        raise RequestError(f"'{field.name}' must be valid UTF-8 text: {e}", field.name) from None
     return None if text == "" and field.default is None else text
 
 
@@ -60,7 +60,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest,
     given = {f.name: _given(inputs, f) for f in FIELDS}
     bounds = server_bounds(manifest)
     if given[PROMPT] is None:
-        raise RequestError(f"'{PROMPT}' is required")
+        raise RequestError(f"'{PROMPT}' is required", PROMPT)
     # A preset replaces the defaults it names and brings its LoRA; the request's own inputs still override both.
     preset = None if given[PRESET] is None else find_preset(manifest.presets, given[PRESET])
     defaults = {f.name: f.default for f in FIELDS} | manifest.checkpoint.request_defaults
@@ -76,7 +76,7 @@ def validate_request(inputs: Mapping[str, np.ndarray], manifest: Manifest,
     for field in FIELDS:
         value = values[field.name]
         if field.check is not None and value is not None and not field.check(value, bounds):
-            raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {shown(value)}")
+            raise RequestError(f"'{field.name}' must be {field.describe(bounds)}, got {shown(value)}", field.name)
     req = GenerationRequest(**values, sampler=preset.sampler if preset else DEFAULT_SAMPLER)
     _check_size(req, manifest)
     _check_memory(req, manifest, card_bytes)
@@ -90,7 +90,7 @@ def _check_size(req: GenerationRequest, manifest: Manifest) -> None:
         sizes = ", ".join(f"{f}x{h}x{w}" for f, h, w in manifest.video_sizes)
         raise RequestError(
             f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {req.num_frames}x{req.height}x{req.width} is not a size this "
-            f"repository was built for (TensorRT profiles or compiled experts); served: {sizes}"
+            f"repository was built for (TensorRT profiles or compiled experts); served: {sizes}", NUM_FRAMES
         )
 
 
@@ -101,7 +101,7 @@ def _check_memory(req: GenerationRequest, manifest: Manifest, card_bytes: int | 
     problem = manifest.memory.refusal(manifest.checkpoint, (req.num_frames, req.height, req.width), card_bytes)
     if problem:
         raise RequestError(f"'{NUM_FRAMES}' x '{HEIGHT}' x '{WIDTH}' {problem}: ask for fewer frames or a smaller "
-                           "size")
+                           "size", NUM_FRAMES)
 
 
 def _with_image(req: GenerationRequest, manifest: Manifest) -> GenerationRequest:
@@ -111,13 +111,13 @@ def _with_image(req: GenerationRequest, manifest: Manifest) -> GenerationRequest
     if not given:
         if manifest.checkpoint.requires_image:
             raise RequestError(f"'{IMAGE}' is required by {manifest.model} ({manifest.checkpoint.family} makes video "
-                               f"from a first frame): send the picture's PNG, JPEG or WebP bytes (or '{IMAGE_RGB}')")
+                               f"from a first frame): send the picture's PNG, JPEG or WebP bytes (or '{IMAGE_RGB}')", IMAGE)
         return req
     if not manifest.checkpoint.takes_image:
         raise RequestError(f"'{given[0]}' is not taken by {manifest.model}: {manifest.checkpoint.family} generates "
-                           "video from text only; leave it out")
+                           "video from text only; leave it out", given[0])
     if len(given) > 1:
-        raise RequestError(f"send either '{IMAGE}' or '{IMAGE_RGB}', not both")
+        raise RequestError(f"send either '{IMAGE}' or '{IMAGE_RGB}', not both", IMAGE)
     if req.image_rgb is not None:
         return dataclasses.replace(req, image=rgb_image(req.image_rgb, manifest.limits), image_rgb=None)
     return dataclasses.replace(req, image=decode_image(req.image, manifest.limits))
@@ -129,7 +129,7 @@ def _check_lora(req: GenerationRequest, manifest: Manifest) -> None:
         return
     problem = name_problem(req.lora)
     if problem is not None:
-        raise RequestError(f"'{LORA}' {problem}")
+        raise RequestError(f"'{LORA}' {problem}", LORA)
     if req.lora not in manifest.loras:
         origin = f" (preset {req.preset!r}'s default; send {LORA} \"\" for none)" if req.preset else ""
-        raise RequestError(f"'{LORA}' {req.lora!r}{origin} is not served here; served: {list(manifest.loras)}")
+        raise RequestError(f"'{LORA}' {req.lora!r}{origin} is not served here; served: {list(manifest.loras)}", LORA)
