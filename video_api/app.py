@@ -7,11 +7,13 @@ quota gets 429 with `Retry-After`; bodies are bounded before they are read whole
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,10 @@ LIST_LIMIT = 100
 THUMBNAIL, SPRITESHEET, VIDEO = "thumbnail", "spritesheet", "video"
 VARIANTS = {VIDEO: (".mp4", "video/mp4"), THUMBNAIL: (".webp", "image/webp"), SPRITESHEET: (".jpg", "image/jpeg")}
 SPRITES = 4  # a spritesheet is SPRITES x SPRITES frames, evenly spaced
+POLL_HELPER = "x-stainless-poll-helper"  # the openai SDK's `poll` / `create_and_poll` send it
+LONG_POLL_S = 5.0
+DATABASE_POLL_S = 0.25  # a job another process runs is read again this often during a long poll
+UNFINISHED = (Status.QUEUED, Status.IN_PROGRESS)
 
 
 @dataclass(frozen=True)
@@ -183,15 +189,25 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
             raise ApiError(429, f"this key has {key.max_queued} jobs queued or running, its limit: wait for one to "
                                 "finish", code="too_many_jobs", kind="rate_limit_error",
                            headers={"Retry-After": "30"})
+        runner.job_created()
         events.emit("video_job_created", job=row["id"], model=name, key=key.name)
         return as_video(row)
 
     @app.get("/v1/videos/{video_id}")
-    def retrieve(video_id: str, request: Request):
-        job = own_job(request, video_id)
-        headers = {"openai-poll-after-ms": str(settings.poll_after_ms)}
-        return JSONResponse(as_video(job), headers=headers if job["status"] in (Status.QUEUED, Status.IN_PROGRESS)
-                            else None)
+    async def retrieve(video_id: str, request: Request):
+        """With the SDK's poll helper header, an unfinished job is held up to LONG_POLL_S until it ends, and the
+        client is told to ask again at once: a job is seen done within a few milliseconds, with few requests."""
+        job = await run_in_threadpool(own_job, request, video_id)
+        if request.headers.get(POLL_HELPER) == "true":
+            deadline = time.monotonic() + LONG_POLL_S
+            while job["status"] in UNFINISHED and time.monotonic() < deadline:
+                await _finished_or(runner, video_id, DATABASE_POLL_S)
+                job = await run_in_threadpool(own_job, request, video_id)
+            wait_ms = 0
+        else:
+            wait_ms = settings.poll_after_ms
+        headers = {"openai-poll-after-ms": str(wait_ms)} if job["status"] in UNFINISHED else None
+        return JSONResponse(as_video(job), headers=headers)
 
     @app.get("/v1/videos")
     def list_videos(request: Request, after: str | None = None, limit: int = 20, order: str = "desc"):
@@ -244,6 +260,13 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+async def _finished_or(runner: JobRunner, job_id: str, timeout_s: float) -> None:
+    """Returns once this process's runner ended the job, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not runner.ended(job_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def _read_create_body(request: Request, limit: int) -> tuple[dict[str, str], bytes | None]:

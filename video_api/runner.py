@@ -66,7 +66,12 @@ class JobRunner:
         self.max_results_bytes, self.poll_s = max_results_bytes, poll_s
         self.owner = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(4)}"
         self._stopping = threading.Event()
+        self._queued = threading.Event()  # set by this process's creates: a worker claims at once
         self._threads: list[threading.Thread] = []
+        self._finished: dict[str, float] = {}  # jobs this process ended lately (for the API's long polls): when
+
+    def job_created(self) -> None:
+        self._queued.set()
 
     def start(self) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
@@ -78,8 +83,19 @@ class JobRunner:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stops claiming; running jobs are cancelled at their next step and fail, saying so."""
         self._stopping.set()
+        self._queued.set()
         for thread in self._threads:
             thread.join(timeout_s)
+
+    def ended(self, job_id: str) -> bool:
+        """Whether this process ended the job within the last minute."""
+        return job_id in self._finished
+
+    def _ended(self, job_id: str) -> None:
+        now = time.monotonic()
+        if len(self._finished) > 1000:
+            self._finished = {k: t for k, t in self._finished.items() if now - t < 60}
+        self._finished[job_id] = now
 
     def result_path(self, job_id: str) -> Path:
         return self.results / f"{job_id}{MP4}"
@@ -93,10 +109,15 @@ class JobRunner:
             except Exception:  # the database away for a moment: try again, never die
                 log.exception("claiming a job failed")
                 job = None
-            if job is None:
-                self._stopping.wait(self.poll_s)
+            if job is None:  # jobs created through other processes are seen within poll_s
+                if self._queued.wait(self.poll_s):
+                    self._queued.clear()
                 continue
-            self._run(job)
+            self._queued.set()  # another worker may find another job
+            try:
+                self._run(job)
+            finally:
+                self._ended(job["id"])
 
     def _run(self, job: dict[str, Any]) -> None:
         job_id, started = job["id"], time.time()
