@@ -18,11 +18,13 @@ import openai
 import pytest
 
 from clients import grpc_client
+from export.repository import export_repository
 from server.process import free_ports
 from video_api.store import JobStore, Status
 from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM, VIDEO_MP4
 from wan22_triton.operations import events
 
+from .conftest import TORCH, Server
 from .observed import delta, scrape, steps_run, wait_for_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +233,29 @@ def test_killed_api_restarts_failing_its_lost_job_and_running_the_queued(torch_s
     assert started.count(running.id) == 1 and started.count(queued.id) == 1
     with JobStore(database).engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+
+def test_tritonserver_killed_mid_job_fails_the_job_with_the_reason(tiny_checkpoint, workspace, keys):
+    """Its own server, killed (SIGKILL to its process group) while a job generates: the job fails, saying the
+    inference server went away, and the API keeps answering."""
+    repo = workspace / "killed-repo"
+    export_repository(tiny_checkpoint, repo, TORCH, log=lambda _: None)
+    server = Server(repo).start()
+    api = ApiProcess(server.grpc_url, f"sqlite:///{workspace / 'killed.db'}", workspace / "killed",
+                     keys["alice"], workspace / "killed.jsonl")
+    try:
+        client = api.client(keys["alice"])
+        video = client.videos.create(**JOB, extra_body={**WAN, "num_inference_steps": LONG_STEPS})
+        while client.videos.retrieve(video.id).progress < 5:
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)
+        failed = wait_for(client, video.id)
+        assert failed.status == "failed" and failed.error.code == "unavailable", failed.error
+        assert "the inference server answered UNAVAILABLE" in failed.error.message
+        assert [v.id for v in client.videos.list()] == [video.id]
+    finally:
+        api.stop()
+        server.stop()
 
 
 def test_without_a_served_model_create_is_503(workspace, keys):
