@@ -33,7 +33,9 @@ pytestmark = [pytest.mark.server, pytest.mark.filterwarnings("ignore::Deprecatio
 JOB = dict(prompt="a kite over the dunes", seconds="0.25", size="32x32")
 WAN = dict(negative_prompt="blurry", num_inference_steps=2, seed=11)
 DIRECT = dict(prompt=JOB["prompt"], num_frames=5, height=32, width=32, output_format="mp4", **WAN)
+# A job still generating seconds after it started: its steps at the limits' largest size take tens of ms each
 LONG_STEPS = 45
+LONG_JOB = dict(JOB, size="256x256", extra_body={**WAN, "num_inference_steps": LONG_STEPS})
 
 
 class ApiProcess:
@@ -197,7 +199,7 @@ def test_no_key_or_a_wrong_one_is_401(api):
 def test_delete_cancels_a_running_job_within_a_step(api, torch_server, keys):
     client = api.client(keys["alice"])
     before = scrape(torch_server.metrics_url)
-    video = client.videos.create(**JOB, extra_body={**WAN, "num_inference_steps": LONG_STEPS})
+    video = client.videos.create(**LONG_JOB)
     while client.videos.retrieve(video.id).progress < 5:
         time.sleep(0.05)
     assert client.videos.delete(video.id).deleted
@@ -215,7 +217,7 @@ def test_killed_api_restarts_failing_its_lost_job_and_running_the_queued(torch_s
     events_file = workspace / "restart-events.jsonl"
     first = ApiProcess(torch_server.grpc_url, database, results, keys["alice"], events_file, "--workers", "1")
     client = first.client(keys["alice"])
-    running = client.videos.create(**JOB, extra_body={**WAN, "num_inference_steps": LONG_STEPS})
+    running = client.videos.create(**LONG_JOB)
     queued = client.videos.create(**JOB, extra_body=WAN)
     while client.videos.retrieve(running.id).progress < 5:
         time.sleep(0.05)
@@ -245,7 +247,7 @@ def test_tritonserver_killed_mid_job_fails_the_job_with_the_reason(tiny_checkpoi
                      keys["alice"], workspace / "killed.jsonl")
     try:
         client = api.client(keys["alice"])
-        video = client.videos.create(**JOB, extra_body={**WAN, "num_inference_steps": LONG_STEPS})
+        video = client.videos.create(**LONG_JOB)
         while client.videos.retrieve(video.id).progress < 5:
             time.sleep(0.05)
         os.killpg(server.pid, signal.SIGKILL)

@@ -251,6 +251,8 @@ class JobStore:
         with self.engine.begin() as conn:
             lost = conn.execute(sa.select(jobs.c.id).where(jobs.c.status == Status.IN_PROGRESS,
                                                            jobs.c.heartbeat_at < cutoff)).scalars().all()
+            # deleted while their process was dying: nobody is left to remove them
+            conn.execute(jobs.delete().where(jobs.c.id.in_(lost), jobs.c.cancel_requested.is_(True)))
             for job_id in lost:
                 conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == Status.IN_PROGRESS).values(
                     status=Status.FAILED, completed_at=time.time(), error_code="job_lost", image=None,

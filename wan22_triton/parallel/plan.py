@@ -25,12 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from wan22_triton.checkpoint import CheckpointInfo
 from wan22_triton.operations.locks import InterProcessLock, lock_path
+
+if TYPE_CHECKING:  # torch only where a plan runs: the manifest (and the clients of it) read plans without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class ParallelPlan:
 
     def group_devices(self, lead: torch.device) -> list[torch.device]:
         """The devices of the Ulysses group an instance on `lead` drives, `lead` first (CPU: `ulysses` times cpu)."""
+        import torch
+
         if lead.type == "cpu":
             return [lead] * self.ulysses
         return [torch.device(lead.type, (lead.index or 0) + u) for u in range(self.ulysses)]
@@ -93,12 +96,13 @@ def check_heads(num_heads: int, ulysses: int) -> None:
 
 
 # (served expert, latents, timesteps, embeddings) -> noise, as Wan22T2VPipeline calls its expert
-ExpertCall = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], object]
+ExpertCall = Callable[[str, "torch.Tensor", "torch.Tensor", "torch.Tensor"], object]
 
 
 def split_cfg(expert: ExpertCall, pool: ThreadPoolExecutor) -> ExpertCall:
     """`expert` with a guided batch [cond, uncond] sent as two concurrent calls of one item each (two instances of
     the expert work on them at once); a batch of one (CFG off) goes as it is."""
+    import torch
 
     def call(model: str, latents: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor, **kwargs):
         # kwargs: the request's `lora` (pipeline.predict_noise), the same for both halves

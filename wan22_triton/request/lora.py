@@ -35,26 +35,15 @@ import torch
 
 from wan22_triton.components.expert import LORA, LORA_SCALE  # which adapter a call uses, at which scale
 from wan22_triton.operations import events
-from wan22_triton.errors import RequestError, shown
+from wan22_triton.errors import RequestError
+from wan22_triton.request.lora_names import LoraChoice, name_problem  # noqa: F401 (the serving side's, from here)
 
 LORA_FOLDER = "loras"  # in each expert's version folder
 LORA_SUFFIX = ".safetensors"  # safetensors only: nothing pickled is ever loaded
 PREFIX = "transformer."  # the component prefix of diffusers' Wan LoRA layout
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no '.': peft refuses it in adapter names
 MAX_LORA_WEIGHT = 1e4  # trained adapters' weights are O(1): far above, a corrupt or mis-scaled file
 MAX_LORA_CONFIG_VALUE = 1e4  # rank and alpha
 _KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)")
-
-LoraChoice = tuple[str, float]  # (adapter name, scale) of one call; None: the base model
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot name a LoRA, or None: 1-64 letters, digits, '_' or '-', a letter or digit first (a name
-    is a file name inside the experts' LoRA folder, never a path)."""
-    if _NAME.fullmatch(name):
-        return None
-    return f"must be 1-64 letters, digits, '_' or '-', a letter or digit first (a name, not a path); got {shown(name)}"
-
 
 def lora_path(version: Path, name: str) -> Path:
     return version / LORA_FOLDER / f"{name}{LORA_SUFFIX}"

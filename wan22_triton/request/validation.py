@@ -16,7 +16,7 @@ from wan22_triton.request.contract import (FIELDS, HEIGHT, IMAGE, IMAGE_RGB, LOR
                                            PRESET, PROMPT, SEED, SEED_END, WIDTH, Default, GenerationRequest,
                                            RequestField)
 from wan22_triton.request.image import decode_image, rgb_image
-from wan22_triton.request.lora import name_problem
+from wan22_triton.request.lora_names import name_problem
 from wan22_triton.request.presets import DEFAULT_SAMPLER, find_preset
 
 if TYPE_CHECKING:
