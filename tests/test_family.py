@@ -204,6 +204,33 @@ def test_served_ti2v_lora_is_diffusers_load_lora_weights(ti2v_server, ti2v_check
         export_repository(ti2v_checkpoint, tmp_path / "repo", ExportOptions(lora=(pair,)), log=lambda _: None)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the openai SDK's notice on its video API
+def test_video_api_sends_input_reference_as_the_image(ti2v_server, tmp_path):
+    """OpenAI's `input_reference` upload reaches wan22_ti2v as its image: the job's MP4 is the gRPC request's with
+    that image; a file that is no image is a 400 naming `input_reference`."""
+    import openai
+
+    from .test_video_api import ApiProcess
+
+    api = ApiProcess(ti2v_server.grpc_url, f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "results", "wv-ti2v",
+                     tmp_path / "events.jsonl")
+    try:
+        client = api.client("wv-ti2v")
+        wan = {k: v for k, v in REQUEST.items() if k not in ("prompt", "num_frames", "height", "width")}
+        video = client.videos.create_and_poll(prompt=REQUEST["prompt"], model=TI2V, size="64x32", seconds="0.3334",
+                                              input_reference=("frame.png", picture(), "image/png"), extra_body=wan)
+        assert video.status == "completed", video.error
+        direct = grpc_client.generate(ti2v_server.grpc_url, {**REQUEST, "image": picture(), "output_format": "mp4"},
+                                      TI2V)
+        assert client.videos.download_content(video.id).read() == direct["video_mp4"]
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.videos.create(prompt="x", model=TI2V, size="64x32", seconds="0.3334",
+                                 input_reference=("a.png", b"GIF89a", "image/png"))
+        assert refused.value.body["param"] == "input_reference"
+    finally:
+        api.stop()
+
+
 def _bomb() -> bytes:
     """A PNG that decodes to 4096x4096 pixels from a few kB."""
     out = io.BytesIO()
