@@ -84,9 +84,3 @@ class ExportOptions:
         if info.takes_image and self.engine != Engine.TORCH:
             raise ValueError(f"--engine {self.engine}: the VAE encoder an image needs is served by the torch engine "
                              f"only; export {info.family} with --engine torch")
-        if info.family == Family.I2V_A14B and self.parallel.ulysses > 1:
-            raise ValueError(f"--ulysses {self.parallel.ulysses}: sequence parallelism is not tested with the "
-                             "image-conditioned experts of I2V-A14B yet; use --cfg-parallel or --replicas")
-        if info.expand_timesteps and self.parallel.ulysses > 1:
-            raise ValueError(f"--ulysses {self.parallel.ulysses}: sequence parallelism does not split per-token "
-                             "timesteps (TI2V-5B) yet; use --cfg-parallel or --replicas")

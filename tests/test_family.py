@@ -33,7 +33,6 @@ from wan22_triton.components.vae_encoder import PIXELS, VAE_ENCODER
 from wan22_triton.errors import RequestError
 from wan22_triton.request.image import decode_image
 from wan22_triton.options import Engine
-from wan22_triton.parallel.plan import ParallelPlan
 
 from .conftest import TEST_LIMITS, psnr, run_diffusers
 
@@ -281,7 +280,6 @@ def test_the_pixel_bound_is_read_from_the_header_before_any_decoding(monkeypatch
 
 @pytest.mark.parametrize("options, message", [
     (ExportOptions(engine=Engine.ONNX), "do not cover the Wan2.2 VAE of TI2V-5B yet; export it with --engine torch"),
-    (ExportOptions(parallel=ParallelPlan(ulysses=2)), "does not split per-token timesteps"),
 ])
 def test_export_refuses_what_ti2v_is_not_served_with_yet(ti2v_checkpoint, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
@@ -408,7 +406,6 @@ def test_i2v_without_an_image_is_invalid_arg_and_the_server_keeps_serving(i2v_se
 
 @pytest.mark.parametrize("options, message", [
     (ExportOptions(engine=Engine.ONNX), "the VAE encoder an image needs is served by the torch engine only"),
-    (ExportOptions(parallel=ParallelPlan(ulysses=2)), "not tested with the image-conditioned experts"),
 ])
 def test_export_refuses_what_i2v_is_not_served_with_yet(i2v_checkpoint, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):

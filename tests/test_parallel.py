@@ -26,7 +26,7 @@ from export.repository import export_repository
 from wan22_triton.components.orchestrator import ORCHESTRATOR_STREAM
 from wan22_triton.operations import events
 from wan22_triton.triton_models import triton_io
-from wan22_triton.checkpoint import read_checkpoint
+from wan22_triton.checkpoint import Family, read_checkpoint
 from wan22_triton.engines.loading import build_expert
 from wan22_triton.manifest import Manifest
 from wan22_triton.parallel.plan import ParallelPlan
@@ -84,6 +84,31 @@ def test_sequence_parallel_noise_prediction_equals_one_process(tiny_checkpoint, 
         group.shutdown()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert not any(w.is_alive() for w in group.workers)
+
+
+@pytest.mark.parametrize("family", [Family.I2V_A14B, Family.TI2V_5B])
+@pytest.mark.slow
+def test_sequence_parallel_takes_the_image_families_experts(tmp_path, family):
+    """I2V-A14B's experts (36 input channels) and TI2V-5B's transformer (a timestep per token) over two ranks equal
+    one process."""
+    from devtools.tiny_checkpoint import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / family, family)
+    manifest = _manifest(checkpoint)
+    info = manifest.checkpoint
+    inputs = _inputs(info)
+    if info.expand_timesteps:  # [batch, tokens]: the first frame's tokens at 0, as with an image
+        tokens = info.tokens(*inputs["hidden_states"].shape[2:])
+        inputs["timestep"] = inputs["timestep"][:, None].repeat(1, tokens)
+        inputs["timestep"][:, :tokens // 3] = 0
+    with torch.inference_mode():
+        expected = build_expert(manifest, checkpoint, "cpu")(**inputs, return_dict=False)[0]
+    group = _group(checkpoint, 2)
+    try:
+        out = group(**inputs, return_dict=False)[0]
+    finally:
+        group.shutdown()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 def _build_fp8_attention(manifest: Manifest, root: Path, device, group=None) -> torch.nn.Module:

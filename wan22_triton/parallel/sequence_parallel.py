@@ -7,9 +7,9 @@ Cross-attention reads the full text states on every rank, the feed-forward is pe
 first exchange, on every token with the full tables (so Q and K travel in BF16, not in RoPE's float32). The
 projected output is gathered back in token order on every rank.
 
-`enable(model, group)` installs it with three forward hooks on modules that run once per forward outside the
-repeated blocks (`rope`, `patch_embedding`, `proj_out`, the places diffusers' own context-parallel plan for Wan
-splits and gathers) and a Ulysses-wrapped kernel on each block's self-attention: whatever kernel the speed options
+`enable(model, group)` installs it with four forward hooks on modules that run once per forward outside the
+repeated blocks (`rope`, `patch_embedding`, `condition_embedder` for per-token timesteps, `proj_out`: the places
+diffusers' own context-parallel plan for Wan splits and gathers) and a Ulysses-wrapped kernel on each block's self-attention: whatever kernel the speed options
 chose (wan22_triton.speed.fast_path), or SDPA for diffusers' default processor. The collectives are torch's functional
 collectives, which torch.compile traces, so a regionally compiled block keeps its all-to-alls inside the graph.
 The number of heads must divide by the group size (`parallel.check_heads`).
@@ -184,11 +184,19 @@ def enable(model: torch.nn.Module, group: dist.ProcessGroup, chunks: int = 1) ->
         # rank's tokens (B, S_rank, C)
         return out.flatten(2)[:, :, ulysses.local, None, None]
 
+    def shard_timesteps(module, args, out: tuple) -> tuple:
+        # a timestep per token (TI2V-5B's expand_timesteps): (B, S, ...) embeddings, each rank keeps its tokens'
+        temb, timestep_proj, *rest = out
+        if temb.ndim == 3:
+            return (temb[:, ulysses.local], timestep_proj[:, ulysses.local], *rest)
+        return out
+
     def gather_output(module, args, out: torch.Tensor) -> torch.Tensor:
         return ulysses.gather_tokens(out)
 
     model.rope.register_forward_hook(start_forward)
     model.patch_embedding.register_forward_hook(shard_patches)
+    model.condition_embedder.register_forward_hook(shard_timesteps)
     model.proj_out.register_forward_hook(gather_output)
     return ulysses
 
