@@ -226,7 +226,9 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
         row = store.delete(video_id, authorised(request).id)
         if row is None:
             raise ApiError(404, f"no video {video_id!r} for this key", "video_id", "video_not_found")
-        if row["status"] != Status.IN_PROGRESS:  # a running one's runner removes it when it stops
+        if row["status"] == Status.IN_PROGRESS:  # its runner stops it and removes it
+            runner.job_deleted(video_id)
+        else:
             remove_files(settings.results, video_id)
         events.emit("video_job_deleted", job=video_id, running=row["status"] == Status.IN_PROGRESS)
         return {"id": video_id, "object": "video.deleted", "deleted": True}

@@ -32,6 +32,7 @@ from .store import JobStore, Status
 
 log = logging.getLogger("video_api")
 MP4 = ".mp4"
+PROGRESS_PERIOD_S = 0.25
 
 
 class _Stop(Exception):
@@ -68,10 +69,15 @@ class JobRunner:
         self._stopping = threading.Event()
         self._queued = threading.Event()  # set by this process's creates: a worker claims at once
         self._threads: list[threading.Thread] = []
+        self._deleted: set[str] = set()
         self._finished: dict[str, float] = {}  # jobs this process ended lately (for the API's long polls): when
 
     def job_created(self) -> None:
         self._queued.set()
+
+    def job_deleted(self, job_id: str) -> None:
+        """A running job deleted through this process: its worker stops it at the next step."""
+        self._deleted.add(job_id)
 
     def start(self) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
@@ -118,6 +124,7 @@ class JobRunner:
                 self._run(job)
             finally:
                 self._ended(job["id"])
+                self._deleted.discard(job["id"])
 
     def _run(self, job: dict[str, Any]) -> None:
         job_id, started = job["id"], time.time()
@@ -125,14 +132,23 @@ class JobRunner:
         events.emit("video_job_started", job=job_id, model=job["model"], queued_s=round(started - job["created_at"], 3))
         inputs = json.loads(job["inputs"])
 
+        written = [0.0]
+
         def on_progress(progress: dict[str, Any]) -> None:
-            percent = min(99, int(100 * progress["step"] / progress["total"]))
-            if not self.store.progress(job_id, percent) or self._stopping.is_set():
+            # the store at most every PROGRESS_PERIOD_S (a deletion through another process is seen then); a
+            # deletion through this one at once
+            if job_id in self._deleted or self._stopping.is_set():
                 raise _Stop
+            if time.monotonic() - written[0] >= PROGRESS_PERIOD_S:
+                written[0] = time.monotonic()
+                if not self.store.progress(job_id, min(99, int(100 * progress["step"] / progress["total"]))):
+                    raise _Stop
 
         try:
+            call = time.perf_counter()
             out = grpc_client.generate_stream(self.url, inputs_for_triton(job, inputs), on_progress,
                                               stream_model(job["model"]))
+            generation_s = time.perf_counter() - call
         except _Stop:
             self._end_stopped(job_id)
             return
@@ -148,13 +164,14 @@ class JobRunner:
         partial = path.with_suffix(".partial")
         partial.write_bytes(out[VIDEO_MP4])
         partial.replace(path)
-        self.store.complete(job_id, str(path), path.stat().st_size, int(out[SEED]), self.retention_s)
+        result_bytes = path.stat().st_size
+        self.store.complete(job_id, str(path), result_bytes, int(out[SEED]), self.retention_s)
         if self.store.get(job_id) is None:  # deleted after its last step
             self._remove(job_id)
         elapsed = time.time() - started
         self.metrics.job_seconds.observe(elapsed)
-        events.emit("video_job_completed", job=job_id, seconds=round(elapsed, 3), bytes=path.stat().st_size
-                    if path.exists() else 0)
+        events.emit("video_job_completed", job=job_id, seconds=round(elapsed, 4), generation_s=round(generation_s, 4),
+                    bytes=result_bytes)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.fail(job_id, code, message)
