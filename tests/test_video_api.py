@@ -113,7 +113,7 @@ def test_create_and_poll_then_download_is_the_grpc_clients_mp4(api, torch_server
 
 def test_progress_rises_to_100(api, keys):
     client = api.client(keys["alice"])
-    video = client.videos.create(**JOB, extra_body={**WAN, "num_inference_steps": 20})
+    video = client.videos.create(**{**LONG_JOB, "extra_body": {**WAN, "num_inference_steps": 20}})
     seen = [video.progress]
     while seen[-1] < 100:
         current = client.videos.retrieve(video.id)
