@@ -40,7 +40,7 @@ setup:
 # first, or it fetches another build for the packages that need it. Byte-compiled on every core afterwards (left to
 # the first imports, the test workers and their servers' stubs would each compile torch at once); tensorrt-stubs
 # without its `tensorrt` dependency, which downloads the real TensorRT from NVIDIA's index at install time.
-# perf_analyzer needs Debian's libb64.
+# perf_analyzer needs Debian's libb64; the video API's job-store tests start Debian's PostgreSQL.
 $(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	$(PYTHON) -m venv $(VENV)
 	@lock=requirements.lock; if [ "$(GPU)" = 1 ]; then lock=$(VENV)/requirements.gpu.txt; \
@@ -55,6 +55,9 @@ $(VENV)/.ready: requirements.lock pyproject.toml $(VENV)/.gpu-$(GPU)
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq libb64-0d >/dev/null || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null); \
 	  else echo "note: install Debian's libb64-0d for perf_analyzer"; fi; fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq postgresql >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null); \
+	  else echo "note: install Debian's postgresql for the video API's PostgreSQL tests"; fi; fi
 	touch $@
 
 # Which torch build the venv has: a change of GPU rebuilds it.

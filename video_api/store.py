@@ -11,19 +11,23 @@ lost its process (killed, crashed) and is failed with that reason, never run aga
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 DEFAULT_DATABASE = "sqlite:///video_jobs.db"
 KEY_PREFIX = "wv-"  # a key's visible start, like other services' keys
+MIGRATION_LOCK = 0x77616E32  # PostgreSQL advisory lock id of the migrations ("wan2")
 
 
 class Status(StrEnum):
@@ -102,11 +106,11 @@ class JobStore:
         self.migrate()
 
     def migrate(self) -> int:
-        """Applies the migrations this database has not had; returns the schema's version."""
-        with self.engine.begin() as conn:
+        """Applies the migrations this database has not had, one process at a time; returns the schema's version."""
+        with self._migration_lock(), self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":  # held until the transaction ends
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             metadata.create_all(conn, tables=[schema_version])
-            if self.engine.dialect.name == "postgresql":  # one migrating process at a time
-                conn.execute(sa.text("LOCK TABLE schema_version IN EXCLUSIVE MODE"))
             version = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
             for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
                 step(conn)
@@ -114,6 +118,13 @@ class JobStore:
             return len(MIGRATIONS)
 
     # ---- keys
+
+    def _migration_lock(self) -> contextlib.AbstractContextManager:
+        """SQLite: a lock file beside the database (PostgreSQL: an advisory lock, in migrate)."""
+        path = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not path or path == ":memory:":
+            return contextlib.nullcontext()
+        return _file_lock(Path(f"{path}.migrate-lock"))
 
     def add_key(self, name: str, max_running: int, max_queued: int, key: str | None = None) -> str:
         """Stores a key (the given one, else a new one) by its hash; returns the key."""
@@ -284,6 +295,16 @@ class JobStore:
             rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).where(
                 jobs.c.cancel_requested.is_(False)).group_by(jobs.c.status)).all()
         return {**dict.fromkeys(Status, 0), **dict(rows)}
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
