@@ -12,6 +12,8 @@ REPOSITORY ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# make serve VIDEO_API_PORT=8080: the OpenAI-compatible video jobs API beside tritonserver (docs/video-api.md)
+VIDEO_API_PORT ?=
 # 127.0.0.1: clients on this machine only; 0.0.0.0 exposes the server on every interface.
 LISTEN_ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
@@ -98,7 +100,7 @@ kubernetes: $(VENV)/.ready
 # The launcher refuses a repository without an export (it says how to make one) and prints the admin key
 # ($WAN22_ADMIN_KEY, else generated per start).
 serve: setup
-	$(PY) -m server.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --listen-address $(LISTEN_ADDRESS)
+	$(PY) -m server.launcher --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --listen-address $(LISTEN_ADDRESS) $(if $(VIDEO_API_PORT),--video-api-port $(VIDEO_API_PORT))
 
 demo: setup checkpoint
 	$(PY) -m devtools.demo --checkpoint $(CHECKPOINT) --engine $(ENGINE) --output outputs/demo.mp4

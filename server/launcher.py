@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
-from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, ports_in_use
+from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, parent_death_signal, ports_in_use
 from .shm_regions import remove_stale_regions
 from .startup_faults import HangWatch, StartupFault
 from .tritonserver_args import (ADMIN_APIS, EVERY_INTERFACE, EXIT_TIMEOUT_S, LOOPBACK, default_port, has_nvidia_gpu,
@@ -76,6 +77,7 @@ def serve(
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
     tritonserver: str | None = None,
+    video_api_port: int | None = None,
 ) -> int:
     """Run tritonserver in the foreground, its output on this terminal, until it exits or SIGINT, SIGTERM or SIGHUP
     asks it to stop (within ``exit_timeout_s`` + STOP_GRACE_S); returns its exit code (128 + signal if killed)."""
@@ -83,7 +85,7 @@ def serve(
     key, key_source = resolve_admin_key(admin_key)
     given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
-    if taken := ports_in_use(listen_address, ports):
+    if taken := ports_in_use(listen_address, {**ports, **({"video-api": video_api_port} if video_api_port else {})}):
         raise TritonLaunchError(f"port {', '.join(taken)} on {listen_address} is in use: stop what listens there "
                                 f"or pass --{{http,grpc,metrics}}-port (or $HTTP_PORT, $GRPC_PORT, $METRICS_PORT)")
     front = HttpFront(listen_address, ports["http"], taken=(ports["grpc"], ports["metrics"]))
@@ -105,7 +107,7 @@ def serve(
     started = time.monotonic()
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
     ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
-    hang, fault = HangWatch(server.proc.pid), None
+    hang, fault, video_api = HangWatch(server.proc.pid), None, None
     while server.proc.poll() is None and not stop_asked.wait(0.5 if ready_said else 0.1):
         if not ready_said and is_ready(ready_url):
             ready_said = True
@@ -113,6 +115,8 @@ def serve(
             print(f"[server.launcher] READY in {time.monotonic() - started:.1f}s: {', '.join(models)}; serving on "
                   f"{listen_address}, HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}",
                   file=sys.stderr, flush=True)
+            if video_api_port:
+                video_api = start_video_api(ports["grpc"], listen_address, video_api_port)
         elif not ready_said:
             try:
                 hang.check()
@@ -123,6 +127,8 @@ def serve(
     if stop_asked.is_set():
         print(f"[server.launcher] stopping: requests in flight get {exit_timeout_s} s, the server is killed "
               f"{STOP_GRACE_S} s later if it still runs", file=sys.stderr, flush=True)
+    if video_api is not None:  # first: its running jobs fail, saying the service stopped, before Triton goes
+        stop_child(video_api, STOP_GRACE_S)
     server.terminate()  # at once: Triton stops taking requests while the guard lets its in-flight ones finish
     front.stop()  # then its keep-alive connections to Triton close, which would hold Triton's exit to its timeout
     code = server.stop(bound)
@@ -132,6 +138,25 @@ def serve(
     if fault is not None:
         raise TritonLaunchError(f"{fault}: start the server again")
     return code if code >= 0 else 128 - code
+
+
+def start_video_api(grpc_port: int, listen_address: str, port: int) -> subprocess.Popen:
+    """`python -m video_api serve` against this tritonserver (its defaults: SQLite store and results in the working
+    folder, the key from $WAN22_API_KEY or printed once), stopped with the launcher."""
+    command = [sys.executable, "-m", "video_api", "serve", "--triton-url", f"{LOOPBACK}:{grpc_port}", "--host",
+               listen_address, "--port", str(port)]
+    print(f"[server.launcher] video jobs API (OpenAI /v1/videos) on http://{listen_address}:{port}/v1: "
+          "docs/video-api.md", file=sys.stderr, flush=True)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=parent_death_signal)
+
+
+def stop_child(proc: subprocess.Popen, timeout_s: float) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -154,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                         help="after SIGTERM, seconds tritonserver waits for in-flight requests and model unloads")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--tritonserver", default=None, help="binary to use (default: PATH, else nvidia-pytriton)")
+    parser.add_argument("--video-api-port", type=int, default=None,
+                        help="also serve the OpenAI-compatible video jobs API (python -m video_api) on this port once "
+                             "Triton is READY (default: off)")
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -169,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             log_verbose=args.log_verbose,
             extra_args=extra,
             tritonserver=args.tritonserver,
+            video_api_port=args.video_api_port,
         )
     except TritonLaunchError as exc:
         parser.exit(2, f"error: {exc}\n")

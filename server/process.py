@@ -127,7 +127,7 @@ class HttpFront:
         shutil.rmtree(self.abandon_dir, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
+def parent_death_signal() -> None:
     """In the child, before exec: SIGTERM when the launcher dies (PR_SET_PDEATHSIG), as if it were the server."""
     import ctypes  # noqa: PLC0415 - in the forked child only
 
@@ -157,7 +157,7 @@ class ServerProcess:
             stdout=stdout,
             stderr=None if stdout is None else subprocess.STDOUT,
             start_new_session=True,  # own process group: stubs can be killed with it
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=parent_death_signal if die_with_parent else None,
         )
         if argv is not self.command:
             self.shm_prefix = server_region_prefix(self.proc.pid)

@@ -428,3 +428,28 @@ def test_a_picked_port_taken_before_tritonserver_binds_it_is_picked_again(tmp_pa
             np.testing.assert_array_equal(out0, 2 * np.ones(4, np.float32))
         finally:
             srv.stop()
+
+
+def test_the_launchers_video_api_answers_and_stops_with_it(tmp_path, monkeypatch):
+    """--video-api-port: the launcher's child `python -m video_api serve` on the launcher's listen address (the job
+    store in the working folder), gone once the launcher stops it."""
+    from server.launcher import start_video_api, stop_child
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    grpc_port, port = process.free_ports(2)
+    child = start_video_api(grpc_port, "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert child.poll() is None and time.monotonic() < deadline, "the video API did not start"
+                time.sleep(0.2)
+    finally:
+        stop_child(child, 10)
+    # stopped by SIGTERM, not killed: uvicorn shuts down, then re-raises the signal
+    assert child.returncode == -signal.SIGTERM and (tmp_path / "video_jobs.db").is_file()
