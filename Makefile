@@ -130,6 +130,7 @@ docker-serve:
 	docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.serve -t wan22-triton-serve .
 	docker run --rm --gpus all --shm-size=16g -e WAN22_ADMIN_KEY \
 	  -p $(LISTEN_ADDRESS):$(HTTP_PORT):8000 -p $(LISTEN_ADDRESS):$(GRPC_PORT):8001 -p $(LISTEN_ADDRESS):$(METRICS_PORT):8002 \
+	  $(if $(VIDEO_API_PORT),-e VIDEO_API_PORT=8080 -e WAN22_API_KEY -p $(LISTEN_ADDRESS):$(VIDEO_API_PORT):8080) \
 	  -v $(abspath $(REPOSITORY)):/models wan22-triton-serve
 
 # model_repository/ keeps its checked-in files: only what git ignores there (weights, copied folders) goes.

@@ -17,6 +17,7 @@ The same server in the background, for tests, the demo and benchmarks: triton_se
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -140,6 +141,9 @@ def serve(
     return code if code >= 0 else 128 - code
 
 
+VIDEO_API_PORT_ENV = "VIDEO_API_PORT"  # the serve image's switch (docker run -e VIDEO_API_PORT=8080)
+
+
 def start_video_api(grpc_port: int, listen_address: str, port: int) -> subprocess.Popen:
     """`python -m video_api serve` against this tritonserver (its defaults: SQLite store and results in the working
     folder, the key from $WAN22_API_KEY or printed once), stopped with the launcher."""
@@ -179,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                         help="after SIGTERM, seconds tritonserver waits for in-flight requests and model unloads")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--tritonserver", default=None, help="binary to use (default: PATH, else nvidia-pytriton)")
-    parser.add_argument("--video-api-port", type=int, default=None,
+    parser.add_argument("--video-api-port", type=int, default=int(os.environ.get(VIDEO_API_PORT_ENV) or 0) or None,
                         help="also serve the OpenAI-compatible video jobs API (python -m video_api) on this port once "
-                             "Triton is READY (default: off)")
+                             f"Triton is READY (default ${VIDEO_API_PORT_ENV}, else off)")
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]

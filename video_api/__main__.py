@@ -18,6 +18,8 @@ from typing import Sequence
 from .store import DEFAULT_DATABASE, JobStore
 
 API_KEY_ENV = "WAN22_API_KEY"
+DATABASE_ENV = "WAN22_VIDEO_API_DATABASE"  # the serve image points both at its state volume
+RESULTS_ENV = "WAN22_VIDEO_API_RESULTS"
 DEFAULT_PORT = 8080
 DEFAULT_KEY_NAME = "default"
 
@@ -29,14 +31,16 @@ def _quota_flags(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m video_api", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", default=DEFAULT_DATABASE,
-                        help="SQLAlchemy URL: sqlite:///FILE (default) or postgresql+psycopg://USER@HOST/DB")
+    parser.add_argument("--database", default=os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE,
+                        help=f"SQLAlchemy URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (default "
+                             f"${DATABASE_ENV}, else {DEFAULT_DATABASE})")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP service and its job runner")
     serve.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC address")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--results", type=Path, default=Path("video_results"), help="folder of the MP4 results")
+    serve.add_argument("--results", type=Path, default=Path(os.environ.get(RESULTS_ENV) or "video_results"),
+                       help=f"folder of the MP4 results (default ${RESULTS_ENV}, else video_results)")
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"default ${API_KEY_ENV}")
     serve.add_argument("--workers", type=int, default=2, help="jobs this process runs at once")
     serve.add_argument("--lease-seconds", type=float, default=30.0,
