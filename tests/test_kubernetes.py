@@ -33,6 +33,7 @@ K8S = ROOT / "docker" / "kubernetes"
 sys.path.insert(0, str(K8S))
 
 from server.tritonserver_args import DEFAULT_PORTS  # noqa: E402
+import video_api  # noqa: E402
 from wan22_k8s import autoscaling, bundle, network, workload  # noqa: E402
 from wan22_k8s.dashboard import dashboard  # noqa: E402
 from wan22_k8s.values import TIERS, Site  # noqa: E402
@@ -505,7 +506,7 @@ def test_serve_image_runs_what_the_pods_expect():
     assert f"--model-repository={workload.MODELS_DIR}" in json.loads(cmd)
     assert "--listen-address=0.0.0.0" in json.loads(cmd)  # the Services reach it
     [exposed] = re.findall(r"^EXPOSE (.*)$", dockerfile, flags=re.M)
-    assert sorted(map(int, exposed.split())) == sorted(DEFAULT_PORTS.values())
+    assert sorted(map(int, exposed.split())) == sorted([*DEFAULT_PORTS.values(), video_api.DEFAULT_PORT])
 
 
 def test_readme_covers_tiers_and_metrics():

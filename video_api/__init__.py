@@ -5,3 +5,5 @@ runs as one streaming gRPC request to the served orchestrator (progress from its
 with the MP4 on disk. The HTTP service (app.py, FastAPI) speaks OpenAI's video API; request fields are mapped to the
 request contract from the served checkpoint's facts (mapping.py). `python -m video_api` starts it.
 """
+
+DEFAULT_PORT = 8080  # `python -m video_api serve`'s, and the serve image's

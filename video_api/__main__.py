@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import DEFAULT_PORT
 from .store import DEFAULT_DATABASE, JobStore
 
 API_KEY_ENV = "WAN22_API_KEY"
 DATABASE_ENV = "WAN22_VIDEO_API_DATABASE"  # the serve image points both at its state volume
 RESULTS_ENV = "WAN22_VIDEO_API_RESULTS"
-DEFAULT_PORT = 8080
 DEFAULT_KEY_NAME = "default"
 
 

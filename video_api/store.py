@@ -221,9 +221,18 @@ class JobStore:
         for job_id, key_id in candidates:
             if running.get(key_id, 0) >= limits.get(key_id, 0):
                 continue
+            # max_running checked in the UPDATE itself (read above, other workers and processes may have claimed
+            # since); PostgreSQL: the key's claims one at a time, so that the count sees the others' claims
+            busy = jobs.alias("busy")
+            running_now = sa.select(sa.func.count()).select_from(busy).where(
+                busy.c.key_id == key_id, busy.c.status == Status.IN_PROGRESS).scalar_subquery()
+            limit = sa.select(api_keys.c.max_running).where(api_keys.c.id == key_id).scalar_subquery()
             now = time.time()
             with self.engine.begin() as conn:
-                claimed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED).values(
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(sa.select(api_keys.c.id).where(api_keys.c.id == key_id).with_for_update())
+                claimed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED,
+                                                           running_now < limit).values(
                     status=Status.IN_PROGRESS, owner=owner, started_at=now, heartbeat_at=now)).rowcount
             if claimed:
                 return self.get(job_id)
