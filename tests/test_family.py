@@ -359,23 +359,24 @@ def test_served_i2v_is_diffusers_image_to_video(i2v_server, i2v_checkpoint):
 
 
 def test_perf_analyzer_sweeps_i2v_with_a_picture(i2v_server, i2v_checkpoint, tmp_path):
-    """The sweep sends the required image (a gradient PNG as Triton's serialized BYTES), measures the orchestrator
-    with the VAE encoder among its composing models, and the encoder at the video's frames."""
+    """The sweep sends the required image (a gradient PNG as Triton's serialized BYTES) and measures the orchestrator
+    with the VAE encoder among its composing models; the encoder's own data is at the video's frames."""
     from perf import perf_analyzer_sweep
 
-    argv = ["--checkpoint", str(i2v_checkpoint), "--url", i2v_server.grpc_url, "--models", f"{I2V},{VAE_ENCODER}",
+    argv = ["--checkpoint", str(i2v_checkpoint), "--url", i2v_server.grpc_url, "--models", I2V,
             "--admin-key", i2v_server.admin_key, "--concurrency", "1", "--warmup", "1",
             "--measurement-request-count", "2", "--data-entries", "1", "--num-frames", "5", "--num-inference-steps", "2",
             "--results", str(tmp_path), "--label", "i2v", "--stability-percentage", "100000"]
     assert perf_analyzer_sweep.main(argv) == 0
     summary = json.loads((tmp_path / "i2v" / "summary.json").read_text())
-    assert summary["request"]["image"] == "gradient" and all(m["rows"] for m in summary["models"].values())
+    assert summary["request"]["image"] == "gradient" and summary["models"][I2V]["rows"]
     assert VAE_ENCODER in summary["models"][I2V]["command"]  # a composing model: its calls are in the report
     [request, *_] = json.loads((tmp_path / "i2v" / f"{I2V}.json").read_text())["data"]
     serialized = base64.b64decode(request["image"]["content"]["b64"])
     assert int.from_bytes(serialized[:4], "little") == len(serialized) - 4
     assert Image.open(io.BytesIO(serialized[4:])).size == (48, 32)
-    [encoder] = json.loads((tmp_path / "i2v" / f"{VAE_ENCODER}.json").read_text())["data"]
+    args = perf_analyzer_sweep.parse_args(argv)
+    [encoder] = perf_analyzer_sweep.component_data(VAE_ENCODER, read_checkpoint(i2v_checkpoint), args, [])
     assert encoder[PIXELS]["shape"] == [3, 5, 32, 48]  # the image and empty frames, as the channels way encodes
 
 

@@ -30,6 +30,7 @@ for p in (ROOT, ROOT / "perf"):
 
 import perf_analyzer_env  # noqa: E402
 from server import process, tritonserver_install  # noqa: E402
+from server.startup_faults import HANG_AFTER_ENV  # noqa: E402
 from server.tritonserver_install import TritonLaunchError  # noqa: E402
 
 from .conftest import Server  # noqa: E402
@@ -37,6 +38,8 @@ from .conftest import Server  # noqa: E402
 import tritonclient.grpc as tritonclient_grpc  # noqa: E402
 import tritonclient.http as tritonclient_http  # noqa: E402
 
+# A hung start told sooner than in production: tritonserver waits on a live stub's exit only when it hung
+TEST_HANG_AFTER_S = 4.0
 MODEL = "add_sub"
 CONFIG = f"""
 name: "{MODEL}"
@@ -224,7 +227,8 @@ def test_the_known_startup_abort_is_started_again_and_said(tmp_path, capfd):
 
 
 @pytest.mark.server
-def test_a_start_hung_on_a_model_process_is_started_again_and_said(tmp_path, capfd):
+def test_a_start_hung_on_a_model_process_is_started_again_and_said(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv(HANG_AFTER_ENV, str(TEST_HANG_AFTER_S))
     repo = write_repository(tmp_path / "repo", init=_stall_once(tmp_path / "stalled"))
     t0 = time.monotonic()
     with Server(repo, startup_timeout=120) as srv:
@@ -303,7 +307,8 @@ def test_cli_runs_in_foreground_and_stops_on_sigterm(tmp_path):
 def test_cli_says_a_start_hung_on_a_model_process_in_one_line(tmp_path):
     repo = write_repository(tmp_path / "repo", init=_stall_once(tmp_path / "stalled"))
     http, grpc, metrics = process.free_ports(3)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **{HANG_AFTER_ENV: str(TEST_HANG_AFTER_S)})
     done = subprocess.run([sys.executable, "-m", "server.launcher", "--model-repository", str(repo), "--http-port",
                            str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
                           env=env, capture_output=True, text=True, timeout=90)
