@@ -9,7 +9,12 @@ are gone are removed (shm_regions.py). SIGINT, SIGTERM and SIGHUP stop it within
 
     python -m server.launcher --model-repository model_repository \\
         [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--listen-address 127.0.0.1] \\
-        [--admin-key KEY] [--exit-timeout-secs 15] [--log-verbose N] [any other tritonserver flag, passed through]
+        [--admin-key KEY] [--exit-timeout-secs 15] [--log-verbose N] [any other tritonserver flag, passed through] \\
+        [--video-api-port 8080 [--video-api-database URL] [--video-api-results DIR]]
+
+With ``--video-api-port`` the OpenAI-compatible video jobs API (``python -m video_api serve``, docs/video-api.md)
+runs as a second child once Triton is READY, on the same listen address, against Triton's gRPC port; started again
+if it exits, and stopped first (before tritonserver) when the launcher stops.
 
 The same server in the background, for tests, the demo and benchmarks: triton_server.TritonServer.
 """
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
+from video_api import API_KEY_ENV as VIDEO_API_KEY_ENV, DATABASE_ENV as VIDEO_API_DATABASE_ENV  # noqa: F401
+from video_api import DEFAULT_DATABASE, DEFAULT_RESULTS, RESULTS_ENV as VIDEO_API_RESULTS_ENV, shown_url  # noqa: F401
 
 from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, parent_death_signal, ports_in_use
 from .shm_regions import remove_stale_regions
@@ -79,6 +86,8 @@ def serve(
     extra_args: Sequence[str] = (),
     tritonserver: str | None = None,
     video_api_port: int | None = None,
+    video_api_database: str = "",
+    video_api_results: Path | str = "",
 ) -> int:
     """Run tritonserver in the foreground, its output on this terminal, until it exits or SIGINT, SIGTERM or SIGHUP
     asks it to stop (within ``exit_timeout_s`` + STOP_GRACE_S); returns its exit code (128 + signal if killed)."""
@@ -88,7 +97,8 @@ def serve(
     ports = {kind: port if port is not None else default_port(kind) for kind, port in given.items()}
     if taken := ports_in_use(listen_address, {**ports, **({"video-api": video_api_port} if video_api_port else {})}):
         raise TritonLaunchError(f"port {', '.join(taken)} on {listen_address} is in use: stop what listens there "
-                                f"or pass --{{http,grpc,metrics}}-port (or $HTTP_PORT, $GRPC_PORT, $METRICS_PORT)")
+                                f"or pass --{{http,grpc,metrics,video-api}}-port (or $HTTP_PORT, $GRPC_PORT, "
+                                f"$METRICS_PORT, ${VIDEO_API_PORT_ENV})")
     front = HttpFront(listen_address, ports["http"], taken=(ports["grpc"], ports["metrics"]))
     cmd = front.command(install, model_repository, extra_args, grpc_port=ports["grpc"], metrics_port=ports["metrics"],
                         admin_key=key, listen_address=listen_address, exit_timeout_s=exit_timeout_s,
@@ -108,8 +118,20 @@ def serve(
     started = time.monotonic()
     server = ServerProcess(cmd, {**install.env, **front.env}, die_with_parent=True)
     ready_url, ready_said = f"http://{LOOPBACK}:{front.triton_port}/v2/health/ready", False
-    hang, fault, video_api = HangWatch(server.proc.pid), None, None
+    hang, fault, video_api, video_api_again = HangWatch(server.proc.pid), None, None, None
+
+    def start_api() -> subprocess.Popen:
+        return start_video_api(ports["grpc"], listen_address, video_api_port, video_api_database or DEFAULT_DATABASE,
+                               Path(video_api_results or DEFAULT_RESULTS))
+
     while server.proc.poll() is None and not stop_asked.wait(0.5 if ready_said else 0.1):
+        if video_api is not None and video_api.poll() is not None:  # it exited on its own: start it again
+            if video_api_again is None:
+                video_api_again = time.monotonic() + VIDEO_API_RESTART_S
+                print(f"[server.launcher] the video jobs API exited with code {video_api.returncode}; starting it "
+                      f"again in {VIDEO_API_RESTART_S:g} s", file=sys.stderr, flush=True)
+            elif time.monotonic() >= video_api_again:
+                video_api, video_api_again = start_api(), None
         if not ready_said and is_ready(ready_url):
             ready_said = True
             models = sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt"))
@@ -117,7 +139,7 @@ def serve(
                   f"{listen_address}, HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']}",
                   file=sys.stderr, flush=True)
             if video_api_port:
-                video_api = start_video_api(ports["grpc"], listen_address, video_api_port)
+                video_api = start_api()
         elif not ready_said:
             try:
                 hang.check()
@@ -142,16 +164,33 @@ def serve(
 
 
 VIDEO_API_PORT_ENV = "VIDEO_API_PORT"  # the serve image's switch (docker run -e VIDEO_API_PORT=8080)
+VIDEO_API_RESTART_S = 5.0
 
 
-def start_video_api(grpc_port: int, listen_address: str, port: int) -> subprocess.Popen:
-    """`python -m video_api serve` against this tritonserver (its defaults: SQLite store and results in the working
-    folder, the key from $WAN22_API_KEY or printed once), stopped with the launcher."""
+def start_video_api(grpc_port: int, listen_address: str, port: int, database: str = DEFAULT_DATABASE,
+                    results: Path = Path(DEFAULT_RESULTS)) -> subprocess.Popen:
+    """`python -m video_api serve` against this tritonserver, in its own session (Ctrl-C reaches the launcher only,
+    which stops it before tritonserver), SIGTERM if the launcher dies. The database URL goes through the
+    environment, not the command line, where `ps` would show a password in it."""
+    database, results = _absolute_sqlite(database), results.resolve()
     command = [sys.executable, "-m", "video_api", "serve", "--triton-url", f"{LOOPBACK}:{grpc_port}", "--host",
-               listen_address, "--port", str(port)]
-    print(f"[server.launcher] video jobs API (OpenAI /v1/videos) on http://{listen_address}:{port}/v1: "
-          "docs/video-api.md", file=sys.stderr, flush=True)
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=parent_death_signal)
+               listen_address, "--port", str(port), "--results", str(results)]
+    key = (f"key from ${VIDEO_API_KEY_ENV}" if os.environ.get(VIDEO_API_KEY_ENV) else
+           f"keys in the job store (a new one prints a generated key once; set ${VIDEO_API_KEY_ENV} to choose it)")
+    print(f"[server.launcher] video jobs API (OpenAI /v1/videos) on http://{listen_address}:{port}/v1: jobs in "
+          f"{shown_url(database)}, results in {results}, {key}; docs/video-api.md",
+          file=sys.stderr, flush=True)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, env={**os.environ, VIDEO_API_DATABASE_ENV: database},
+                            start_new_session=True, preexec_fn=parent_death_signal)
+
+
+def _absolute_sqlite(url: str) -> str:
+    """sqlite:///video_jobs.db (relative to the working folder) as the absolute path it names."""
+    prefix = "sqlite:///"
+    path, query, rest = url.removeprefix(prefix).partition("?")
+    if not url.startswith(prefix) or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return f"{prefix}{Path(path).resolve()}{query}{rest}"
 
 
 def stop_child(proc: subprocess.Popen, timeout_s: float) -> None:
@@ -186,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--video-api-port", type=int, default=int(os.environ.get(VIDEO_API_PORT_ENV) or 0) or None,
                         help="also serve the OpenAI-compatible video jobs API (python -m video_api) on this port once "
                              f"Triton is READY (default ${VIDEO_API_PORT_ENV}, else off)")
+    parser.add_argument("--video-api-database", default=os.environ.get(VIDEO_API_DATABASE_ENV) or DEFAULT_DATABASE,
+                        help="the video API's job store: sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB "
+                             f"(default ${VIDEO_API_DATABASE_ENV}, else {DEFAULT_DATABASE} in the working folder)")
+    parser.add_argument("--video-api-results", type=Path,
+                        default=Path(os.environ.get(VIDEO_API_RESULTS_ENV) or DEFAULT_RESULTS),
+                        help=f"the video API's MP4 results (default ${VIDEO_API_RESULTS_ENV}, else {DEFAULT_RESULTS} "
+                             "in the working folder)")
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -202,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             extra_args=extra,
             tritonserver=args.tritonserver,
             video_api_port=args.video_api_port,
+            video_api_database=args.video_api_database,
+            video_api_results=args.video_api_results,
         )
     except TritonLaunchError as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -55,6 +55,7 @@ def _load(name: str, path: Path):
 render = _load("wan22_k8s_render", K8S / "render.py")
 warmup = _load("wan22_k8s_warmup", workload.POD_SCRIPTS / "warmup.py")
 drain = _load("wan22_k8s_drain", workload.POD_SCRIPTS / "drain.py")
+ready = _load("wan22_k8s_ready", workload.POD_SCRIPTS / "ready.py")
 
 
 def metric_families() -> list[str]:
@@ -234,10 +235,17 @@ def test_probes_point_at_triton_health_endpoints(tier_name):
     tier, docs = TIERS[tier_name], tier_docs(tier_name)
     container = server_container(docs)
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == DEFAULT_PORTS  # the launcher's HTTP (the guard), gRPC and metrics ports
+    # the launcher's HTTP (the guard), gRPC and metrics ports, and the video jobs API's
+    assert ports == {**DEFAULT_PORTS, "video-api": video_api.DEFAULT_PORT} == workload.ports(tier)
 
     ready, live = container["readinessProbe"], container["livenessProbe"]
-    assert ready["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    # Ready: Triton's every model READY and the video API's service and database (one probe: ready.py asks both).
+    assert ready["exec"]["command"] == [
+        "python3", f"{workload.SCRIPTS_DIR}/ready.py", "--timeout", "1",
+        f"http://127.0.0.1:{DEFAULT_PORTS['http']}/v2/health/ready",
+        f"http://127.0.0.1:{video_api.DEFAULT_PORT}/health/ready"]
+    urls, each_s = ready["exec"]["command"][4:], float(ready["exec"]["command"][3])
+    assert len(urls) * each_s < ready["timeoutSeconds"]  # the script gives up before the kubelet does
     assert live["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     # Liveness gives a busy server a minute; readiness drops a pod within seconds of a component dying.
     assert live["periodSeconds"] * live["failureThreshold"] >= 60
@@ -253,7 +261,7 @@ def test_probes_point_at_triton_health_endpoints(tier_name):
         assert int(options["--steps"]) == tier.warmup_steps
         assert float(options["--timeout"]) < startup["timeoutSeconds"]  # the script gives up before the kubelet
     else:
-        assert startup["httpGet"] == ready["httpGet"]
+        assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
 
     # Scale-down and roll-outs: preStop drains through the metrics port, inside the grace period.
     command = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -332,10 +340,14 @@ def test_service_monitor_scrapes_the_metrics_port(tier_name):
     services = [d for d in docs if d["kind"] == "Service"
                 and monitor["selector"]["matchLabels"].items() <= d["metadata"]["labels"].items()]
     assert [s["metadata"]["name"] for s in services] == [network.names(TIERS[tier_name])["metrics"]]
-    [port] = services[0]["spec"]["ports"]
-    assert [e["port"] for e in monitor["endpoints"]] == [port["name"]] and port["port"] == DEFAULT_PORTS["metrics"]
+    # Triton's metrics port and the video API's /metrics
+    scraped = {p["name"]: p["port"] for p in services[0]["spec"]["ports"]}
+    assert scraped == {"metrics": DEFAULT_PORTS["metrics"], "video-api": video_api.DEFAULT_PORT}
+    assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [(name, "/metrics") for name in scraped]
     inference = find(docs, "Service", TIERS[tier_name].release)["spec"]["ports"]
-    assert {p["name"]: p["port"] for p in inference} == {k: DEFAULT_PORTS[k] for k in ("http", "grpc")}
+    assert {p["name"]: p["port"] for p in inference} == {"http": DEFAULT_PORTS["http"], "grpc": DEFAULT_PORTS["grpc"],
+                                                         "video-api": video_api.DEFAULT_PORT}
+    assert all(p["targetPort"] == p["name"] for p in inference)  # the container's named ports
     assert monitor["namespaceSelector"] == {"matchNames": [SITE.namespace]}
 
 
@@ -344,13 +356,84 @@ def test_inference_ports_admit_the_own_namespace_unless_client_namespaces_are_na
 
     def inference_peers(site: Site) -> list[dict]:
         policy = network.server_network_policy(site, TIERS["fast"])["spec"]
-        ports = {DEFAULT_PORTS[kind] for kind in network.INFERENCE_PORTS}
+        ports = {DEFAULT_PORTS["http"], DEFAULT_PORTS["grpc"], video_api.DEFAULT_PORT}  # the video API as HTTP
         [rule] = [r for r in policy["ingress"] if {p["port"] for p in r["ports"]} == ports]
+        [scraped] = [r for r in policy["ingress"] if r is not rule]
+        assert {p["port"] for p in scraped["ports"]} == {DEFAULT_PORTS["metrics"], video_api.DEFAULT_PORT}
+        assert policy["egress"] == []  # SQLite: the pod calls nothing outside itself
         return rule["from"]
 
     assert inference_peers(SITE) == [{"podSelector": {}}]  # pods of the server's namespace, no other namespace
     labelled = replace(SITE, client_namespace_labels={"wan22-client": "true"})
     assert inference_peers(labelled) == [{"namespaceSelector": {"matchLabels": {"wan22-client": "true"}}}]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: {k: v for k, v in e.items() if k != "name"} for e in container["env"]}
+
+
+def test_video_api_keeps_its_jobs_on_the_pods_volume_or_in_a_shared_postgresql():
+    """Default: the launcher's video API ($VIDEO_API_PORT) with its key from a Secret, SQLite and the results on an
+    emptyDir of the pod (counted in its ephemeral storage). With a PostgreSQL URL from a Secret: that URL, the
+    results on a ReadWriteMany claim every replica mounts, egress to the database's port and DNS only. Off: none of
+    it, and readiness is Triton's alone."""
+    from dataclasses import replace
+
+    from server.launcher import VIDEO_API_DATABASE_ENV, VIDEO_API_KEY_ENV, VIDEO_API_PORT_ENV, VIDEO_API_RESULTS_ENV
+
+    tier = TIERS["fast"]
+    docs = tier_docs("fast")
+    container, pod = server_container(docs), find(docs, "Deployment")["spec"]["template"]["spec"]
+    env = _env(container)
+    assert env[VIDEO_API_PORT_ENV] == {"value": str(video_api.DEFAULT_PORT)}
+    assert env[VIDEO_API_KEY_ENV] == {"valueFrom": {"secretKeyRef": {"name": SITE.api_key_secret,
+                                                                     "key": SITE.api_key_secret_key}}}
+    assert env[VIDEO_API_DATABASE_ENV] == {"value": f"sqlite:///{workload.JOBS_DIR}/video_jobs.db"}
+    assert env[VIDEO_API_RESULTS_ENV] == {"value": workload.RESULTS_DIR}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[workload.JOBS_DIR]]["emptyDir"] == {"sizeLimit": tier.video_api_storage}
+    ephemeral = sum(int(size[:-2]) for size in (tier.tmp_size, tier.cache_size, tier.video_api_storage))
+    assert container["resources"]["limits"]["ephemeral-storage"] == f"{ephemeral}Gi"
+
+    postgres = replace(SITE, video_api_database_secret="wan22-video-db")
+    shared = bundle.tier_manifests(postgres, tier)
+    for doc in shared:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    container, pod = server_container(shared), find(shared, "Deployment")["spec"]["template"]["spec"]
+    assert _env(container)[VIDEO_API_DATABASE_ENV] == {"valueFrom": {"secretKeyRef": {
+        "name": "wan22-video-db", "key": postgres.video_api_database_secret_key}}}
+    claim = find(shared, "PersistentVolumeClaim", workload.names(tier)["video_results"])["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"] and claim["resources"]["requests"]["storage"] == \
+        tier.video_api_storage
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert workload.JOBS_DIR not in mounts  # nothing of the jobs on the pod's own volume
+    assert {v["name"]: v for v in pod["volumes"]}[mounts[workload.RESULTS_DIR]]["persistentVolumeClaim"] == {
+        "claimName": workload.names(tier)["video_results"]}
+    egress = find(shared, "NetworkPolicy", network.names(tier)["server_policy"])["spec"]["egress"]
+    assert sorted((p["protocol"], p["port"]) for rule in egress for p in rule["ports"]) == [
+        ("TCP", 53), ("TCP", 5432), ("UDP", 53)]
+    assert len(find(shared, "Deployment")["spec"]["template"]["spec"]["containers"]) == 1  # the launcher's child
+
+    off = bundle.tier_manifests(SITE, replace(tier, video_api=False))
+    container = server_container(off)
+    assert {p["name"] for p in container["ports"]} == set(DEFAULT_PORTS)
+    assert not {VIDEO_API_PORT_ENV, VIDEO_API_KEY_ENV, VIDEO_API_DATABASE_ENV} & set(_env(container))
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert [p["name"] for p in find(off, "Service", tier.release)["spec"]["ports"]] == ["http", "grpc"]
+
+
+def test_ready_probe_needs_every_url(torch_server, capsys):
+    """ready.py: 0 once each URL answers 200; 1 naming the first that does not (nothing listening, or not 200)."""
+    triton = f"http://{torch_server.http_url}/v2/health/ready"
+    assert ready.main(["--timeout", "2", triton]) == 0
+    gone = f"http://127.0.0.1:{_free_port()}/health/ready"
+    assert ready.main(["--timeout", "2", triton, gone]) == 1
+    assert capsys.readouterr().out.startswith(f"not ready: {gone}: ")
+    missing = f"http://{torch_server.http_url}/v2/models/no_such_model/ready"
+    assert ready.main(["--timeout", "2", missing, triton]) == 1
+    assert f"not ready: {missing}: HTTP 4" in capsys.readouterr().out
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -507,6 +590,9 @@ def test_serve_image_runs_what_the_pods_expect():
     assert "--listen-address=0.0.0.0" in json.loads(cmd)  # the Services reach it
     [exposed] = re.findall(r"^EXPOSE (.*)$", dockerfile, flags=re.M)
     assert sorted(map(int, exposed.split())) == sorted([*DEFAULT_PORTS.values(), video_api.DEFAULT_PORT])
+    # the video API's store where the pods mount its volume (the manifests also set both)
+    assert f"WAN22_VIDEO_API_DATABASE={workload.SQLITE_URL}" in dockerfile
+    assert f"WAN22_VIDEO_API_RESULTS={workload.RESULTS_DIR}" in dockerfile
 
 
 def test_readme_covers_tiers_and_metrics():

@@ -9,6 +9,7 @@ perf_analyzer.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Mapping
@@ -249,10 +251,14 @@ def test_any_other_startup_abort_fails_the_start(tmp_path):
 
 
 @contextlib.contextmanager
-def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None):
+def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] | None = None,
+                 video_api: bool = False):
     """`python -m server.launcher` as `make serve` runs it, on free ports (HTTP's through $HTTP_PORT), once ready:
-    yields (the process, {kind: port}); killed on the way out if still running."""
-    http, grpc, metrics = process.free_ports(3)
+    yields (the process, {kind: port}); killed on the way out if still running. `video_api`: with
+    --video-api-port on a free port too (`video-api`)."""
+    http, grpc, metrics, *api = process.free_ports(4 if video_api else 3)
+    if video_api:
+        args = (*args, "--video-api-port", str(api[0]))
     pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     full_env = dict(os.environ, PYTHONPATH=pythonpath, HTTP_PORT=str(http), **(env or {}))
     log = open(log_path, "wb")
@@ -273,7 +279,7 @@ def launcher_cli(repo: Path, log_path: Path, *args: str, env: Mapping[str, str] 
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.25)
-        yield proc, {"http": http, "grpc": grpc, "metrics": metrics}
+        yield proc, {"http": http, "grpc": grpc, "metrics": metrics, **({"video-api": api[0]} if api else {})}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -435,26 +441,58 @@ def test_a_picked_port_taken_before_tritonserver_binds_it_is_picked_again(tmp_pa
             srv.stop()
 
 
-def test_the_launchers_video_api_answers_and_stops_with_it(tmp_path, monkeypatch):
-    """--video-api-port: the launcher's child `python -m video_api serve` on the launcher's listen address (the job
-    store in the working folder), gone once the launcher stops it."""
-    from server.launcher import start_video_api, stop_child
+@pytest.mark.server
+def test_the_launchers_video_api_answers_is_started_again_and_stops_with_it(tmp_path):
+    """--video-api-port: `python -m video_api serve` as the launcher's second child once Triton is READY, on the
+    launcher's listen address, its store and results where the flags say, its key from $WAN22_API_KEY, the database
+    URL not on its command line; killed, it is started again; SIGTERM to the launcher stops both."""
+    api_key, database = "wv-launcher-test", f"sqlite:///{tmp_path / 'jobs.db'}"
+    log = tmp_path / "cli.log"
+    with launcher_cli(write_repository(tmp_path / "repo"), log, "--video-api-database", database,
+                      "--video-api-results", str(tmp_path / "results"), video_api=True,
+                      env={"WAN22_API_KEY": api_key}) as (proc, ports):
+        base = f"http://127.0.0.1:{ports['video-api']}"
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    grpc_port, port = process.free_ports(2)
-    child = start_video_api(grpc_port, "127.0.0.1", port)
+        def api_pid(not_this: str | None = None) -> str:
+            deadline = time.monotonic() + 90
+            while True:
+                children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+                found = [pid for pid in children.stdout.split()
+                         if pid != not_this and b"\0-m\0video_api\0" in _cmdline(pid)]
+                if found:
+                    with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/health/ready", timeout=2) as r:
+                        if r.status == 200:
+                            return found[0]
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.25)
+
+        first = api_pid()
+        assert b"jobs.db" not in _cmdline(first)  # a password would show in `ps`
+        listed = urllib.request.Request(f"{base}/v1/videos", headers={"Authorization": f"Bearer {api_key}"})
+        with urllib.request.urlopen(listed, timeout=10) as answer:
+            assert answer.status == 200 and json.load(answer)["data"] == []
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/v1/videos", headers={
+                "Authorization": "Bearer wrong"}), timeout=10)
+        assert refused.value.code == 401
+        said = log.read_text()
+        assert (f"video jobs API (OpenAI /v1/videos) on {base}/v1: jobs in {database}, results in "
+                f"{tmp_path / 'results'}, key from $WAN22_API_KEY") in said
+
+        os.kill(int(first), signal.SIGKILL)
+        second = api_pid(not_this=first)
+        assert "the video jobs API exited with code -9; starting it again" in log.read_text()
+        (server_pid,) = [pid for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                       text=True).stdout.split() if pid != second]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert not Path(f"/proc/{second}").exists() and not Path(f"/proc/{server_pid}").exists()
+    assert (tmp_path / "jobs.db").is_file()
+
+
+def _cmdline(pid: str) -> bytes:
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert child.poll() is None and time.monotonic() < deadline, "the video API did not start"
-                time.sleep(0.2)
-    finally:
-        stop_child(child, 10)
-    # stopped by SIGTERM, not killed: uvicorn shuts down, then re-raises the signal
-    assert child.returncode == -signal.SIGTERM and (tmp_path / "video_jobs.db").is_file()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+

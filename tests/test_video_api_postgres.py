@@ -1,5 +1,6 @@
-"""The video jobs API on PostgreSQL: a real PostgreSQL server started here (Debian's `postgresql`), two API processes
-sharing it in front of the session's tritonserver, each job run exactly once."""
+"""The video jobs API on PostgreSQL: a real PostgreSQL server started here (Debian's `postgresql`, as an unprivileged
+account when root), two API processes sharing it in front of the session's tritonserver, each job run exactly once;
+the migrations, the queued quota and max_running under concurrency."""
 
 from __future__ import annotations
 

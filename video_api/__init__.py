@@ -6,4 +6,22 @@ with the MP4 on disk. The HTTP service (app.py, FastAPI) speaks OpenAI's video A
 request contract from the served checkpoint's facts (mapping.py). `python -m video_api` starts it.
 """
 
-DEFAULT_PORT = 8080  # `python -m video_api serve`'s, and the serve image's
+from __future__ import annotations
+
+# `python -m video_api serve`'s settings, also read by the launcher and the Kubernetes manifests
+DEFAULT_PORT = 8080  # and the serve image's
+DEFAULT_DATABASE = "sqlite:///video_jobs.db"  # in the working folder
+DEFAULT_RESULTS = "video_results"
+API_KEY_ENV = "WAN22_API_KEY"
+DATABASE_ENV = "WAN22_VIDEO_API_DATABASE"  # the serve image points both at its state volume
+RESULTS_ENV = "WAN22_VIDEO_API_RESULTS"
+
+
+def shown_url(url: str) -> str:
+    """A database URL as logs may show it: a password (a URL from a Secret) as ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: opening it says so
+        return url

@@ -15,12 +15,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import DEFAULT_PORT
-from .store import DEFAULT_DATABASE, JobStore
+from . import API_KEY_ENV, DATABASE_ENV, DEFAULT_DATABASE, DEFAULT_PORT, DEFAULT_RESULTS, RESULTS_ENV, shown_url
+from .store import JobStore
 
-API_KEY_ENV = "WAN22_API_KEY"
-DATABASE_ENV = "WAN22_VIDEO_API_DATABASE"  # the serve image points both at its state volume
-RESULTS_ENV = "WAN22_VIDEO_API_RESULTS"
 DEFAULT_KEY_NAME = "default"
 
 
@@ -39,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC address")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--results", type=Path, default=Path(os.environ.get(RESULTS_ENV) or "video_results"),
-                       help=f"folder of the MP4 results (default ${RESULTS_ENV}, else video_results)")
+    serve.add_argument("--results", type=Path, default=Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS),
+                       help=f"folder of the MP4 results (default ${RESULTS_ENV}, else {DEFAULT_RESULTS})")
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"default ${API_KEY_ENV}")
     serve.add_argument("--workers", type=int, default=2, help="jobs this process runs at once")
     serve.add_argument("--lease-seconds", type=float, default=30.0,
@@ -56,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = JobStore(args.database)
     except Exception as e:  # a bad URL, a database that does not answer
-        parser.exit(2, f"error: cannot open the job database {args.database}: {e.__class__.__name__}: {e}\n")
+        parser.exit(2, f"error: cannot open the job database {shown_url(args.database)}: {e.__class__.__name__}: {e}\n")
     if args.command == "keys":
         print(store.add_key(args.name, args.max_running, args.max_queued))
         return 0
@@ -77,7 +74,7 @@ def _serve(args: argparse.Namespace, store: JobStore) -> int:
                         workers=args.workers, lease_s=args.lease_seconds, retention_s=args.retention_hours * 3600,
                         max_results_bytes=int(args.max_results_gb * (1 << 30)))
     print(f"[video_api] serving /v1/videos on http://{args.host}:{args.port} (Triton gRPC {args.triton_url}, jobs in "
-          f"{args.database})", file=sys.stderr, flush=True)
+          f"{shown_url(args.database)})", file=sys.stderr, flush=True)
     uvicorn.run(create_app(settings, store), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-DEFAULT_DATABASE = "sqlite:///video_jobs.db"
+from . import DEFAULT_DATABASE
+
 KEY_PREFIX = "wv-"  # a key's visible start, like other services' keys
 MIGRATION_LOCK = 0x77616E32  # PostgreSQL advisory lock id of the migrations ("wan2")
 

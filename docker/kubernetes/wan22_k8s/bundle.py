@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import autoscaling, network, workload
-from .values import Site, Tier
+from .values import Site, Tier, shared_job_store
 
 Manifest = dict[str, Any]
 
@@ -29,7 +29,8 @@ def tier_files(site: Site, tier: Tier) -> dict[str, list[Manifest]]:
     return {
         "00-base.yaml": [workload.service_account(site, tier), workload.pod_scripts(site, tier),
                          network.server_network_policy(site, tier), network.export_network_policy(site, tier),
-                         workload.repository_claim(site, tier)],
+                         workload.repository_claim(site, tier),
+                         *([workload.video_results_claim(site, tier)] if shared_job_store(site, tier) else [])],
         "10-export-job.yaml": [workload.export_job(site, tier)],
         "20-server.yaml": [workload.server_deployment(site, tier), workload.disruption_budget(site, tier),
                            network.inference_service(site, tier), network.metrics_service(site, tier)],

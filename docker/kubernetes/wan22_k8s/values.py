@@ -41,6 +41,17 @@ class Site:
     # Secret with the admin key (clients.admin.ADMIN_KEY_ENV): created by the operator, never rendered.
     admin_key_secret: str = "wan22-admin-key"
     admin_key_secret_key: str = "key"
+    # The video jobs API of each server pod (Tier.video_api, docs/video-api.md). Its key (kept as `default`): a
+    # Secret created by the operator, like the admin key.
+    api_key_secret: str = "wan22-api-key"
+    api_key_secret_key: str = "key"
+    # Its job store. None: SQLite on the pod's own volume, with the results (each pod its own jobs, gone with the
+    # pod: one replica). Several replicas must share PostgreSQL: the name of a Secret holding its SQLAlchemy URL
+    # (postgresql+psycopg://USER:PASSWORD@HOST:5432/DB); the pods may then open connections to that port (and DNS),
+    # and the results go to a claim every replica mounts.
+    video_api_database_secret: str | None = None
+    video_api_database_secret_key: str = "url"
+    video_api_database_port: int = 5432
     # Pods run as this user and group; files the export writes are group-owned (fsGroup) so the server reads them.
     run_as_user: int = 10001
     gpu_node_label: str = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature discovery
@@ -99,6 +110,11 @@ class Tier:
     # On termination a pod waits this long at most for its generations and queued requests to finish.
     drain_s: int = 900
     export_budget_s: int = 7200
+    # The OpenAI-compatible video jobs API beside Triton (the launcher's --video-api-port, through $VIDEO_API_PORT).
+    video_api: bool = True
+    # Its results (kept at most 50 GiB: video_api's --max-results-gb) and SQLite store: the pod's volume, or the
+    # shared results claim with PostgreSQL (Site.video_api_database_secret).
+    video_api_storage: str = "64Gi"
     scaling: Scaling = field(default_factory=Scaling)
 
     @property
@@ -107,6 +123,11 @@ class Tier:
 
     def export_args(self) -> list[str]:
         return [*self.export_flags, *self.extra_export_flags]
+
+
+def shared_job_store(site: Site, tier: Tier) -> bool:
+    """The tier's video API keeps its jobs in PostgreSQL and its results on a shared claim (several replicas)."""
+    return tier.video_api and site.video_api_database_secret is not None
 
 
 _GPU_BF16 = ("--engine", "torch", "--device", "gpu", "--precision", "bf16")

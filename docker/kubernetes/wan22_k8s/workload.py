@@ -4,6 +4,10 @@ The export writes the repository into `repository/` of the claim and, once compl
 beside it; a server pod waits for the marker (init container), then mounts `repository/` read-only at /models, where
 the serve image's launcher looks (docker/Dockerfile.serve's CMD). A new export goes to a new claim
 (`Tier.repository_version`), so pods serving the old one are never served half-written files.
+
+With `Tier.video_api` the launcher also runs the OpenAI-compatible video jobs API ($VIDEO_API_PORT, the image's
+switch for --video-api-port) on the container port `video-api`; its job store is SQLite on the pod's own volume, or
+PostgreSQL from a Secret with the results on a claim every replica mounts (values.shared_job_store).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import video_api
 from clients.admin import ADMIN_KEY_ENV
+from server.launcher import VIDEO_API_DATABASE_ENV, VIDEO_API_KEY_ENV, VIDEO_API_PORT_ENV, VIDEO_API_RESULTS_ENV
 from server.process import STOP_GRACE_S
 from server.tritonserver_args import DEFAULT_PORTS, EXIT_TIMEOUT_S
 from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
@@ -20,7 +26,7 @@ from wan22_triton.options import Engine
 
 from .meta import EXPORT, SERVER, checkov_skips, labels, metadata, selector_labels
 from .security import container_security_context, pod_security_context
-from .values import Site, Tier
+from .values import Site, Tier, shared_job_store
 
 # Where the serve image's CMD reads the repository (docker/Dockerfile.serve: --model-repository=/models).
 MODELS_DIR = "/models"
@@ -42,6 +48,14 @@ STARTUP_PERIOD_S = 10
 READINESS_PERIOD_S = 2  # a pod leaves the Service within seconds of a component dying
 LIVENESS_PERIOD_S = 10
 
+# The video jobs API (video_api): its container port's name, its readiness (the service and its job database
+# answer), and where it keeps jobs and results (the serve image's defaults, on a volume of the pod or a shared claim).
+VIDEO_API = "video-api"
+VIDEO_API_READY_PATH = "/health/ready"
+JOBS_DIR = "/var/lib/wan22"
+RESULTS_DIR = f"{JOBS_DIR}/video_results"
+SQLITE_URL = f"sqlite:///{JOBS_DIR}/video_jobs.db"
+
 # The image is built and pushed by the operator; its tag comes from docker/versions.env.
 IMAGE_DIGEST_SKIP = {"CKV_K8S_43": "the image is built from this repository's Dockerfile and tagged with its NGC "
                                    "release; set Site images to a digest (name@sha256:...) once pushed"}
@@ -52,7 +66,12 @@ def names(tier: Tier) -> dict[str, str]:
     return {"deployment": tier.release, "service_account": tier.release, "scripts": f"{tier.release}-pod-scripts",
             "claim": f"{tier.release}-repository-v{tier.repository_version}",
             "export_job": f"{tier.release}-export-v{tier.repository_version}",
-            "disruption_budget": tier.release}
+            "disruption_budget": tier.release, "video_results": f"{tier.release}-video-results"}
+
+
+def ports(tier: Tier) -> dict[str, int]:
+    """The server container's ports by name: Triton's (HTTP through the guard, gRPC, metrics) and the video API's."""
+    return {**DEFAULT_PORTS, **({VIDEO_API: video_api.DEFAULT_PORT} if tier.video_api else {})}
 
 
 def repository_claim(site: Site, tier: Tier) -> dict[str, Any]:
@@ -62,6 +81,17 @@ def repository_claim(site: Site, tier: Tier) -> dict[str, Any]:
         spec["storageClassName"] = site.storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": metadata(names(tier)["claim"], site, tier, EXPORT), "spec": spec}
+
+
+def video_results_claim(site: Site, tier: Tier) -> dict[str, Any]:
+    """The video API's results, shared by the replicas that share its PostgreSQL job store (any of them serves a
+    download): ReadWriteMany, as the repository's."""
+    spec: dict[str, Any] = {"accessModes": [site.repository_access_mode],
+                            "resources": {"requests": {"storage": tier.video_api_storage}}}
+    if site.storage_class:
+        spec["storageClassName"] = site.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": metadata(names(tier)["video_results"], site, tier, SERVER), "spec": spec}
 
 
 def service_account(site: Site, tier: Tier) -> dict[str, Any]:
@@ -167,13 +197,24 @@ def _gpu_placement(site: Site, tier: Tier) -> dict[str, Any]:
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]}
 
 
-def _container_ports() -> list[dict[str, Any]]:
-    return [{"name": kind, "containerPort": port, "protocol": "TCP"} for kind, port in DEFAULT_PORTS.items()]
+def _container_ports(tier: Tier) -> list[dict[str, Any]]:
+    return [{"name": kind, "containerPort": port, "protocol": "TCP"} for kind, port in ports(tier).items()]
 
 
 def _http_probe(path: str, period_s: int, timeout_s: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period_s, "timeoutSeconds": timeout_s,
             "failureThreshold": failures}
+
+
+def readiness_probe(tier: Tier) -> dict[str, Any]:
+    """Triton ready (every model READY); with the video API, its /health/ready too, through ready.py (one probe per
+    container): a pod leaves the Service within seconds of either failing."""
+    if not tier.video_api:
+        return _http_probe(READY_PATH, READINESS_PERIOD_S, 2, 2)
+    urls = [f"http://127.0.0.1:{DEFAULT_PORTS['http']}{READY_PATH}",
+            f"http://127.0.0.1:{video_api.DEFAULT_PORT}{VIDEO_API_READY_PATH}"]
+    return {"exec": {"command": ["python3", f"{SCRIPTS_DIR}/ready.py", "--timeout", "1", *urls]},
+            "periodSeconds": READINESS_PERIOD_S, "timeoutSeconds": 3, "failureThreshold": 2}
 
 
 def startup_probe(tier: Tier) -> dict[str, Any]:
@@ -194,8 +235,36 @@ def termination_grace_s(tier: Tier) -> int:
     return tier.drain_s + EXIT_TIMEOUT_S + STOP_GRACE_S + 10
 
 
+def _video_api_env(site: Site, tier: Tier) -> list[dict[str, Any]]:
+    """The launcher's switch, the key (a Secret), the job store (SQLite on the pod's volume, or PostgreSQL's URL from
+    a Secret) and the results folder, each through video_api's own variable."""
+    if not tier.video_api:
+        return []
+    database: dict[str, Any] = (
+        {"valueFrom": {"secretKeyRef": {"name": site.video_api_database_secret,
+                                        "key": site.video_api_database_secret_key}}}
+        if shared_job_store(site, tier) else {"value": SQLITE_URL})
+    return [{"name": VIDEO_API_PORT_ENV, "value": str(video_api.DEFAULT_PORT)},
+            {"name": VIDEO_API_KEY_ENV,
+             "valueFrom": {"secretKeyRef": {"name": site.api_key_secret, "key": site.api_key_secret_key}}},
+            {"name": VIDEO_API_DATABASE_ENV, **database},
+            {"name": VIDEO_API_RESULTS_ENV, "value": RESULTS_DIR}]
+
+
+def _video_api_volume(site: Site, tier: Tier) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """(volumes, mounts, the pod's ephemeral storage it takes) of the video API's store and results."""
+    if not tier.video_api:
+        return [], [], None
+    if shared_job_store(site, tier):
+        claim = {"name": "video-results", "persistentVolumeClaim": {"claimName": names(tier)["video_results"]}}
+        return [claim], [{"name": "video-results", "mountPath": RESULTS_DIR}], None
+    return ([{"name": "video-jobs", "emptyDir": {"sizeLimit": tier.video_api_storage}}],
+            [{"name": "video-jobs", "mountPath": JOBS_DIR}], tier.video_api_storage)
+
+
 def server_container(site: Site, tier: Tier) -> dict[str, Any]:
     _, writable_mounts = _writable_volumes(tier, cache=True)
+    _, jobs_mounts, jobs_size = _video_api_volume(site, tier)
     env = [
         {"name": ADMIN_KEY_ENV,
          "valueFrom": {"secretKeyRef": {"name": site.admin_key_secret, "key": site.admin_key_secret_key}}},
@@ -205,17 +274,19 @@ def server_container(site: Site, tier: Tier) -> dict[str, Any]:
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{CACHE_DIR}/torchinductor"},
         {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
         {"name": "CUDA_CACHE_PATH", "value": f"{CACHE_DIR}/nv"},
+        *_video_api_env(site, tier),
     ]
     drain = ["python3", f"{SCRIPTS_DIR}/drain.py",
              "--metrics-url", f"http://127.0.0.1:{DEFAULT_PORTS['metrics']}/metrics",
              "--models", ",".join(ORCHESTRATORS), "--timeout", str(tier.drain_s)]
-    ephemeral = f"{_gibibytes(tier.tmp_size) + _gibibytes(tier.cache_size)}Gi"
+    ephemeral = f"{sum(_gibibytes(size) for size in (tier.tmp_size, tier.cache_size, jobs_size) if size)}Gi"
     return {
         "name": "tritonserver",
         "image": site.serve_image,
         "imagePullPolicy": "Always",
-        # No command: the image's CMD (the launcher: HTTP guard, admin key, explicit model control, bounded stop).
-        "ports": _container_ports(),
+        # No command: the image's CMD (the launcher: HTTP guard, admin key, explicit model control, bounded stop;
+        # the video API through $VIDEO_API_PORT).
+        "ports": _container_ports(tier),
         "env": env,
         "resources": {
             "requests": {"cpu": tier.cpu_request, "memory": tier.memory, "ephemeral-storage": ephemeral,
@@ -224,7 +295,7 @@ def server_container(site: Site, tier: Tier) -> dict[str, Any]:
                        GPU_RESOURCE: tier.gpus_per_pod},
         },
         "startupProbe": startup_probe(tier),
-        "readinessProbe": _http_probe(READY_PATH, READINESS_PERIOD_S, 2, 2),
+        "readinessProbe": readiness_probe(tier),
         # Live only says the server answers: a pod whose component cannot be reloaded stays unready, not restarted.
         "livenessProbe": _http_probe(LIVE_PATH, LIVENESS_PERIOD_S, 5, 6),
         "lifecycle": {"preStop": {"exec": {"command": drain}}},
@@ -234,6 +305,7 @@ def server_container(site: Site, tier: Tier) -> dict[str, Any]:
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "pod-scripts", "mountPath": SCRIPTS_DIR, "readOnly": True},
             *writable_mounts,
+            *jobs_mounts,
         ],
     }
 
@@ -261,10 +333,14 @@ def wait_for_export(site: Site) -> dict[str, Any]:
 def server_deployment(site: Site, tier: Tier) -> dict[str, Any]:
     n = names(tier)
     writable_volumes, _ = _writable_volumes(tier, cache=True)
+    jobs_volumes, _, _ = _video_api_volume(site, tier)
+    video_api_secrets = (f"; the video API its key and database URL only from ${VIDEO_API_KEY_ENV} and "
+                         f"${VIDEO_API_DATABASE_ENV} (or flags)" if tier.video_api else "")
     skips = {
         **IMAGE_DIGEST_SKIP,
         "CKV_K8S_35": f"the launcher takes the admin key only from ${ADMIN_KEY_ENV} or --admin-key "
-                      "(server/tritonserver_args.py) and hands it to tritonserver on its command line",
+                      "(server/tritonserver_args.py) and hands it to tritonserver on its command line"
+                      + video_api_secrets,
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": n["service_account"],
@@ -285,6 +361,7 @@ def server_deployment(site: Site, tier: Tier) -> dict[str, Any]:
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": tier.shm_size}},
             {"name": "pod-scripts", "configMap": {"name": n["scripts"], "defaultMode": 0o444}},
             *writable_volumes,
+            *jobs_volumes,
         ],
     }
     return {
