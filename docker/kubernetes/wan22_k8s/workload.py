@@ -74,24 +74,23 @@ def ports(tier: Tier) -> dict[str, int]:
     return {**DEFAULT_PORTS, **({VIDEO_API: video_api.DEFAULT_PORT} if tier.video_api else {})}
 
 
-def repository_claim(site: Site, tier: Tier) -> dict[str, Any]:
-    spec: dict[str, Any] = {"accessModes": [site.repository_access_mode],
-                            "resources": {"requests": {"storage": tier.repository_size}}}
+def _claim(site: Site, tier: Tier, name: str, size: str, component: str) -> dict[str, Any]:
+    """A ReadWriteMany claim (Site.repository_access_mode): every replica mounts it, on whatever node it lands."""
+    spec: dict[str, Any] = {"accessModes": [site.repository_access_mode], "resources": {"requests": {"storage": size}}}
     if site.storage_class:
         spec["storageClassName"] = site.storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": metadata(names(tier)["claim"], site, tier, EXPORT), "spec": spec}
+            "metadata": metadata(name, site, tier, component), "spec": spec}
+
+
+def repository_claim(site: Site, tier: Tier) -> dict[str, Any]:
+    return _claim(site, tier, names(tier)["claim"], tier.repository_size, EXPORT)
 
 
 def video_results_claim(site: Site, tier: Tier) -> dict[str, Any]:
     """The video API's results, shared by the replicas that share its PostgreSQL job store (any of them serves a
-    download): ReadWriteMany, as the repository's."""
-    spec: dict[str, Any] = {"accessModes": [site.repository_access_mode],
-                            "resources": {"requests": {"storage": tier.video_api_storage}}}
-    if site.storage_class:
-        spec["storageClassName"] = site.storage_class
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": metadata(names(tier)["video_results"], site, tier, SERVER), "spec": spec}
+    download)."""
+    return _claim(site, tier, names(tier)["video_results"], tier.video_api_storage, SERVER)
 
 
 def service_account(site: Site, tier: Tier) -> dict[str, Any]:
