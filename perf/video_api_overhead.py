@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ from wan22_triton.components.orchestrator import ORCHESTRATOR_MODELS, VIDEO_MP4,
 from wan22_triton.operations import events
 from wan22_triton.options import Device
 from wan22_triton.request.contract import HEIGHT, OUTPUT_FORMAT, PROMPT, WIDTH, OutputFormat
+
+from .perf_analyzer_sweep import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +118,7 @@ def measure(triton_url: str, model: str, requests: int, folder: Path) -> dict[st
     times["added_s"] = [round(total - generation[i], 4) for total, i in zip(times["api_job_s"], ids[1:])]
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"request": {k: v for k, v in request.items() if k != PROMPT}, "runs": times, "median": medians,
+            "machine": machine_info(triton_url, "grpc"),
             "api_over_direct": round(medians["api_job_s"] / medians["direct_s"], 4),
             "added_over_direct": round(medians["added_s"] / medians["direct_s"], 4)}
 
@@ -139,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m perf.video_api_overhead " + " ".join(sys.argv[1:] if argv is None else argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "machine": {"cpu": _cpu(), "cpu_count": len(os.sched_getaffinity(0)), "python": platform.python_version()},
         "checkpoint": {"family": str(info.family), "path": str(args.checkpoint)},
     })
     args.out.mkdir(parents=True, exist_ok=True)
@@ -150,13 +151,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * result['added_over_direct']:.1f}% of the direct request (medians of {args.requests}) -> "
           f"{args.out / 'results.json'}")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
 from clients.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
-from video_api import API_KEY_ENV as VIDEO_API_KEY_ENV, DATABASE_ENV as VIDEO_API_DATABASE_ENV  # noqa: F401
-from video_api import DEFAULT_DATABASE, DEFAULT_RESULTS, RESULTS_ENV as VIDEO_API_RESULTS_ENV, shown_url  # noqa: F401
+from video_api import API_KEY_ENV as VIDEO_API_KEY_ENV, DATABASE_ENV as VIDEO_API_DATABASE_ENV
+from video_api import DEFAULT_DATABASE, DEFAULT_RESULTS, RESULTS_ENV as VIDEO_API_RESULTS_ENV, absolute_sqlite, shown_url
 
 from .process import STOP_GRACE_S, HttpFront, ServerProcess, is_ready, parent_death_signal, ports_in_use
 from .shm_regions import remove_stale_regions
@@ -172,7 +172,7 @@ def start_video_api(grpc_port: int, listen_address: str, port: int, database: st
     """`python -m video_api serve` against this tritonserver, in its own session (Ctrl-C reaches the launcher only,
     which stops it before tritonserver), SIGTERM if the launcher dies. The database URL goes through the
     environment, not the command line, where `ps` would show a password in it."""
-    database, results = _absolute_sqlite(database), results.resolve()
+    database, results = absolute_sqlite(database), results.resolve()
     command = [sys.executable, "-m", "video_api", "serve", "--triton-url", f"{LOOPBACK}:{grpc_port}", "--host",
                listen_address, "--port", str(port), "--results", str(results)]
     key = (f"key from ${VIDEO_API_KEY_ENV}" if os.environ.get(VIDEO_API_KEY_ENV) else
@@ -182,15 +182,6 @@ def start_video_api(grpc_port: int, listen_address: str, port: int, database: st
           file=sys.stderr, flush=True)
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, env={**os.environ, VIDEO_API_DATABASE_ENV: database},
                             start_new_session=True, preexec_fn=parent_death_signal)
-
-
-def _absolute_sqlite(url: str) -> str:
-    """sqlite:///video_jobs.db (relative to the working folder) as the absolute path it names."""
-    prefix = "sqlite:///"
-    path, query, rest = url.removeprefix(prefix).partition("?")
-    if not url.startswith(prefix) or path.startswith("/") or path.startswith(":memory:"):
-        return url
-    return f"{prefix}{Path(path).resolve()}{query}{rest}"
 
 
 def stop_child(proc: subprocess.Popen, timeout_s: float) -> None:

@@ -379,7 +379,9 @@ def test_video_api_keeps_its_jobs_on_the_pods_volume_or_in_a_shared_postgresql()
     it, and readiness is Triton's alone."""
     from dataclasses import replace
 
-    from server.launcher import VIDEO_API_DATABASE_ENV, VIDEO_API_KEY_ENV, VIDEO_API_PORT_ENV, VIDEO_API_RESULTS_ENV
+    from server.launcher import VIDEO_API_PORT_ENV
+    from video_api import API_KEY_ENV as VIDEO_API_KEY_ENV, DATABASE_ENV as VIDEO_API_DATABASE_ENV
+    from video_api import RESULTS_ENV as VIDEO_API_RESULTS_ENV
 
     tier = TIERS["fast"]
     docs = tier_docs("fast")

@@ -17,6 +17,20 @@ DATABASE_ENV = "WAN22_VIDEO_API_DATABASE"  # the serve image points both at its 
 RESULTS_ENV = "WAN22_VIDEO_API_RESULTS"
 
 
+def absolute_sqlite(url: str) -> str:
+    """A SQLite URL whose file is relative to the working folder (sqlite:///video_jobs.db) made absolute, for a
+    process started elsewhere; other URLs as they are."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:" or \
+            Path(parsed.database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+
+
 def shown_url(url: str) -> str:
     """A database URL as logs may show it: a password (a URL from a Secret) as ***."""
     from sqlalchemy.engine import make_url

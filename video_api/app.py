@@ -174,7 +174,7 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
     def own_job(request: Request, video_id: str) -> dict[str, Any]:
         job = store.get(video_id, authorised(request).id)
         if job is None:
-            raise ApiError(404, f"no video {video_id!r} for this key", "video_id", "video_not_found")
+            raise _not_found(video_id)
         return job
 
     @app.post("/v1/videos")
@@ -225,7 +225,7 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
     def delete(video_id: str, request: Request):
         row = store.delete(video_id, authorised(request).id)
         if row is None:
-            raise ApiError(404, f"no video {video_id!r} for this key", "video_id", "video_not_found")
+            raise _not_found(video_id)
         if row["status"] == Status.IN_PROGRESS:  # its runner stops it and removes it
             runner.job_deleted(video_id)
         else:
@@ -262,6 +262,11 @@ def create_app(settings: Settings, store: JobStore | None = None, start_runner: 
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def _not_found(video_id: str) -> ApiError:
+    """Another key's job is as absent as one that never was."""
+    return ApiError(404, f"no video {video_id!r} for this key", "video_id", "video_not_found")
 
 
 async def _finished_or(runner: JobRunner, job_id: str, timeout_s: float) -> None:

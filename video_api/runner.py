@@ -166,8 +166,7 @@ class JobRunner:
         partial.replace(path)
         result_bytes = path.stat().st_size
         self.store.complete(job_id, str(path), result_bytes, int(out[SEED]), self.retention_s)
-        if self.store.get(job_id) is None:  # deleted after its last step
-            self._remove(job_id)
+        self._remove_if_deleted(job_id)  # after its last step
         elapsed = time.time() - started
         self.metrics.job_seconds.observe(elapsed)
         events.emit("video_job_completed", job=job_id, seconds=round(elapsed, 4), generation_s=round(generation_s, 4),
@@ -175,17 +174,22 @@ class JobRunner:
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.fail(job_id, code, message)
-        if self.store.get(job_id) is None:  # deleted while it ran
-            self._remove(job_id)
+        self._remove_if_deleted(job_id)
         events.emit("video_job_failed", job=job_id, code=code, message=message)
 
     def _end_stopped(self, job_id: str) -> None:
-        if self.store.get(job_id) is None:
-            self._remove(job_id)
+        if self._remove_if_deleted(job_id):
             events.emit("video_job_deleted", job=job_id, running=True)
         else:
             self._fail(job_id, "service_stopped", "the API service stopped during the generation: create the job "
                                                   "again")
+
+    def _remove_if_deleted(self, job_id: str) -> bool:
+        """A job deleted while it ran (the store hides it from then on): its row and files go now; whether it was."""
+        if self.store.get(job_id) is not None:
+            return False
+        self._remove(job_id)
+        return True
 
     def _remove(self, job_id: str) -> None:
         self.store.remove(job_id)

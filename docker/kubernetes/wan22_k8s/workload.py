@@ -18,7 +18,9 @@ from typing import Any
 
 import video_api
 from clients.admin import ADMIN_KEY_ENV
-from server.launcher import VIDEO_API_DATABASE_ENV, VIDEO_API_KEY_ENV, VIDEO_API_PORT_ENV, VIDEO_API_RESULTS_ENV
+from server.launcher import VIDEO_API_PORT_ENV
+from video_api import API_KEY_ENV as VIDEO_API_KEY_ENV, DATABASE_ENV as VIDEO_API_DATABASE_ENV
+from video_api import RESULTS_ENV as VIDEO_API_RESULTS_ENV
 from server.process import STOP_GRACE_S
 from server.tritonserver_args import DEFAULT_PORTS, EXIT_TIMEOUT_S
 from wan22_triton.components.orchestrator import ORCHESTRATOR, ORCHESTRATOR_STREAM
